@@ -1,0 +1,75 @@
+"""The ``maskkit`` command: one thin command per verb, no logic of its own.
+
+Command modules import heavy libraries (torch, OpenCV) inside their functions so that
+``maskkit --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from maskkit import __version__
+
+app = typer.Typer(
+    name="maskkit",
+    help="Instance and semantic segmentation: data formats, training, evaluation, inference.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"maskkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """maskkit: instance and semantic segmentation toolkit."""
+
+
+def _register() -> None:
+    import importlib
+
+    for verb in ("synth", "validate", "info", "convert"):
+        try:
+            mod = importlib.import_module(f"maskkit.cli.{verb}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"maskkit.cli.{verb}":
+                raise
+            continue
+        app.command(verb)(mod.command)
+
+
+_register()
+
+
+def main() -> None:
+    """Entry point: run the app, turning maskkit errors into a message and an exit code."""
+    from maskkit.errors import MaskkitError
+
+    try:
+        app(standalone_mode=False)
+    except MaskkitError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,130 @@
+"""The format registry: each format module registers ``detect``, ``read`` and ``write``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from maskkit.data.annotations import AnnotationSet
+from maskkit.errors import DataError
+
+
+@dataclass
+class ConversionReport:
+    """What a writer did: counts, and every instance it had to change (never silently)."""
+
+    format: str
+    destination: Path
+    images: int = 0
+    instances: int = 0
+    changes: Counter[str] = field(default_factory=Counter)
+    """Reason -> number of instances changed for that reason (e.g. ``"hole filled"``)."""
+    notes: list[str] = field(default_factory=list)
+
+    def change(self, reason: str, count: int = 1) -> None:
+        self.changes[reason] += count
+
+    @property
+    def lossless(self) -> bool:
+        return not self.changes
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.images} images, {self.instances} instances as {self.format} to {self.destination}"]
+        if self.changes:
+            for reason, n in sorted(self.changes.items()):
+                lines.append(f"  changed {n} instance(s): {reason}")
+        else:
+            lines.append("  lossless: no instance changed")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+Detector = Callable[[Path], bool]
+Reader = Callable[[Path], AnnotationSet]
+Writer = Callable[[AnnotationSet, Path], ConversionReport]
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """A registered annotation format."""
+
+    name: str
+    detect: Detector
+    read: Reader
+    write: Writer | None
+    description: str
+
+
+_FORMATS: dict[str, FormatSpec] = {}
+
+
+def register_format(
+    name: str, *, detect: Detector, read: Reader, write: Writer | None, description: str
+) -> FormatSpec:
+    """Register a format; later registrations of the same name replace earlier ones."""
+    spec = FormatSpec(name, detect, read, write, description)
+    _FORMATS[name] = spec
+    return spec
+
+
+def formats() -> dict[str, FormatSpec]:
+    """All registered formats, in detection order."""
+    _load_builtin()
+    return dict(_FORMATS)
+
+
+def detect_format(path: str | Path) -> str:
+    """The name of the first registered format whose detector accepts ``path``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("no such file or folder", file=path)
+    for spec in formats().values():
+        try:
+            if spec.detect(path):
+                return spec.name
+        except OSError:
+            continue
+    names = ", ".join(formats())
+    raise DataError(f"cannot tell the annotation format (known: {names})", file=path)
+
+
+def read_annotations(path: str | Path, format: str | None = None) -> AnnotationSet:
+    """Read any supported annotation source; the format is detected when not given."""
+    path = Path(path)
+    name = format or detect_format(path)
+    spec = formats().get(name)
+    if spec is None:
+        raise DataError(f"unknown format {name!r}; known: {', '.join(formats())}", file=path)
+    aset = spec.read(path)
+    aset.format = name
+    return aset
+
+
+def write_annotations(aset: AnnotationSet, dst: str | Path, format: str) -> ConversionReport:
+    """Write an annotation set in ``format`` to ``dst``; returns what changed."""
+    spec = formats().get(format)
+    if spec is None or spec.write is None:
+        writable = [n for n, s in formats().items() if s.write is not None]
+        raise DataError(f"cannot write format {format!r}; writable: {', '.join(writable)}", file=dst)
+    return spec.write(aset, Path(dst))
+
+
+_LOADED = False
+
+
+def _load_builtin() -> None:
+    """Import the built-in format modules (each registers itself)."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import importlib
+
+    for mod in ("coco", "yolo", "labelme", "voc", "labelimages"):
+        try:
+            importlib.import_module(f"maskkit.data.formats.{mod}")
+        except ModuleNotFoundError as exc:  # a format module not written yet
+            if exc.name != f"maskkit.data.formats.{mod}":
+                raise
