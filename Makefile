@@ -11,11 +11,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,pretrained]'
 	touch $(STAMP)
 
+# Until the training engine lands, the demo runs the data path on the built-in synthetic data.
+DEMO := runs/demo
 demo: setup
-	$(BIN)/maskkit demo --out runs/demo
+	$(BIN)/maskkit synth $(DEMO)/data --images 200 --size 256 --seed 0 --val-fraction 0.2
+	$(BIN)/maskkit validate $(DEMO)/data/dataset.yaml
+	$(BIN)/maskkit info $(DEMO)/data/dataset.yaml --plots $(DEMO)/plots
+	$(BIN)/maskkit convert $(DEMO)/data/train $(DEMO)/yolo --to yolo
+	$(BIN)/maskkit convert $(DEMO)/yolo $(DEMO)/roundtrip --to coco
+	@echo "demo outputs in $(DEMO)/"
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -37,7 +37,7 @@ def _root(
 def _register() -> None:
     import importlib
 
-    for verb in ("synth", "validate", "info", "convert"):
+    for verb in ("demo", "train", "eval", "predict", "models", "synth", "validate", "info", "convert"):
         try:
             mod = importlib.import_module(f"maskkit.cli.{verb}")
         except ModuleNotFoundError as exc:

@@ -1,0 +1,87 @@
+"""One factory over a registry of model builders (timm-style).
+
+``@register_model(task=..., family=...)`` on a small builder function; ``create(name, num_classes)``
+builds it; ``list_models()`` lists what exists. Builders return plain ``nn.Module`` objects.
+``num_classes`` always counts foreground classes only; detection models add background themselves.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from maskkit.errors import ConfigError
+
+Task = Literal["instance", "semantic"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about a model: its name, task, family and builder."""
+
+    name: str
+    task: Task
+    family: str
+    description: str
+    builder: Callable[..., Any]
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "task": self.task, "family": self.family, "description": self.description}
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+_BUILTIN_MODULES = ("maskkit.models.maskrcnn",)
+_loaded = False
+
+
+def register_model(*, task: Task, family: str, name: str | None = None) -> Callable[[Callable], Callable]:
+    """Register a builder ``fn(num_classes, **kwargs) -> nn.Module`` under its function name."""
+
+    def wrap(fn: Callable) -> Callable:
+        key = name or fn.__name__
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[key] = ModelInfo(key, task, family, doc[0] if doc else "", fn)
+        return fn
+
+    return wrap
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(mod)
+
+
+def list_models(pattern: str | None = None, task: Task | None = None) -> list[ModelInfo]:
+    """Registered models, sorted by name, optionally filtered by a glob ``pattern`` and ``task``."""
+    _load_builtin()
+    infos = sorted(_REGISTRY.values(), key=lambda i: i.name)
+    if pattern:
+        infos = [i for i in infos if fnmatch.fnmatch(i.name, pattern)]
+    if task:
+        infos = [i for i in infos if i.task == task]
+    return infos
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry of ``name``; a clear error lists the known names otherwise."""
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ConfigError(f"unknown model {name!r}; registered models: {known}") from None
+
+
+def create(name: str, num_classes: int, **kwargs: Any) -> Any:
+    """Build model ``name`` for ``num_classes`` foreground classes; kwargs go to its builder."""
+    if num_classes < 1:
+        raise ConfigError(f"num_classes must be >= 1 (foreground classes), got {num_classes}")
+    return model_info(name).builder(num_classes=num_classes, **kwargs)
