@@ -9,16 +9,21 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (a kill leaves the old file or the new one)."""
+def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (a kill leaves the old file or the new one).
+
+    ``fsync=False`` skips flushing to the disk: still atomic against a killed process (the rename
+    happens after the write), only not against power loss; use it for bulk files (thousands of masks).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -34,7 +39,7 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = None) -> 
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
-def atomic_write_png(path: str | Path, array: Any) -> None:
+def atomic_write_png(path: str | Path, array: Any, *, fsync: bool = True) -> None:
     """Encode a ``H×W`` / ``H×W×3`` (RGB) / ``H×W×4`` uint8 or uint16 array as PNG, atomically."""
     import cv2
     import numpy as np
@@ -47,4 +52,4 @@ def atomic_write_png(path: str | Path, array: Any) -> None:
     ok, buf = cv2.imencode(".png", arr)
     if not ok:
         raise OSError(f"cannot encode PNG for {path}")
-    atomic_write_bytes(path, buf.tobytes())
+    atomic_write_bytes(path, buf.tobytes(), fsync=fsync)

@@ -54,6 +54,8 @@ def decode_image_bytes(data: bytes, source: str | Path | None = None) -> np.ndar
         raise DataError("embedded image data cannot be decoded", file=source)
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return arr

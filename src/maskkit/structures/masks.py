@@ -60,11 +60,14 @@ class PolygonMask:
         return [[float(v) for v in p.reshape(-1)] for p in self.parts]
 
     def valid_parts(self) -> list[np.ndarray]:
-        """Parts with at least 3 points (fewer cannot enclose area)."""
-        return [p for p in self.parts if len(p) >= 3]
+        """Parts with at least 3 points (fewer cannot enclose area) and finite coordinates."""
+        return [p for p in self.parts if len(p) >= 3 and np.isfinite(p).all()]
 
     def to_rle(self) -> RLE:
-        parts = [p.reshape(-1).tolist() for p in self.valid_parts()]
+        # pycocotools allocates per pixel of every edge: clip absurd coordinates (garbage input) so that
+        # they cannot exhaust memory; coordinates within 8 image sizes of the image are never touched.
+        limit = 8 * max(self.height, self.width, 1) + 64
+        parts = [np.clip(p, -limit, limit).reshape(-1).tolist() for p in self.valid_parts()]
         if not parts:
             return _empty_rle(self.height, self.width)
         # A flat list of exactly 4 numbers would be read as a box by frPyObjects; valid parts have >= 6.
@@ -237,7 +240,9 @@ class Masks(Sequence[MaskItem]):
         """Pixel areas (float64) of all instances."""
         if not len(self):
             return np.zeros(0, dtype=np.float64)
-        return mask_utils.area(self.to_rles()).astype(np.float64)
+        rles = self.to_rles()
+        # pycocotools' area() raises OverflowError for more than 255 RLEs under NumPy 2: call it in chunks.
+        return np.concatenate([mask_utils.area(rles[i:i + 255]) for i in range(0, len(rles), 255)]).astype(np.float64)
 
     def boxes(self) -> np.ndarray:
         """Tight XYXY boxes of the mask pixels (``(N, 4)`` float32; empty masks give zeros)."""

@@ -69,10 +69,15 @@ def register_format(
     return spec
 
 
+# Detection order: specific detectors first; formats registered elsewhere come after these.
+_BUILTIN = ("coco", "yolo", "labelme", "voc", "labelimg", "dsb", "labelimages", "masks")
+
+
 def formats() -> dict[str, FormatSpec]:
-    """All registered formats, in detection order."""
+    """All registered formats, in detection order (independent of import order)."""
     _load_builtin()
-    return dict(_FORMATS)
+    order = [n for n in _BUILTIN if n in _FORMATS] + [n for n in _FORMATS if n not in _BUILTIN]
+    return {n: _FORMATS[n] for n in order}
 
 
 def detect_format(path: str | Path) -> str:
@@ -122,7 +127,7 @@ def _load_builtin() -> None:
     _LOADED = True
     import importlib
 
-    for mod in ("coco", "yolo", "labelme", "voc", "labelimages"):
+    for mod in ("coco", "yolo", "labelme", "voc", "dsb", "labelimages"):
         try:
             importlib.import_module(f"maskkit.data.formats.{mod}")
         except ModuleNotFoundError as exc:  # a format module not written yet
