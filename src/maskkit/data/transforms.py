@@ -1,0 +1,130 @@
+"""Joint image/target augmentation on torchvision ``transforms.v2`` and ``tv_tensors``.
+
+Geometry (resize, multi-scale, flips, crop) is done by torchvision on an ``Image``, the
+``BoundingBoxes`` and the instance/semantic ``Mask`` together, so they always stay consistent.
+:class:`~maskkit.data.dataset.InstanceDataset` then drops instances whose mask became empty and
+recomputes boxes from the transformed masks. Photometric jitter only touches the image and also
+works on grey and multi-channel (> 3) images.
+
+The pipeline is built from :class:`AugmentConfig` (a pydantic model the training config embeds)
+by :func:`build_transforms`. Every transform is called as ``transforms(image, target)`` with a
+float ``tv_tensors.Image`` in ``[0, 1]`` and returns the pair.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+NormaliseMode = Literal["dtype", "uint8", "minmax", "percentile", "fixed"]
+"""How raw pixel values become floats in ``[0, 1]``:
+
+* ``dtype`` – divide by the maximum of the image's integer dtype (uint8 /255, uint16 /65535); floats kept
+* ``uint8`` – divide by 255 whatever the dtype
+* ``minmax`` – per image ``(x - min) / (max - min)``
+* ``percentile`` – per image, the 0.5–99.5 percentiles map to 0–1 (robust to hot pixels)
+* ``fixed`` – divide by ``fixed_max`` (e.g. 4095 for 12-bit cameras)
+"""
+
+
+class AugmentConfig(BaseModel):
+    """Augmentation and image-loading options (embedded in the training config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_size: list[int] = Field(default_factory=lambda: [800])
+    """Shortest-edge sizes; training picks one at random per image (multi-scale), evaluation uses the largest.
+    An empty list disables resizing."""
+    max_size: int | None = 1333
+    """Cap on the longest edge after resizing."""
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    """Probability of a horizontal flip (training only)."""
+    vflip: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability of a vertical flip (training only)."""
+    crop: int | tuple[int, int] | None = None
+    """Random crop size (``size`` or ``(height, width)``) after resizing, training only; smaller images are
+    zero-padded. Instances are clipped and those left empty are dropped."""
+    color_jitter: float = Field(0.0, ge=0.0, le=1.0)
+    """Photometric strength ``s``: brightness, contrast and saturation factors in ``[1-s, 1+s]`` (training only)."""
+    hue: float = Field(0.0, ge=0.0, le=0.5)
+    """Hue shift ``±hue`` on RGB images (off by default: on CPU it costs ~4x the other jitters together)."""
+    normalise: NormaliseMode = "dtype"
+    fixed_max: float | None = None
+    """Divisor of the ``fixed`` normalisation mode."""
+    channels: int | None = None
+    """Channels fed to the model: ``None`` keeps each image's own; ``3`` repeats grey and drops alpha."""
+
+    @field_validator("min_size")
+    @classmethod
+    def _positive_sizes(cls, v: list[int]) -> list[int]:
+        if any(s <= 0 for s in v):
+            raise ValueError("min_size entries must be positive")
+        return v
+
+    def image_options(self) -> dict[str, Any]:
+        """The image-loading keyword arguments of :class:`~maskkit.data.dataset.InstanceDataset`."""
+        return {"normalise": self.normalise, "fixed_max": self.fixed_max, "channels": self.channels}
+
+
+class ColorJitterAnyChannels(v2.Transform):
+    """Colour jitter on the image only; grey and multi-channel images get brightness and contrast.
+
+    ``v2.ColorJitter`` accepts 1 or 3 channels. Other channel counts are jittered as a stack of
+    one-channel images with the same random factors (saturation and hue are no-ops on grey).
+    """
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0):
+        super().__init__()
+        self.jitter = v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if inpt.shape[-3] == 3:
+            return self.jitter(inpt)
+        flat = tv_tensors.Image(inpt.reshape(-1, 1, *inpt.shape[-2:]))
+        out = self.jitter(flat).reshape(inpt.shape)
+        return tv_tensors.wrap(out, like=inpt)
+
+
+def build_transforms(train: bool, cfg: AugmentConfig | None = None) -> v2.Compose:
+    """The joint transform pipeline for training (random) or evaluation (deterministic resize only)."""
+    cfg = cfg or AugmentConfig()
+    steps: list[v2.Transform] = []
+    if cfg.min_size:
+        if train:
+            steps.append(v2.RandomShortestSize(cfg.min_size, max_size=cfg.max_size, antialias=True))
+        else:
+            steps.append(v2.Resize(max(cfg.min_size), max_size=cfg.max_size, antialias=True))
+    if train:
+        if cfg.crop is not None:
+            steps.append(v2.RandomCrop(cfg.crop, pad_if_needed=True, fill=0))
+        if cfg.hflip > 0:
+            steps.append(v2.RandomHorizontalFlip(cfg.hflip))
+        if cfg.vflip > 0:
+            steps.append(v2.RandomVerticalFlip(cfg.vflip))
+        if cfg.color_jitter > 0 or cfg.hue > 0:
+            s = cfg.color_jitter
+            steps.append(ColorJitterAnyChannels(brightness=s, contrast=s, saturation=s, hue=cfg.hue))
+    return v2.Compose(steps)
+
+
+def to_tv_target(target: dict[str, Any], canvas_size: tuple[int, int]) -> dict[str, Any]:
+    """Wrap a target's ``boxes``/``masks``/``semantic`` tensors as tv_tensors so v2 transforms move them."""
+    out = dict(target)
+    out["boxes"] = tv_tensors.BoundingBoxes(
+        target["boxes"], format="XYXY", canvas_size=canvas_size, clamping_mode="hard"
+    )
+    for key in ("masks", "semantic"):
+        if key in target:
+            out[key] = tv_tensors.Mask(target[key])
+    return out
+
+
+def from_tv_target(target: dict[str, Any]) -> dict[str, Any]:
+    """Plain tensors again (tv_tensor subclasses removed) after the transforms."""
+    return {k: v.as_subclass(torch.Tensor) if isinstance(v, tv_tensors.TVTensor) else v for k, v in target.items()}
