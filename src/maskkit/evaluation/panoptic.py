@@ -1,0 +1,102 @@
+"""Panoptic quality for "things" (Kirillov et al., "Panoptic Segmentation", CVPR 2019) on instance masks.
+
+Per image and class, GT and predicted instances of that class match when ``IoU > 0.5`` (strictly; such
+matches are unique for non-overlapping segments, and an optimal one-to-one assignment is used in case
+overlapping instance masks make them ambiguous). Over the dataset, per class:
+
+* ``SQ = sum(IoU of matches) / TP`` (0 when TP = 0), ``RQ = TP / (TP + FP/2 + FN/2)``, ``PQ = SQ * RQ``;
+* the overall ``pq``/``sq``/``rq`` are the plain means over classes with ``TP + FP + FN > 0`` (as the
+  ``panopticapi`` does).
+
+Crowd GT (``gt_iscrowd``) are never matched and never FN; an unmatched prediction whose area lies more than
+half inside the union of the crowd regions of its class is dropped instead of counted as FP (the
+``panopticapi`` rule, without VOID pixels, which instance masks do not have). IoU is pycocotools' on RLE.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from maskkit.errors import DataError
+from maskkit.evaluation.matching import MaskInput, as_labels, as_masks, check_same_size, match_at_threshold
+from maskkit.structures.masks import masks_iou
+
+MATCH_IOU = float(np.nextafter(0.5, 1.0))
+"""Smallest float above 0.5: ``iou >= MATCH_IOU`` is exactly ``iou > 0.5``."""
+
+
+class PanopticAccumulator:
+    """Streaming PQ/SQ/RQ for thing classes; keeps ``[TP, FP, FN, IoU sum]`` per class only.
+
+    Args:
+        crowd_overlap: fraction of a prediction's area inside same-class crowd regions above which an
+            unmatched prediction is ignored (0.5 as in ``panopticapi``).
+    """
+
+    def __init__(self, crowd_overlap: float = 0.5) -> None:
+        self.crowd_overlap = crowd_overlap
+        self._stats: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(4, dtype=np.float64))
+        self.num_images = 0
+
+    def add(
+        self,
+        gt_masks: MaskInput,
+        pred_masks: MaskInput,
+        gt_labels: Sequence[int] | np.ndarray | None = None,
+        pred_labels: Sequence[int] | np.ndarray | None = None,
+        gt_iscrowd: Sequence[bool] | np.ndarray | None = None,
+    ) -> None:
+        """Add one image. Labels default to one class (0); ``gt_iscrowd`` defaults to all False."""
+        g, p = as_masks(gt_masks), as_masks(pred_masks)
+        check_same_size(g, p)
+        gl, pl = as_labels(gt_labels, len(g), "gt_labels"), as_labels(pred_labels, len(p), "pred_labels")
+        crowd = np.zeros(len(g), dtype=bool) if gt_iscrowd is None else np.asarray(gt_iscrowd, dtype=bool).ravel()
+        if len(crowd) != len(g):
+            raise DataError(f"gt_iscrowd has {len(crowd)} flags for {len(g)} masks")
+        regular = np.flatnonzero(~crowd)
+        iou = masks_iou(g[regular], p)
+        iou = np.where(gl[regular][:, None] == pl[None, :], iou, 0.0)
+        gi, pi = match_at_threshold(iou, MATCH_IOU)
+        matched_pred = np.zeros(len(p), dtype=bool)
+        matched_pred[pi] = True
+        for c in np.union1d(gl[regular], pl):
+            s = self._stats[int(c)]
+            in_class = gl[regular][gi] == c
+            s[0] += np.count_nonzero(in_class)
+            s[3] += float(iou[gi[in_class], pi[in_class]].sum())
+            s[2] += np.count_nonzero(gl[regular] == c) - np.count_nonzero(in_class)
+            unmatched = np.flatnonzero((pl == c) & ~matched_pred)
+            s[1] += len(unmatched) - self._inside_crowd(g, p, np.flatnonzero(crowd & (gl == c)), unmatched)
+        self.num_images += 1
+
+    def _inside_crowd(self, g: Any, p: Any, crowd_idx: np.ndarray, pred_idx: np.ndarray) -> int:
+        """How many predictions ``pred_idx`` lie mostly (> crowd_overlap of their area) in the crowd union."""
+        if not len(crowd_idx) or not len(pred_idx):
+            return 0
+        rles = g.to_rles()
+        region = mask_utils.merge([rles[i] for i in crowd_idx]) if len(crowd_idx) > 1 else rles[crowd_idx[0]]
+        # iscrowd=1 makes pycocotools return |pred ∩ region| / |pred|.
+        frac = np.asarray(mask_utils.iou([p.rle(int(i)) for i in pred_idx], [region], [1])).reshape(-1)
+        return int(np.count_nonzero(frac > self.crowd_overlap))
+
+    def result(self) -> dict[str, Any]:
+        """``{"pq", "sq", "rq", "num_classes", "num_images", "per_class": {label: {"pq", "sq", "rq",
+        "tp", "fp", "fn"}}}``; overall values are means over classes with any TP/FP/FN (``nan`` if none)."""
+        per: dict[int, dict[str, float]] = {}
+        for c in sorted(self._stats):
+            tp, fp, fn, iou_sum = self._stats[c]
+            if tp + fp + fn == 0:
+                continue
+            sq = iou_sum / tp if tp else 0.0
+            rq = tp / (tp + 0.5 * fp + 0.5 * fn)
+            per[c] = {"pq": sq * rq, "sq": sq, "rq": rq, "tp": int(tp), "fp": int(fp), "fn": int(fn)}
+        out: dict[str, Any] = {}
+        for name in ("pq", "sq", "rq"):
+            out[name] = float(np.mean([v[name] for v in per.values()])) if per else float("nan")
+        out.update(num_classes=len(per), num_images=self.num_images, per_class=per)
+        return out
