@@ -51,25 +51,11 @@ _register()
 
 
 def main() -> None:
-    """Entry point: run the app, turning maskkit errors into a message and an exit code."""
+    """Entry point: click handles usage errors and exit codes; maskkit errors become one line."""
     from maskkit.errors import MaskkitError
 
     try:
-        app(standalone_mode=False)
+        app()
     except MaskkitError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
