@@ -1,0 +1,242 @@
+"""Datasets with splits: the dataset YAML, loading it, and converting whole datasets.
+
+A dataset YAML (``dataset.yaml``) is a superset of Ultralytics' ``data.yaml``::
+
+    path: .            # optional root; relative to the YAML's folder (default: that folder)
+    train: train       # each split: a path (relative to the root) to a source of ANY format
+    val: images/val    # e.g. a YOLO images folder, a COCO folder or JSON, a LabelMe folder
+    test: ...
+    names: [cat, dog]  # or {0: cat, 1: dog}
+
+:func:`load_dataset` accepts such a YAML (or a folder holding ``dataset.yaml``, or a YOLO folder
+whose ``data.yaml`` names distinct splits), a folder with ``train/``, ``val/``, ``test/``
+subfolders that are sources themselves, or any single source (one split, ``train``). Splits
+pointing at the same source are loaded once (the later name becomes an alias), so Ultralytics'
+``train: images`` / ``val: images`` is not a train/val leak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from maskkit.data.annotations import AnnotationSet, Category
+from maskkit.data.formats.base import ConversionReport, detect_format, formats, read_annotations, write_annotations
+from maskkit.data.formats.yolo import load_yaml, parse_names, read_yolo, yaml_root
+from maskkit.errors import DataError
+from maskkit.fileio import atomic_write_text
+
+__all__ = [
+    "DATASET_YAML",
+    "SPLITS",
+    "DatasetSplits",
+    "convert_dataset",
+    "dataset_yaml_for",
+    "load_dataset",
+    "write_dataset_yaml",
+]
+
+DATASET_YAML = "dataset.yaml"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DatasetSplits:
+    """The splits of a dataset (``train``/``val``/``test``, those present) and its class names."""
+
+    splits: dict[str, AnnotationSet]
+    names: list[str]
+    """Class names in category-id order (from the YAML's ``names`` when given)."""
+    root: Path
+    yaml_path: Path | None = None
+    sources: dict[str, Path] = field(default_factory=dict)
+    """The annotation source each split was read from."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Splits that name the same source as an earlier split (``{"val": "train"}``): not loaded twice."""
+
+
+def _root(yaml_path: Path, doc: dict[str, Any]) -> Path:
+    root = yaml_root(yaml_path, doc)
+    if not root.is_dir() and doc.get("path") and Path(str(doc["path"])).is_dir():
+        root = Path(str(doc["path"]))  # an Ultralytics-style path relative to where it runs
+    if not root.is_dir():
+        raise DataError(f"dataset root {root} does not exist", file=yaml_path)
+    return root
+
+
+def _split_paths(yaml_path: Path, doc: dict[str, Any]) -> dict[str, Path]:
+    root = _root(yaml_path, doc)
+    out: dict[str, Path] = {}
+    for split in SPLITS:
+        value = doc.get(split)
+        if value in (None, ""):
+            continue
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if not isinstance(value, str):
+            raise DataError(f"split {split!r} must be one path (lists of paths are not supported)", file=yaml_path)
+        path = root / value
+        if not path.exists() and value.startswith("../"):
+            path = root / value[3:]  # as Ultralytics does
+        if not path.exists():
+            raise DataError(f"split {split!r}: {path} does not exist", file=yaml_path)
+        if path.is_file() and path.suffix.lower() == ".txt":
+            raise DataError(f"split {split!r}: image-list .txt files are not supported; give a folder", file=yaml_path)
+        out[split] = path
+    if not out:
+        raise DataError("a dataset YAML needs at least one of train/val/test", file=yaml_path)
+    return out
+
+
+def dataset_yaml_for(path: str | Path) -> Path | None:
+    """The dataset YAML ``path`` stands for, if any.
+
+    A YAML file; a folder's ``dataset.yaml``; or a folder's ``data.yaml`` when it names at least
+    two distinct split sources (a YOLO folder whose splits are all ``images`` is one source).
+    """
+    path = Path(path)
+    if path.is_file():
+        return path if path.suffix.lower() in (".yaml", ".yml") else None
+    if (path / DATASET_YAML).is_file():
+        return path / DATASET_YAML
+    data_yaml = path / "data.yaml"
+    if data_yaml.is_file():
+        try:
+            paths = _split_paths(data_yaml, load_yaml(data_yaml))
+        except DataError:
+            return None
+        if len({p.resolve() for p in paths.values()}) >= 2:
+            return data_yaml
+    return None
+
+
+def _split_folders(path: Path) -> dict[str, Path]:
+    """``train/``, ``val/``, ``test/`` subfolders that are annotation sources themselves."""
+    out = {}
+    for split in SPLITS:
+        sub = path / split
+        if sub.is_dir():
+            try:
+                detect_format(sub)
+            except DataError:
+                continue
+            out[split] = sub
+    return out
+
+
+def _read(path: Path, fmt: str | None, names: Any) -> AnnotationSet:
+    fmt = fmt or detect_format(path)
+    if fmt == "yolo" and names is not None:
+        aset = read_yolo(path, names=names)
+        aset.format = "yolo"
+        return aset
+    return read_annotations(path, fmt)
+
+
+def load_dataset(path: str | Path, format: str | None = None) -> DatasetSplits:
+    """Load a dataset YAML, a folder of split folders, or a single source (-> split ``train``).
+
+    ``format`` forces the annotation format of every split (detected otherwise).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError("no such file or folder", file=path)
+    yaml_path = dataset_yaml_for(path)
+    names_doc = None
+    if yaml_path is not None:
+        doc = load_yaml(yaml_path)
+        sources, root, names_doc = _split_paths(yaml_path, doc), _root(yaml_path, doc), doc.get("names")
+    elif path.is_dir() and (folders := _split_folders(path)):
+        sources, root = folders, path
+    else:
+        aset = read_annotations(path, format)
+        root = path if path.is_dir() else path.parent
+        return DatasetSplits({"train": aset}, _names(aset.categories), root, sources={"train": path})
+    splits: dict[str, AnnotationSet] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[Path, str] = {}
+    for split, src in sources.items():
+        key = src.resolve()
+        if key in seen:
+            aliases[split] = seen[key]
+            continue
+        seen[key] = split
+        splits[split] = _read(src, format, names_doc)
+    if names_doc is not None:
+        names = _names(parse_names(names_doc, yaml_path))
+    else:
+        names = _names(merge_categories(list(splits.values())))
+    return DatasetSplits(splits, names, root, yaml_path, sources, aliases)
+
+
+def _names(categories: Sequence[Category]) -> list[str]:
+    return [c.name for c in sorted(categories, key=lambda c: c.id)]
+
+
+def merge_categories(sets: Sequence[AnnotationSet]) -> list[Category]:
+    """The union of the sets' categories by id (first definition wins), sorted by id."""
+    by_id: dict[int, Category] = {}
+    for aset in sets:
+        for c in aset.categories:
+            by_id.setdefault(c.id, c)
+    return [by_id[i] for i in sorted(by_id)]
+
+
+def write_dataset_yaml(
+    path: str | Path, splits: Mapping[str, str], names: Sequence[str] | Mapping[int, str]
+) -> Path:
+    """Write a dataset YAML: split -> path relative to the YAML's folder, and the class names.
+
+    No ``path`` key is written: Ultralytics resolves a relative ``path`` against its own
+    datasets folder, while without it paths are relative to the YAML (here and there).
+    """
+    path = Path(path)
+    doc: dict[str, Any] = {s: str(splits[s]) for s in SPLITS if s in splits}
+    doc.update({s: str(p) for s, p in splits.items() if s not in doc})
+    doc["names"] = {int(k): str(v) for k, v in sorted(names.items())} if isinstance(names, Mapping) else list(names)
+    text = "# maskkit dataset YAML: split paths are relative to this file's folder\n"
+    atomic_write_text(path, text + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def is_dataset(path: str | Path) -> bool:
+    """Whether ``path`` is a dataset with splits (rather than one annotation source)."""
+    path = Path(path)
+    return dataset_yaml_for(path) is not None or (path.is_dir() and bool(_split_folders(path)))
+
+
+def convert_dataset(
+    src: str | Path, dst: str | Path, to: str, from_format: str | None = None
+) -> list[tuple[str | None, ConversionReport]]:
+    """Convert a source (to ``DST``) or a dataset with splits (each to ``DST/<split>/`` + ``DST/dataset.yaml``).
+
+    Returns ``(split or None, report)`` pairs. Categories are unified across splits first so
+    that every split is written with the same class list (and the same YOLO class indices).
+    """
+    src, dst = Path(src), Path(dst)
+    spec = formats().get(to)
+    if spec is None or spec.write is None:
+        writable = sorted(n for n, s in formats().items() if s.write is not None)
+        raise DataError(f"cannot write format {to!r}; writable: {', '.join(writable)}")
+    if from_format is not None and from_format not in formats():
+        raise DataError(f"unknown format {from_format!r}; known: {', '.join(formats())}")
+    if not is_dataset(src):
+        return [(None, write_annotations(read_annotations(src, from_format), dst, to))]
+    ds = load_dataset(src, from_format)
+    cats = merge_categories(list(ds.splits.values()))
+    reports: list[tuple[str | None, ConversionReport]] = []
+    rel: dict[str, str] = {}
+    for split, aset in ds.splits.items():
+        reports.append((split, write_annotations(replace(aset, categories=cats), dst / split, to)))
+        rel[split] = f"{split}/images" if to == "yolo" else split
+    rel.update({alias: rel[target] for alias, target in ds.aliases.items()})
+    contiguous = [c.id for c in cats] == list(range(len(cats)))
+    names: Sequence[str] | dict[int, str] = [c.name for c in cats] if contiguous or to == "yolo" else {
+        c.id: c.name for c in cats
+    }
+    write_dataset_yaml(dst / DATASET_YAML, rel, names)
+    return reports
