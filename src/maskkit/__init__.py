@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load", "train"]
+
+_LAZY = {"train": "maskkit.engine.api", "load": "maskkit.engine.api"}
+
+
+def __getattr__(name: str) -> Any:
+    """``maskkit.train`` / ``maskkit.load`` import torch only when first used (``import maskkit`` stays light)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'maskkit' has no attribute {name!r}")

@@ -1,0 +1,98 @@
+"""Checkpoints: atomic saves and weights-only loads.
+
+A checkpoint is a plain dict of tensors and JSON-like values (so ``torch.load(weights_only=True)``
+can read it): ``model``, ``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``rng``, ``epoch``,
+``step``, ``config`` (the resolved config as a dict), ``class_names``, ``versions``, ``git``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maskkit.errors import DataError
+from maskkit.fileio import atomic_write_bytes
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Serialise ``state`` and write it atomically (a kill mid-write keeps the previous file)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code execution)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("checkpoint not found", file=path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        raise DataError(f"cannot load checkpoint ({type(exc).__name__}: {exc})", file=path) from None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide a run's numbers."""
+    import numpy
+    import torchvision
+
+    from maskkit import __version__
+
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
+    return {"maskkit": str(__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "numpy": str(numpy.__version__)}
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The current git commit (with ``-dirty`` when the tree has changes), or None outside git."""
+    try:
+        cwd = cwd or os.getcwd()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=cwd, capture_output=True, text=True,
+                               timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as tensors and plain lists (``weights_only``-loadable)."""
+    import random
+
+    import numpy as np
+
+    version, internal, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    import random
+
+    import numpy as np
+
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

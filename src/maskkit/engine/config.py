@@ -1,0 +1,158 @@
+"""The typed training configuration: one pydantic model, saved with every run and checkpoint.
+
+``maskkit train --config run.yaml`` loads it; command-line flags override single fields. A run is
+reproducible from its saved ``config.yaml`` and seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from maskkit.data.transforms import AugmentConfig
+from maskkit.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    """Which architecture and how it is built (options go to the registry builder)."""
+
+    name: str = "maskrcnn_effl0_fpn"
+    weights: str | None = None
+    """Local weights: a maskkit checkpoint, or a torchvision-format state dict (backbone or whole model)."""
+    pretrained_backbone: bool = True
+    """ImageNet backbone: offline for EfficientNet-Lite, an opt-in download for torchvision backbones."""
+    trainable_backbone_layers: int | None = None
+    """Freeze all but the last N backbone stages (None: the builder's default)."""
+    freeze_backbone: bool = False
+    """Freeze every backbone parameter (FPN and heads still train)."""
+    min_size: int | None = None
+    """Inference shortest edge (None: the largest ``augment.min_size``); training sizes come from ``augment``."""
+    max_size: int | None = None
+    """Inference longest-edge cap (None: ``augment.max_size``)."""
+    anchor_sizes: list[int] | None = None
+    mask_resolution: Literal[28, 56] = 28
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Further builder keyword arguments (e.g. ``box_batch_size_per_image``)."""
+
+
+class DataConfig(_Strict):
+    """Where the data comes from and how it is batched."""
+
+    path: str = ""
+    """A dataset YAML, or any dataset path the data layer reads."""
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    """Used only when the source has no val split: a deterministic split by ``seed``."""
+    batch_size: int = Field(2, ge=1)
+    workers: int = Field(0, ge=0)
+    val_batch_size: int | None = None
+    """Batch size of validation (None: ``batch_size``)."""
+
+
+class OptimConfig(_Strict):
+    """Optimiser, schedule and the safety nets."""
+
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = 0.9
+    scheduler: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_steps: int = Field(100, ge=0)
+    step_milestones: list[float] = Field(default_factory=lambda: [0.7, 0.9])
+    """Fractions of the run at which the step schedule multiplies the LR by ``gamma``."""
+    gamma: float = 0.1
+    grad_clip: float | None = 10.0
+    ema: bool = False
+    ema_decay: float = 0.999
+    amp: bool = True
+    """Mixed precision on CUDA (ignored on CPU)."""
+    max_bad_steps: int = 20
+    """Stop the run after this many non-finite losses (each one skips its step)."""
+
+
+class ScheduleConfig(_Strict):
+    """How long, how often to validate, when to stop."""
+
+    epochs: int = Field(10, ge=1)
+    val_every: int = Field(1, ge=1)
+    patience: int | None = None
+    """Early stopping: epochs without improvement of ``metric`` (None disables)."""
+    metric: str = "segm.AP"
+    """Validation metric that picks ``best.pt`` and drives early stopping (dotted path into metrics.json)."""
+    max_dets: int = 100
+    save_every_steps: int = Field(0, ge=0)
+    """Also write ``last.pt`` every N optimiser steps (0: only at epoch ends); a resume continues mid-epoch."""
+    val_loss: bool = True
+    """Compute the validation loss (a second pass over val in train mode, BatchNorm frozen)."""
+
+
+class OutputConfig(_Strict):
+    """Where the run folder goes and what is logged into it."""
+
+    out: str = "runs/train"
+    tensorboard: bool = True
+    """TensorBoard events (skipped quietly when tensorboard is not installed)."""
+    plots: bool = True
+    """``curves.png`` at the end of the run."""
+    progress: bool = True
+    """A progress bar with ETA and current losses."""
+
+
+class TrainConfig(_Strict):
+    """Everything a training run needs; saved as ``config.yaml`` and inside every checkpoint."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(min_size=[512], max_size=853))
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    loss_weights: dict[str, float] = Field(default_factory=dict)
+    """Weight per loss term (``loss_classifier``, ``loss_box_reg``, ``loss_mask``, ``loss_objectness``,
+    ``loss_rpn_box_reg``); missing terms weigh 1."""
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    seed: int = 0
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    deterministic: bool = True
+    """Deterministic algorithms (warn-only) so that a run and its resume give the same losses."""
+    threads: int | None = None
+    """CPU threads of torch (None: torch's default)."""
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Load a YAML config (or the defaults) and apply dotted overrides like ``{"schedule.epochs": 3}``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of sections")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}invalid config:\n{exc}") from None
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from maskkit.fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,127 @@
+"""Build the configured model, load ``--weights`` into it and freeze backbone parts."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from maskkit.engine.config import TrainConfig
+from maskkit.errors import DataError
+
+log = logging.getLogger("maskkit.train")
+
+
+def inference_sizes(cfg: TrainConfig) -> tuple[int, int]:
+    """``(min_size, max_size)`` the model resizes to at inference."""
+    min_size = cfg.model.min_size or (max(cfg.augment.min_size) if cfg.augment.min_size else 800)
+    max_size = cfg.model.max_size or cfg.augment.max_size or max(1333, min_size)
+    return int(min_size), int(max_size)
+
+
+def build_model(cfg: TrainConfig, num_classes: int, pretrained: bool | None = None) -> nn.Module:
+    """Create ``cfg.model.name`` for ``num_classes`` foreground classes.
+
+    Training resizes images in the data pipeline (multi-scale), so the model's own resize is skipped
+    in train mode; in eval mode it resizes to :func:`inference_sizes` and maps outputs back.
+    """
+    from maskkit.models import create
+
+    m = cfg.model
+    min_size, max_size = inference_sizes(cfg)
+    kwargs: dict[str, Any] = dict(m.options)
+    kwargs.update(min_size=min_size, max_size=max_size, mask_resolution=m.mask_resolution,
+                  pretrained_backbone=m.pretrained_backbone if pretrained is None else pretrained)
+    if m.anchor_sizes is not None:
+        kwargs["anchor_sizes"] = m.anchor_sizes
+    if m.trainable_backbone_layers is not None:
+        kwargs["trainable_backbone_layers"] = m.trainable_backbone_layers
+    model = create(m.name, num_classes, **kwargs)
+    if hasattr(model, "transform"):
+        model.transform._skip_resize = bool(cfg.augment.min_size)
+    if m.freeze_backbone:
+        freeze_backbone(model)
+    return model
+
+
+def freeze_backbone(model: nn.Module) -> int:
+    """Stop gradients through the backbone body (the FPN still trains); returns the frozen parameter count."""
+    body = getattr(getattr(model, "backbone", None), "body", None) or getattr(model, "backbone", None)
+    if body is None:
+        return 0
+    n = 0
+    for p in body.parameters():
+        p.requires_grad_(False)
+        n += p.numel()
+    return n
+
+
+@dataclass
+class LoadReport:
+    """What happened when weights were loaded (counts of tensors)."""
+
+    loaded: int = 0
+    missing: int = 0
+    unexpected: int = 0
+    shape_mismatch: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"loaded {self.loaded} tensors, {self.missing} missing, {self.unexpected} unexpected"
+        if self.shape_mismatch:
+            text += f", {len(self.shape_mismatch)} skipped for shape (e.g. class heads): " + ", ".join(
+                self.shape_mismatch[:4]) + ("..." if len(self.shape_mismatch) > 4 else "")
+        return text
+
+
+_PREFIXES = ("", "backbone.body.", "backbone.", "module.")
+
+
+def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]  # a maskkit checkpoint (or a {"model": state_dict} wrapper)
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DataError("not a state dict or maskkit checkpoint", file=path)
+    return obj
+
+
+def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load matching tensors of a maskkit checkpoint or torchvision-format state dict (whole model or backbone).
+
+    Keys are matched as they are, or under ``backbone.body.``/``backbone.`` (backbone-only files),
+    or without a ``module.`` prefix (DDP). Tensors whose shape differs (class heads of another
+    class count) are skipped and reported.
+    """
+    from maskkit.engine.checkpoint import load_checkpoint
+
+    path = Path(path)
+    src = _state_dict_of(load_checkpoint(path), path)
+    own = model.state_dict()
+    best: dict[str, torch.Tensor] = {}
+    for prefix in _PREFIXES:
+        if prefix == "module.":
+            cand = {k[len(prefix):]: v for k, v in src.items() if k.startswith(prefix)}
+        else:
+            cand = {prefix + k: v for k, v in src.items()}
+        if sum(k in own for k in cand) > sum(k in own for k in best):
+            best = cand
+    report = LoadReport()
+    usable = {}
+    for k, v in best.items():
+        if k not in own:
+            report.unexpected += 1
+        elif own[k].shape != v.shape:
+            report.shape_mismatch.append(k)
+        else:
+            usable[k] = v
+    if not usable:
+        raise DataError("no tensor of these weights matches the model", file=path)
+    model.load_state_dict(usable, strict=False)
+    report.loaded = len(usable)
+    report.missing = len(own) - len(usable)
+    return report

@@ -1,0 +1,312 @@
+"""``fit(config)``: one training run, from data and model setup to the run folder's logs and checkpoints.
+
+The pieces live in their own modules (data order, model/weights, optimiser/schedule, inner loops,
+logging, checkpoints); this module wires them together, owns the epoch loop, validation cadence,
+best/last checkpoints, early stopping and resuming.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from maskkit.engine import checkpoint as ckpt_io
+from maskkit.engine.config import TrainConfig, save_config
+from maskkit.engine.data import EpochBatchSampler, TrainData, load_train_data, make_loader, steps_per_epoch
+from maskkit.engine.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
+from maskkit.engine.loop import EpochState, StepContext, evaluate_ap, metric_value, train_epoch, unwrap, validation_loss
+from maskkit.errors import ConfigError
+from maskkit.fileio import atomic_write_json
+
+log = logging.getLogger("maskkit.train")
+
+SUMMARY_METRICS = ("segm.AP", "segm.AP50", "segm.AP75", "bbox.AP", "bbox.AP50")
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (``maskkit.train`` returns it)."""
+
+    out: Path
+    last: Path
+    best: Path | None
+    metrics: dict[str, Any]
+    """The last validation's ``metrics.json`` dict (empty without validation)."""
+    best_metric: float | None
+    best_epoch: int | None
+    epochs: int
+    steps: int
+    stopped_early: bool = False
+    bad_steps: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Best:
+    value: float | None = None
+    epoch: int | None = None
+    stale: int = 0
+
+    def update(self, value: float | None, epoch: int) -> bool:
+        if value is not None and (self.value is None or value > self.value):
+            self.value, self.epoch, self.stale = value, epoch, 0
+            return True
+        self.stale += 1
+        return False
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as torch understands it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool, threads: int | None) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def resume_path(path: str | Path) -> Path:
+    """``last.pt`` of a run folder, or the checkpoint file itself."""
+    path = Path(path)
+    return path / "last.pt" if path.is_dir() else path
+
+
+def _write_run_files(out: Path, cfg: TrainConfig, data: TrainData) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    atomic_write_json(out / "classes.json", {"names": data.class_names, "category_ids": data.category_ids}, indent=2)
+    atomic_write_json(out / "versions.json", {"versions": ckpt_io.package_versions(), "git": ckpt_io.git_commit()},
+                      indent=2)
+    if data.val is not None:
+        atomic_write_json(out / "val_images.json", {
+            "source": data.val_source, "seed": cfg.seed, "val_fraction": cfg.data.val_fraction,
+            "images": [{"id": r.id, "file_name": r.file_name} for r in data.val.images],
+        }, indent=2)
+
+
+class _Checkpointer:
+    """Builds checkpoint dicts of the live objects and writes ``last.pt``/``best.pt`` (rank 0 only)."""
+
+    def __init__(self, out: Path, cfg: TrainConfig, data: TrainData, ctx: StepContext, dinfo: DistInfo) -> None:
+        self.out, self.ctx, self.dinfo = out, ctx, dinfo
+        self.meta = {"config": cfg.model_dump(mode="json"), "class_names": data.class_names,
+                     "category_ids": data.category_ids, "versions": ckpt_io.package_versions(),
+                     "git": ckpt_io.git_commit()}
+
+    def state(self, st: EpochState, best: _Best, summary: dict[str, Any]) -> dict[str, Any]:
+        c = self.ctx
+        return {
+            "model": unwrap(c.model).state_dict(),
+            "optimizer": c.optimizer.state_dict(),
+            "scheduler": c.scheduler.state_dict(),
+            "scaler": c.scaler.state_dict() if c.scaler is not None else None,
+            "ema": c.ema.state_dict() if c.ema is not None else None,
+            "rng": ckpt_io.rng_state(),
+            "epoch": st.epoch, "batch": st.batch, "step": st.step, "bad_steps": st.bad_steps,
+            "sums": dict(st.sums),
+            "best": {"value": best.value, "epoch": best.epoch, "stale": best.stale},
+            "metrics": summary,
+            **self.meta,
+        }
+
+    def save(self, st: EpochState, best: _Best, summary: dict[str, Any], is_best: bool = False) -> None:
+        if not self.dinfo.is_main:
+            return
+        state = self.state(st, best, summary)
+        ckpt_io.save_checkpoint(self.out / "last.pt", state)
+        if is_best:
+            ckpt_io.save_checkpoint(self.out / "best.pt", state)
+
+
+def _restore(ckpt: dict[str, Any], ctx: StepContext, st: EpochState, best: _Best) -> None:
+    unwrap(ctx.model).load_state_dict(ckpt["model"])
+    ctx.optimizer.load_state_dict(ckpt["optimizer"])
+    ctx.scheduler.load_state_dict(ckpt["scheduler"])
+    if ctx.scaler is not None and ckpt.get("scaler"):
+        ctx.scaler.load_state_dict(ckpt["scaler"])
+    if ctx.ema is not None and ckpt.get("ema"):
+        ctx.ema.load_state_dict(ckpt["ema"])
+    st.epoch, st.batch, st.step = int(ckpt["epoch"]), int(ckpt["batch"]), int(ckpt["step"])
+    st.bad_steps, st.sums = int(ckpt.get("bad_steps", 0)), dict(ckpt.get("sums", {}))
+    b = ckpt.get("best") or {}
+    best.value, best.epoch, best.stale = b.get("value"), b.get("epoch"), int(b.get("stale", 0))
+
+
+def _build_context(cfg: TrainConfig, model: nn.Module, device: torch.device, total_steps: int) -> StepContext:
+    from maskkit.engine.ema import ModelEMA
+    from maskkit.engine.schedule import build_optimizer, build_scheduler
+
+    optimizer = build_optimizer(model, cfg.optim)
+    amp = cfg.optim.amp and device.type == "cuda"
+    return StepContext(
+        model=model, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim, total_steps),
+        device=device, loss_weights=dict(cfg.loss_weights), grad_clip=cfg.optim.grad_clip,
+        max_bad_steps=cfg.optim.max_bad_steps, scaler=torch.amp.GradScaler("cuda") if amp else None,
+        ema=ModelEMA(model, cfg.optim.ema_decay) if cfg.optim.ema else None, amp=amp,
+    )
+
+
+def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
+    """Train ``cfg`` (or continue the run whose ``last.pt``/folder is ``resume``); see the module docstring."""
+    from maskkit.data.dataset import InstanceDataset
+    from maskkit.engine.logging import EpochProgress, RunLogger, plot_curves
+    from maskkit.engine.model import build_model, load_weights
+
+    ckpt = ckpt_io.load_checkpoint(resume_path(resume)) if resume is not None else None
+    device = resolve_device(cfg.device)
+    dinfo = init_distributed(device)
+    seed_everything(cfg.seed, cfg.deterministic, cfg.threads)
+    out = Path(cfg.output.out)
+    data = load_train_data(cfg)
+    if ckpt is not None and list(ckpt["category_ids"]) != data.category_ids:
+        raise ConfigError(f"cannot resume: the checkpoint's categories {ckpt['category_ids']} differ from the "
+                          f"data's {data.category_ids}")
+    model = build_model(cfg, len(data.categories))
+    if cfg.model.weights and ckpt is None:
+        report = load_weights(model, cfg.model.weights)
+        log.info("weights %s: %s", cfg.model.weights, report.summary())
+    model.to(device)
+
+    train_ds = InstanceDataset.from_config(data.train, cfg.augment, train=True)
+    bs = cfg.data.batch_size
+    per_epoch = steps_per_epoch(len(train_ds), bs, dinfo.world_size)
+    ctx = _build_context(cfg, model, device, per_epoch * cfg.schedule.epochs)
+    st, best = EpochState(), _Best()
+    if ckpt is not None:
+        _restore(ckpt, ctx, st, best)
+        log.info("resuming %s at epoch %d, batch %d (step %d)", resume, st.epoch + 1, st.batch, st.step)
+    if dinfo.enabled:
+        ctx.model = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    if ckpt is None and dinfo.enabled:
+        torch.manual_seed(cfg.seed + dinfo.rank)  # different augmentations per rank
+    if ckpt is not None:
+        ckpt_io.set_rng_state(ckpt["rng"])
+
+    logger = None
+    if dinfo.is_main:
+        _write_run_files(out, cfg, data)
+        logger = RunLogger(out, cfg.output.tensorboard, purge_step=st.step + 1 if ckpt is not None else None)
+        if ckpt is not None:
+            logger.truncate(st.step, st.epoch)
+        log.info("training %s on %d images (%d val, %s), %d classes, %d steps/epoch, device %s",
+                 cfg.model.name, len(data.train), len(data.val) if data.val else 0, data.val_source,
+                 len(data.categories), per_epoch, device)
+    saver = _Checkpointer(out, cfg, data, ctx, dinfo)
+    val = _Validator(cfg, data, device) if data.val is not None and dinfo.is_main else None
+    metrics: dict[str, Any] = {}
+    summary: dict[str, Any] = dict(ckpt.get("metrics") or {}) if ckpt is not None else {}
+    stopped = False
+    every = cfg.schedule.save_every_steps
+
+    def on_step(row: dict[str, Any]) -> None:
+        if logger is not None:
+            logger.log_step(row)
+        progress.update(row)
+        if every and st.step % every == 0:
+            saver.save(st, best, summary)
+
+    epochs = cfg.schedule.epochs
+    while st.epoch < epochs and not stopped:
+        t0 = time.perf_counter()
+        sampler = EpochBatchSampler(len(train_ds), bs, cfg.seed, st.epoch, st.batch, dinfo.rank, dinfo.world_size)
+        loader = make_loader(train_ds, sampler, cfg.data.workers, cfg.seed + st.epoch)
+        with EpochProgress(cfg.output.progress and dinfo.is_main, st.epoch, epochs, per_epoch, st.batch) as progress:
+            train_epoch(ctx, loader, st, on_step)
+        n = max(st.sums.get("n", 0.0), 1.0)
+        row: dict[str, Any] = {"epoch": st.epoch, "step": st.step, "lr": ctx.optimizer.param_groups[0]["lr"]}
+        row.update({f"train/{k}": v / n for k, v in st.sums.items() if k != "n"})
+        is_best = False
+        last_epoch = st.epoch + 1 == epochs
+        if val is not None and ((st.epoch + 1) % cfg.schedule.val_every == 0 or last_epoch):
+            eval_model = ctx.ema.module if ctx.ema is not None else unwrap(ctx.model)
+            metrics, val_row = val.run(eval_model, ctx.loss_weights)
+            atomic_write_json(out / "metrics.json", metrics, indent=2)
+            row.update(val_row)
+            summary = {k: val_row[k] for k in SUMMARY_METRICS if k in val_row}
+            value = metric_value(metrics, cfg.schedule.metric)
+            is_best = best.update(value, st.epoch)
+            log.info("epoch %d/%d: %s", st.epoch + 1, epochs, ", ".join(
+                f"{k}={v:.4f}" for k, v in row.items() if k.startswith(("val/loss", "segm.AP", "bbox.AP"))
+                and isinstance(v, float) and "/loss_" not in k))
+        row["time"] = round(time.perf_counter() - t0, 3)
+        if logger is not None:
+            logger.log_epoch(row)
+        st.epoch, st.batch, st.sums = st.epoch + 1, 0, {}
+        saver.save(st, best, summary, is_best=is_best)
+        stopped = bool(cfg.schedule.patience is not None and best.stale >= cfg.schedule.patience
+                       and st.epoch < epochs)
+        stopped = broadcast_object(stopped, dinfo)
+        if stopped and dinfo.is_main:
+            log.info("early stopping: %s did not improve for %d epochs (best %.4f at epoch %d)",
+                     cfg.schedule.metric, best.stale, best.value or float("nan"), (best.epoch or 0) + 1)
+    barrier(dinfo)
+    if dinfo.enabled:
+        _write_rank_checksum(out, unwrap(ctx.model), dinfo)
+    history: list[dict[str, Any]] = []
+    if logger is not None:
+        history = logger.results
+        logger.close()
+        if cfg.output.plots:
+            plot_curves(out / "results.csv", out)
+    cleanup(dinfo)
+    best_path = out / "best.pt"
+    return TrainResult(out=out, last=out / "last.pt", best=best_path if best_path.is_file() else None,
+                       metrics=metrics, best_metric=best.value, best_epoch=best.epoch, epochs=st.epoch,
+                       steps=st.step, stopped_early=stopped, bad_steps=st.bad_steps, history=history)
+
+
+def _write_rank_checksum(out: Path, model: nn.Module, dinfo: DistInfo) -> None:
+    """``ranks/rank<N>.json``: a checksum of this rank's parameters (replicas must agree)."""
+    with torch.no_grad():
+        total = sum(float(p.double().sum()) for p in model.parameters())
+        sq = sum(float(p.double().pow(2).sum()) for p in model.parameters())
+    atomic_write_json(out / "ranks" / f"rank{dinfo.rank}.json", {"rank": dinfo.rank, "sum": total, "sumsq": sq})
+
+
+class _Validator:
+    """Val loss (train mode, BatchNorm frozen, no grad) and COCO AP (eval mode) on the val set."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, device: torch.device) -> None:
+        from maskkit.data.dataset import InstanceDataset
+
+        assert data.val is not None
+        self.cfg, self.data, self.device = cfg, data, device
+        self.records = {r.id: r for r in data.val.images}
+        self.loss_ds = InstanceDataset.from_config(data.val, cfg.augment, train=False)
+        self.eval_ds = InstanceDataset(data.val, None, **cfg.augment.image_options())
+        self.bs = cfg.data.val_batch_size or cfg.data.batch_size
+
+    def _loader(self, ds: Any) -> Any:
+        sampler = EpochBatchSampler(len(ds), self.bs, 0, 0, shuffle=False)
+        return make_loader(ds, sampler, self.cfg.data.workers, 0)
+
+    def run(self, model: nn.Module, weights: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
+        row: dict[str, Any] = {}
+        if self.cfg.schedule.val_loss:
+            row.update({f"val/{k}": v for k, v in validation_loss(model, self._loader(self.loss_ds), self.device,
+                                                                    weights).items()})
+        metrics = evaluate_ap(model, self._loader(self.eval_ds), self.records, self.data.categories, self.device)
+        for key in SUMMARY_METRICS:
+            v = metric_value(metrics, key)
+            if v is not None:
+                row[key] = v
+        return metrics, row
