@@ -1,0 +1,144 @@
+"""``maskkit eval``: score predictions against ground truth (COCO AP, matching, PQ, Boundary AP).
+
+Three sources of predictions: a COCO results file (``--gt`` + ``--pred``), instance-label image
+folders (``--gt-labels`` + ``--pred-labels``), or a checkpoint run on a dataset (``--model`` +
+``--data``). The logic lives in :mod:`maskkit.evaluation`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from maskkit.errors import ConfigError, DataError, MaskkitError
+
+
+def command(
+    gt: Path | None = typer.Option(None, "--gt", help="Ground truth: COCO JSON or any readable annotation source."),
+    pred: Path | None = typer.Option(None, "--pred", help="COCO results JSON (list of detections) to score."),
+    gt_labels: Path | None = typer.Option(None, "--gt-labels", help="Folder of GT instance-label images."),
+    pred_labels: Path | None = typer.Option(None, "--pred-labels", help="Folder of predicted instance-label images."),
+    model: Path | None = typer.Option(None, "--model", help="Checkpoint to evaluate (needs --data)."),
+    data: Path | None = typer.Option(None, "--data", help="dataset.yaml or annotation source for --model."),
+    split: str = typer.Option("val", "--split", help="Split of a dataset.yaml for --model."),
+    out: Path | None = typer.Option(None, "--out", help="Write metrics.json, CSVs and plots to this folder."),
+    max_dets: str = typer.Option("1,10,100", "--max-dets", help="COCO max detections, e.g. 1,100,1000 for nuclei."),
+    score_threshold: float = typer.Option(0.5, "--score-threshold",
+                                          help="Min score for matching/PQ/confusion (AP uses all)."),
+    boundary: bool = typer.Option(True, "--boundary/--no-boundary", help="Compute Boundary AP."),
+    semantic: bool = typer.Option(False, "--semantic", help="Also score painted class maps (mIoU)."),
+    backend: str = typer.Option("faster", "--backend", help="COCO backend: faster (faster-coco-eval) or pycocotools."),
+    gallery: int = typer.Option(8, "--gallery", help="Errors per kind in error_gallery.png (0: none)."),
+) -> None:
+    """Evaluate instance predictions: COCO box/mask AP, matching F1/AJI, PQ, Boundary AP."""
+    from maskkit.evaluation import InstanceEvaluator
+    from maskkit.evaluation.report import print_report, write_outputs
+    from maskkit.evaluation.results import image_loader
+
+    modes = {"--gt/--pred": gt or pred, "--gt-labels/--pred-labels": gt_labels or pred_labels,
+             "--model/--data": model or data}
+    chosen = [k for k, v in modes.items() if v]
+    if len(chosen) != 1:
+        raise ConfigError("give exactly one of --gt with --pred, --gt-labels with --pred-labels, "
+                          "or --model with --data")
+    if backend not in ("faster", "pycocotools"):
+        raise ConfigError(f"--backend must be faster or pycocotools, got {backend!r}")
+    try:
+        dets = [int(v) for v in max_dets.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--max-dets must be comma-separated integers, got {max_dets!r}") from None
+    extras = ["matching", "panoptic", "confusion"]
+    extras += (["boundary"] if boundary else []) + (["semantic"] if semantic else [])
+
+    if chosen[0] == "--model/--data":
+        aset, predict = _model_source(model, data, split)
+        preds: Any = None
+        notes: list[str] = []
+    elif chosen[0] == "--gt/--pred":
+        aset, preds, notes = _results_source(gt, pred)
+    else:
+        aset, preds, notes = _label_source(gt_labels, pred_labels)
+    ev = InstanceEvaluator(aset.categories, max_dets=dets, extras=extras, score_threshold=score_threshold,
+                           backend=backend)
+    ev.notes += notes
+    load_image = image_loader(aset)
+    for rec in aset.images:
+        if preds is None:
+            image = load_image(rec.id)
+            if image is None:
+                raise DataError("image file not found or unreadable", file=aset.image_path(rec))
+            output = predict(image)
+        else:
+            output = preds.get(rec.id) or _empty(rec)
+        ev.process([rec], [output])
+    crowded = sum(len(im.dt) > ev.max_dets[-1] for im in ev.images)
+    if crowded:
+        ev.notes.append(f"{crowded} images have more than {ev.max_dets[-1]} predictions: COCO AP keeps the "
+                        f"{ev.max_dets[-1]} best; use --max-dets 1,10,100,1000 for dense objects")
+    metrics = ev.evaluate()
+    if out is not None:
+        plain_labels = gt_labels is not None and not (gt_labels / "images").is_dir()  # no image files at all
+        paths = write_outputs(out, metrics, ev, None if plain_labels else load_image, gallery_size=gallery)
+    print_report(metrics)
+    if out is not None:
+        typer.echo(f"wrote {len(paths)} files to {out}: " + ", ".join(p.name for p in paths))
+
+
+def _empty(rec: Any) -> Any:
+    from maskkit.structures import Instances
+
+    return Instances.empty((rec.height, rec.width), with_masks=rec.instances.has("masks"))
+
+
+def _results_source(gt: Path | None, pred: Path | None) -> tuple[Any, Any, list[str]]:
+    if gt is None or pred is None:
+        raise ConfigError("--gt and --pred go together")
+    from maskkit.data.formats import read_annotations
+    from maskkit.evaluation.results import read_results, results_to_instances
+
+    aset = read_annotations(gt)
+    sizes = {r.id: (r.height, r.width) for r in aset.images}
+    results = read_results(pred, sizes, [c.id for c in aset.categories])
+    preds, notes = results_to_instances(results, sizes)
+    if not results:
+        notes.append(f"{pred} holds no detections")
+    return aset, preds, notes
+
+
+def _label_source(gt_labels: Path | None, pred_labels: Path | None) -> tuple[Any, Any, list[str]]:
+    if gt_labels is None or pred_labels is None:
+        raise ConfigError("--gt-labels and --pred-labels go together")
+    from maskkit.evaluation.results import read_label_folders
+
+    return read_label_folders(gt_labels, pred_labels)
+
+
+def _model_source(model: Path | None, data: Path | None, split: str) -> tuple[Any, Any]:
+    """The dataset and a ``predict(image) -> Instances`` (labels = dataset category ids)."""
+    import maskkit.inference
+
+    predictor_cls = getattr(maskkit.inference, "Predictor", None)
+    if predictor_cls is None:
+        raise MaskkitError("checkpoint evaluation needs the training module (maskkit.engine), not available yet")
+    if model is None or data is None:
+        raise ConfigError("--model and --data go together")
+    aset = _load_dataset(data, split)
+    return aset, predictor_cls(model).predict
+
+
+def _load_dataset(data: Path, split: str) -> Any:
+    from maskkit.data.formats import read_annotations
+
+    if data.suffix.lower() in (".yaml", ".yml"):
+        try:
+            from maskkit.data.splits import load_dataset
+        except ImportError:
+            raise MaskkitError("dataset YAML files need maskkit.data.splits, not available yet") from None
+        splits = load_dataset(data)
+        aset = getattr(splits, split, None)
+        if aset is None:
+            raise DataError(f"the dataset has no {split!r} split", file=data)
+        return aset
+    return read_annotations(data)

@@ -1,0 +1,373 @@
+"""COCO results files (a JSON list of detections, from any tool): read with validation, write.
+
+An entry is ``{"image_id", "category_id", "score", "segmentation" and/or "bbox"}``; ``bbox`` is COCO
+``[x, y, w, h]``, ``segmentation`` a compressed RLE (``counts`` string) of the image's size. As a
+leniency, uncompressed RLE (``counts`` list) and polygon lists are accepted and converted.
+
+Every problem raises :class:`~maskkit.errors.DataError` naming the file and the entry index: not
+JSON, empty, not a list, an entry that is not an object, unknown ``image_id`` or ``category_id``,
+a missing or non-finite ``score``, a bad ``bbox``, or a malformed RLE. Compressed RLE strings are
+checked completely (vectorised: characters, run lengths >= 0 adding up to ``h × w``) because
+pycocotools would write out of bounds when decoding a corrupt one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from maskkit.errors import DataError
+from maskkit.evaluation.coco import gc_paused
+from maskkit.fileio import atomic_write_json
+from maskkit.structures import Instances, Masks
+from maskkit.structures.masks import rle_to_string
+
+
+def read_results(
+    path: str | Path, image_sizes: Mapping[int, tuple[int, int]], category_ids: Iterable[int]
+) -> list[dict[str, Any]]:
+    """Read and validate a COCO results file against the ground truth's images and categories.
+
+    Returns the entries with ``segmentation`` normalised to compressed RLE (``counts`` bytes) and
+    ``bbox`` as a list of 4 floats (each only when given).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot read results: {exc.strerror or exc}", file=path) from exc
+    if not text.strip():
+        raise DataError("empty file (expected a JSON list of detections)", file=path)
+    with gc_paused():
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", file=path) from exc
+        return validate_results(data, image_sizes, category_ids, source=path)
+
+
+def validate_results(
+    data: Any,
+    image_sizes: Mapping[int, tuple[int, int]],
+    category_ids: Iterable[int],
+    source: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Validate parsed COCO results (see :func:`read_results`); ``source`` names them in errors."""
+    if isinstance(data, dict) and "annotations" in data:
+        raise DataError("this is a COCO dataset (has 'annotations'), not a results list", file=source)
+    if not isinstance(data, list):
+        raise DataError(f"results must be a JSON list of detections, got {type(data).__name__}", file=source)
+    cats = {int(c) for c in category_ids}
+    out = []
+    compressed: list[int] = []
+    for i, entry in enumerate(data):
+        def bad(problem: str, entry_index: int = i) -> DataError:
+            return DataError(problem, file=source, annotation=f"entry {entry_index}")
+
+        if not isinstance(entry, dict):
+            raise bad(f"entry is a {type(entry).__name__}, expected an object")
+        image_id = _int(entry.get("image_id"))
+        if image_id is None or image_id not in image_sizes:
+            raise bad(f"unknown image_id {entry.get('image_id')!r} (not in the ground truth)")
+        category_id = _int(entry.get("category_id"))
+        if category_id is None or category_id not in cats:
+            raise bad(f"unknown category_id {entry.get('category_id')!r} (known: {sorted(cats)})")
+        score = entry.get("score")
+        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+            raise bad(f"score must be a finite number, got {score!r}")
+        if "bbox" not in entry and "segmentation" not in entry:
+            raise bad("entry has neither 'bbox' nor 'segmentation'")
+        det: dict[str, Any] = {"image_id": image_id, "category_id": category_id, "score": float(score)}
+        if "bbox" in entry:
+            det["bbox"] = _bbox(entry["bbox"], bad)
+        if "segmentation" in entry:
+            det["segmentation"], is_string = _segmentation(entry["segmentation"], image_sizes[image_id], bad)
+            if is_string:
+                compressed.append(i)
+        out.append(det)
+    if compressed:
+        rles = [out[i]["segmentation"] for i in compressed]
+        for k in np.flatnonzero(~compressed_rles_valid(rles)):
+            raise DataError("malformed compressed RLE: run lengths do not decode to the mask size",
+                            file=source, annotation=f"entry {compressed[k]}")
+    return out
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _bbox(value: Any, bad: Any) -> list[float]:
+    if not isinstance(value, list | tuple) or len(value) != 4:
+        raise bad(f"bbox must be [x, y, w, h], got {value!r}")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        raise bad(f"bbox must hold 4 finite numbers, got {value!r}")
+    if value[2] < 0 or value[3] < 0:
+        raise bad(f"bbox width and height must be >= 0, got {value!r}")
+    return [float(v) for v in value]
+
+
+def _segmentation(value: Any, size: tuple[int, int], bad: Any) -> tuple[dict[str, Any], bool]:
+    """Compressed RLE of a segmentation (bytes counts) and whether its string still needs checking."""
+    h, w = int(size[0]), int(size[1])
+    if isinstance(value, dict):
+        rle_size = value.get("size")
+        counts = value.get("counts")
+        if not isinstance(rle_size, list | tuple) or [_int(v) for v in rle_size] != [h, w]:
+            raise bad(f"RLE size {rle_size!r} does not match the image size [{h}, {w}]")
+        if isinstance(counts, str):
+            try:
+                return {"size": [h, w], "counts": counts.encode("ascii")}, True
+            except UnicodeEncodeError:
+                raise bad("malformed compressed RLE: non-ASCII counts") from None
+        if isinstance(counts, list):
+            if not all(_int(c) is not None and c >= 0 for c in counts) or sum(counts) != h * w:
+                raise bad(f"malformed uncompressed RLE: counts must be integers >= 0 adding up to {h * w}")
+            return mask_utils.frPyObjects({"size": [h, w], "counts": [int(c) for c in counts]}, h, w), False
+        raise bad(f"RLE counts must be a string or a list, got {type(counts).__name__}")
+    if isinstance(value, list) and value and all(isinstance(p, list) for p in value):
+        parts = [p for p in value if len(p) >= 6]
+        if not all(len(p) % 2 == 0 and all(isinstance(v, int | float) for v in p) for p in value) or not parts:
+            raise bad("malformed polygon segmentation (need flat [x1, y1, x2, y2, ...] lists of >= 3 points)")
+        return mask_utils.merge(mask_utils.frPyObjects(parts, h, w)), False
+    raise bad("segmentation must be an RLE object or a polygon list")
+
+
+def compressed_rles_valid(rles: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Which compressed RLEs (``counts`` bytes) decode to valid runs adding up to ``h × w``.
+
+    Implements pycocotools' ``rleFrString`` (6-bit groups of 5 value bits + continuation bit, sign
+    bit on the last group, counts from the third on stored as deltas to the one two places before)
+    over all strings at once.
+    """
+    n = len(rles)
+    strings = [r["counts"] for r in rles]
+    lens = np.fromiter(map(len, strings), dtype=np.int64, count=n)
+    totals = np.fromiter((int(r["size"][0]) * int(r["size"][1]) for r in rles), dtype=np.int64, count=n)
+    ok = (lens > 0) | (totals == 0)
+    if not lens.sum():
+        return ok
+    raw = np.frombuffer(b"".join(strings), dtype=np.uint8)
+    owner = np.repeat(np.arange(n), lens)
+    ok[owner[(raw < 48) | (raw > 111)]] = False
+    c = (raw - 48) & 63
+    ends = np.cumsum(lens)[lens > 0] - 1
+    term = (c & 0x20) == 0
+    ok[owner[ends[~term[ends]]]] = False  # a string must not end inside a value
+    term[ends] = True
+    starts = np.flatnonzero(np.concatenate(([True], term[:-1])))
+    group_len = np.diff(np.append(starts, len(c)))
+    ok[owner[starts[group_len > 12]]] = False  # more than 60 bits: no real mask
+    k = np.arange(len(c)) - np.repeat(starts, group_len)
+    x = np.add.reduceat((c & 0x1F).astype(np.int64) << (5 * np.minimum(k, 11)), starts)
+    last = starts + group_len - 1
+    negative = (c[last] & 0x10) != 0
+    x[negative] -= np.int64(1) << (5 * np.minimum(group_len[negative], 12))
+    rle_of = owner[starts]
+    per_rle = np.bincount(rle_of, minlength=n)
+    first = np.concatenate(([0], np.cumsum(per_rle)[:-1]))
+    m = np.arange(len(x)) - first[rle_of]  # index of the count within its RLE
+    counts = x
+    for parity in (0, 1):  # counts[m] = x[m] + counts[m - 2] for m > 2: cumulative sums per RLE and parity
+        sel = np.flatnonzero((m >= 1) & (m % 2 == parity))
+        if len(sel):
+            cs = np.cumsum(x[sel])
+            sub = np.bincount(rle_of[sel], minlength=n)
+            off = np.cumsum(sub) - sub
+            before = np.where(off > 0, cs[np.maximum(off - 1, 0)], 0)
+            counts[sel] = cs - np.repeat(before, sub)
+    has = per_rle > 0
+    ok[rle_of[counts < 0]] = False
+    sums = np.zeros(n, dtype=np.int64)
+    sums[has] = np.add.reduceat(counts, first[has])
+    return ok & (sums == totals)
+
+
+def results_to_instances(
+    results: Sequence[dict[str, Any]], image_sizes: Mapping[int, tuple[int, int]]
+) -> tuple[dict[int, Instances], list[str]]:
+    """Group validated results into per-image predicted ``Instances`` (``boxes`` float64 XYXY).
+
+    Masks are kept only when every entry has a ``segmentation``; boxes missing from entries come
+    from the mask extents (as pycocotools' ``loadRes`` does). Returns the instances and notes.
+    """
+    notes = []
+    with_masks = bool(results) and all("segmentation" in r for r in results)
+    if results and not with_masks and any("segmentation" in r for r in results):
+        n = sum("segmentation" not in r for r in results)
+        notes.append(f"{n} results have no segmentation: masks ignored, bbox only")
+    if with_masks and any("bbox" not in r for r in results):
+        notes.append("results without bbox: boxes taken from the mask extents (as pycocotools' loadRes does)")
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    out = {}
+    for image_id, dets in by_image.items():
+        h, w = image_sizes[image_id]
+        masks = Masks.from_rles([d["segmentation"] for d in dets], h, w) if with_masks else None
+        mask_boxes = masks.boxes().astype(np.float64) if masks is not None else None
+        boxes = np.zeros((len(dets), 4), dtype=np.float64)
+        for i, d in enumerate(dets):
+            if "bbox" in d:
+                x, y, bw, bh = d["bbox"]
+                boxes[i] = (x, y, x + bw, y + bh)
+            elif mask_boxes is not None:
+                boxes[i] = mask_boxes[i]
+        inst = Instances((h, w), boxes=boxes, labels=np.array([d["category_id"] for d in dets], dtype=np.int64),
+                         scores=np.array([d["score"] for d in dets], dtype=np.float64))
+        if masks is not None:
+            inst.masks = masks
+        out[image_id] = inst
+    return out, notes
+
+
+def instances_to_results(image_id: int, instances: Instances) -> list[dict[str, Any]]:
+    """COCO results entries (JSON-safe: RLE ``counts`` as str) of one image's predictions."""
+    n = len(instances)
+    boxes = np.asarray(instances.boxes, dtype=np.float64).reshape(n, 4) if instances.has("boxes") else None
+    scores = instances.get("scores")
+    scores = np.ones(n) if scores is None else np.asarray(scores, dtype=np.float64).reshape(n)
+    masks = instances.get("masks")
+    out = []
+    for i in range(n):
+        r: dict[str, Any] = {"image_id": int(image_id), "category_id": int(instances.labels[i]),
+                             "score": round(float(scores[i]), 6)}
+        if boxes is not None:
+            x0, y0, x1, y1 = boxes[i]
+            r["bbox"] = [round(float(v), 3) for v in (x0, y0, x1 - x0, y1 - y0)]
+        if masks is not None:
+            r["segmentation"] = rle_to_string(masks.rle(i))
+        out.append(r)
+    return out
+
+
+def write_results(path: str | Path, results: Sequence[dict[str, Any]]) -> None:
+    """Write a COCO results list (RLE ``counts`` bytes become str), atomically."""
+    safe = [{**r, "segmentation": rle_to_string(r["segmentation"])} if "segmentation" in r else r for r in results]
+    atomic_write_json(path, safe)
+
+
+# -- instance-label image folders -------------------------------------------------------------------
+
+
+def _label_tools() -> tuple[Callable[[Path], np.ndarray], Callable[[np.ndarray], list[dict[str, Any]]]]:
+    """(read a label image, split it into RLEs): the labelimages format module's, else a minimal pair."""
+    try:
+        from maskkit.data.formats.labelimages import label_image_to_rles, read_label_array
+
+        return read_label_array, lambda labels: label_image_to_rles(labels)[0]
+    except ImportError:  # pragma: no cover - the format module ships with maskkit
+        from maskkit.data.images import read_image
+
+        def split(labels: np.ndarray) -> list[dict[str, Any]]:
+            return Masks.from_label_image(labels)[0].to_rles()
+
+        return (lambda p: read_image(p)), split
+
+
+def _label_files(folder: Path) -> dict[str, Path]:
+    from maskkit.data.images import is_image_file
+
+    sub = next((folder / n for n in ("labels", "masks") if (folder / n).is_dir()), folder)
+    files = sorted(p for p in sub.rglob("*") if p.is_file() and is_image_file(p))
+    out: dict[str, Path] = {}
+    for p in files:
+        key = p.relative_to(sub).with_suffix("").as_posix()
+        if key in out:
+            raise DataError(f"two label images share the name {key!r}: {out[key].name}, {p.name}", file=sub)
+        out[key] = p
+    return out
+
+
+def read_label_folders(gt_dir: str | Path, pred_dir: str | Path) -> tuple[Any, dict[int, Instances], list[str]]:
+    """Ground truth and predictions from instance-label images (0 = background), paired by file name.
+
+    ``gt_dir`` is the labelimages layout (``images/`` + ``labels/``; then the images are reachable
+    for the error gallery) or a plain folder of label images; ``pred_dir`` a folder of label images
+    (or one with ``labels/``) named like the GT ones (relative path without suffix, e.g. the stem).
+    Predicted label images carry no scores and no classes: every instance gets score 1.0 (AP then
+    reflects one operating point; matching F1 / DSB score / AJI are the natural metrics) and the
+    first GT category. Returns the GT ``AnnotationSet``, predictions by image id, and notes.
+    """
+    from maskkit.data.annotations import AnnotationSet, Category, ImageRecord, new_instances
+
+    gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
+    for d in (gt_dir, pred_dir):
+        if not d.is_dir():
+            raise DataError("not a folder of label images", file=d)
+    read, split = _label_tools()
+    notes = ["prediction label images have no scores: every predicted instance scored 1.0"]
+    if (gt_dir / "images").is_dir():
+        from maskkit.data.formats import read_annotations
+
+        aset = read_annotations(gt_dir, format="labelimages")
+        keys = [Path(r.file_name).with_suffix("").as_posix() for r in aset.images]
+    else:
+        records = []
+        files = _label_files(gt_dir)
+        keys = list(files)
+        for i, path in enumerate(files.values()):
+            labels = read(path)
+            h, w = labels.shape[:2]
+            rles = split(labels)
+            inst = new_instances(h, w, [1] * len(rles), Masks.from_rles(rles, h, w))
+            records.append(ImageRecord(i + 1, path.name, h, w, inst, source=str(path)))
+        aset = AnnotationSet([Category(1, "object")], records, gt_dir, source=gt_dir, format="labelimages")
+        notes.append("ground truth is a plain folder of label images: no image files for the error gallery")
+    if not aset.images:
+        raise DataError("no label images found", file=gt_dir)
+    category = aset.categories[0].id
+    if len(aset.categories) > 1:
+        notes.append(f"prediction label images have no classes: all predictions get category {category}")
+    preds_by_key = _label_files(pred_dir)
+    stems = {Path(k).name: p for k, p in preds_by_key.items()}
+    preds: dict[int, Instances] = {}
+    missing = 0
+    for rec, key in zip(aset.images, keys, strict=True):
+        path = preds_by_key.pop(key, None) or stems.get(Path(key).name)
+        if path is None:
+            missing += 1
+            continue
+        labels = read(path)
+        if labels.shape[:2] != (rec.height, rec.width):
+            raise DataError(f"prediction is {labels.shape[1]}x{labels.shape[0]}, ground truth "
+                            f"{rec.width}x{rec.height}", file=path)
+        rles = split(labels)
+        masks = Masks.from_rles(rles, rec.height, rec.width)
+        preds[rec.id] = Instances.from_masks(masks, [category] * len(rles), np.ones(len(rles)))
+    if missing:
+        notes.append(f"{missing} ground-truth images have no prediction label image (scored as no detections)")
+    return aset, preds, notes
+
+
+def image_loader(aset: Any) -> Callable[[int], np.ndarray | None]:
+    """``image_id -> image`` for an ``AnnotationSet`` (embedded bytes or the file; ``None`` if unreachable)."""
+    from maskkit.data.images import decode_image_bytes, read_image
+
+    records = {r.id: r for r in aset.images}
+
+    def load(image_id: int) -> np.ndarray | None:
+        rec = records.get(image_id)
+        if rec is None:
+            return None
+        try:
+            if rec.data is not None:
+                return decode_image_bytes(rec.data, rec.source)
+            path = aset.image_path(rec)
+            return read_image(path) if path.is_file() else None
+        except (DataError, OSError):
+            return None
+
+    return load
