@@ -222,3 +222,17 @@ def test_postprocess_to_instances() -> None:
     inst = to_instances(out, (20, 30), [7, 11])
     assert inst.labels.tolist() == [7, 11] and inst.masks.areas().tolist() == [18, 2]
     assert inst.masks.boxes()[0].tolist() == [3, 2, 9, 5]
+
+
+def test_eval_cli_scores_a_checkpoint(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """`maskkit eval --model CKPT --data DATA` runs the Predictor over the data and writes metrics.json."""
+    from typer.testing import CliRunner
+
+    from maskkit.cli.main import app
+
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["eval", "--model", str(tiny["a"] / "best.pt"), "--data",
+                                      str(tiny["root"] / "data"), "--out", str(out), "--no-boundary"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["segm"]["AP"] <= 1.0 and metrics["counts"]["gt_instances"] > 0

@@ -159,16 +159,6 @@ def test_eval_label_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert "scored 1.0" in notes and "error gallery skipped" in notes
 
 
-def test_model_evaluation_without_predictor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    import maskkit.inference
-
-    if hasattr(maskkit.inference, "Predictor"):
-        pytest.skip("maskkit.inference has a Predictor now")
-    code, _, err = run(monkeypatch, capsys, "--model", tmp_path / "x.pt", "--data", tmp_path)
-    assert code == 2 and "needs the training module (maskkit.engine)" in err
-
-
 def test_options_must_form_one_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(monkeypatch, capsys, "--gt", tmp_path / "a.json", "--gt-labels", tmp_path)

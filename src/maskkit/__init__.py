@@ -6,13 +6,17 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load", "train"]
+__all__ = ["Predictor", "__version__", "load", "train"]
 
-_LAZY = {"train": "maskkit.engine.api", "load": "maskkit.engine.api"}
+_LAZY = {
+    "train": "maskkit.engine.api",
+    "load": "maskkit.inference.predictor",
+    "Predictor": "maskkit.inference.predictor",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """``maskkit.train`` / ``maskkit.load`` import torch only when first used (``import maskkit`` stays light)."""
+    """``train``, ``load`` and ``Predictor`` import torch on first use (``import maskkit`` stays light)."""
     if name in _LAZY:
         import importlib
 

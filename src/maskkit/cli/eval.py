@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from maskkit.errors import ConfigError, DataError, MaskkitError
+from maskkit.errors import ConfigError, DataError
 
 
 def command(
@@ -119,26 +119,20 @@ def _model_source(model: Path | None, data: Path | None, split: str) -> tuple[An
     """The dataset and a ``predict(image) -> Instances`` (labels = dataset category ids)."""
     import maskkit.inference
 
-    predictor_cls = getattr(maskkit.inference, "Predictor", None)
-    if predictor_cls is None:
-        raise MaskkitError("checkpoint evaluation needs the training module (maskkit.engine), not available yet")
     if model is None or data is None:
         raise ConfigError("--model and --data go together")
     aset = _load_dataset(data, split)
-    return aset, predictor_cls(model).predict
+    return aset, maskkit.inference.Predictor(model).predict
 
 
 def _load_dataset(data: Path, split: str) -> Any:
-    from maskkit.data.formats import read_annotations
+    """The ``split`` of a dataset (YAML, split folders or a single source: its only split)."""
+    from maskkit.data.splits import load_dataset
 
-    if data.suffix.lower() in (".yaml", ".yml"):
-        try:
-            from maskkit.data.splits import load_dataset
-        except ImportError:
-            raise MaskkitError("dataset YAML files need maskkit.data.splits, not available yet") from None
-        splits = load_dataset(data)
-        aset = getattr(splits, split, None)
-        if aset is None:
-            raise DataError(f"the dataset has no {split!r} split", file=data)
-        return aset
-    return read_annotations(data)
+    ds = load_dataset(data)
+    name = ds.aliases.get(split, split)
+    if name in ds.splits:
+        return ds.splits[name]
+    if len(ds.splits) == 1:
+        return next(iter(ds.splits.values()))
+    raise DataError(f"the dataset has no {split!r} split (it has {', '.join(ds.splits)})", file=data)
