@@ -18,7 +18,8 @@ per instance beyond the transient decode. Pairwise boundary IoU is then pycocoto
 Boundary AP is COCO AP with ``IoU = min(mask IoU, boundary IoU)`` (crowd GT keep mask IoU), computed by a
 ``COCOeval`` subclass whose ``computeIoU`` returns the combined matrix, so the AP integration (matching,
 interpolation, area ranges) stays the library's: :func:`boundary_cocoeval_class` gives that subclass for
-pycocotools or faster-coco-eval; :func:`boundary_evaluate` / :func:`boundary_ap` run it with the dataset
+pycocotools; faster-coco-eval computes the same natively (``iouType="boundary"``).
+:func:`boundary_evaluate` / :func:`boundary_ap` run either backend with the dataset
 conventions of :mod:`maskkit.evaluation.coco` (prepared detections, ``max_dets``, ``None`` for "no GT").
 """
 
@@ -156,45 +157,28 @@ def _sorted_dts(dt: list[dict], max_det: int) -> list[dict]:
     return [dt[i] for i in order[:max_det]]
 
 
-def boundary_cocoeval_class(backend: str = "faster") -> type:
-    """A COCOeval subclass whose ``computeIoU`` returns ``min(mask IoU, boundary IoU)``.
+def boundary_cocoeval_class() -> type:
+    """A pycocotools ``COCOeval`` subclass whose ``computeIoU`` returns ``min(mask IoU, boundary IoU)``.
 
-    ``backend="faster"`` subclasses faster-coco-eval's ``COCOeval_faster``, ``"pycocotools"`` the reference
-    ``COCOeval``. Construct it like its base with ``iouType="segm"`` and set the ``dilation_ratio`` attribute
-    (default 0.02) before ``evaluate()``; everything else (matching, accumulation, summary) is the base's.
-    Boundaries are computed once per annotation and cached under ``ann["_boundary"]``.
+    Construct it like its base with ``iouType="segm"`` and set the ``dilation_ratio`` attribute (default
+    0.02) before ``evaluate()``; everything else (matching, accumulation, summary) is the base's.
+    Boundaries are computed once per annotation and cached under ``ann["_boundary"]``. The ``"faster"``
+    backend needs no subclass: faster-coco-eval computes the same quantity natively (``iouType="boundary"``).
     """
-    if backend == "pycocotools":
-        from pycocotools.cocoeval import COCOeval
+    from pycocotools.cocoeval import COCOeval
 
-        class BoundaryCOCOeval(COCOeval):
-            dilation_ratio = 0.02
+    class BoundaryCOCOeval(COCOeval):
+        dilation_ratio = 0.02
 
-            def computeIoU(self, imgId: int, catId: int) -> Any:
-                ious = super().computeIoU(imgId, catId)
-                p = self.params
-                cats = [catId] if p.useCats else p.catIds
-                gt = [g for c in cats for g in self._gts[imgId, c]]
-                dt = _sorted_dts([d for c in cats for d in self._dts[imgId, c]], p.maxDets[-1])
-                return _combine(ious, gt, dt, self.dilation_ratio, "segmentation")
+        def computeIoU(self, imgId: int, catId: int) -> Any:
+            ious = super().computeIoU(imgId, catId)
+            p = self.params
+            cats = [catId] if p.useCats else p.catIds
+            gt = [g for c in cats for g in self._gts[imgId, c]]
+            dt = _sorted_dts([d for c in cats for d in self._dts[imgId, c]], p.maxDets[-1])
+            return _combine(ious, gt, dt, self.dilation_ratio, "segmentation")
 
-        return BoundaryCOCOeval
-    if backend == "faster":
-        from faster_coco_eval import COCOeval_faster
-
-        class BoundaryCOCOevalFaster(COCOeval_faster):
-            dilation_ratio = 0.02
-
-            def computeIoU(self, imgId: int, catId: int) -> Any:
-                ious = super().computeIoU(imgId, catId)
-                p = self.params
-                cats = [catId] if p.useCats else p.catIds
-                gt = self.gt_dataset.get_instances([imgId], cats, bool(p.useCats))[0][0]
-                dt = self.dt_dataset.get_instances([imgId], cats, bool(p.useCats))[0][0]
-                return _combine(ious, gt, _sorted_dts(dt, p.maxDets[-1]), self.dilation_ratio, "rle")
-
-        return BoundaryCOCOevalFaster
-    raise ValueError(f"backend must be 'faster' or 'pycocotools', got {backend!r}")
+    return BoundaryCOCOeval
 
 
 def boundary_evaluate(
@@ -218,16 +202,19 @@ def boundary_evaluate(
     """
     from maskkit.evaluation import coco
 
-    evaluator_cls = boundary_cocoeval_class(backend)
+    if backend not in ("faster", "pycocotools"):
+        raise ValueError(f"backend must be 'faster' or 'pycocotools', got {backend!r}")
     mdets = coco.normalise_max_dets(max_dets)
     gt_dict = coco.gt_dataset(gt["images"], gt["categories"], gt["annotations"])
     dt_dict = {**gt_dict, "annotations": coco.prepare_detections(list(results), "segm")}
     with contextlib.redirect_stdout(io.StringIO()):
         if backend == "faster":
-            from faster_coco_eval import COCO
+            from faster_coco_eval import COCO, COCOeval_faster
 
             gt_api, dt_api = COCO(gt_dict, print_function=_quiet), COCO(dt_dict, print_function=_quiet)
-            ev = evaluator_cls(gt_api, dt_api, "segm", print_function=_quiet)
+            # faster-coco-eval's native Boundary AP (min of mask and boundary IoU, Cheng et al. 2021).
+            ev = COCOeval_faster(gt_api, dt_api, "boundary", print_function=_quiet,
+                                 boundary_dilation_ratio=dilation_ratio)
         else:
             from pycocotools.coco import COCO
 
@@ -237,8 +224,8 @@ def boundary_evaluate(
                 api.dataset = d
                 api.createIndex()
                 apis.append(api)
-            ev = evaluator_cls(apis[0], apis[1], "segm")
-        ev.dilation_ratio = dilation_ratio
+            ev = boundary_cocoeval_class()(apis[0], apis[1], "segm")
+            ev.dilation_ratio = dilation_ratio
         ev.params.maxDets = list(mdets)
         ev.evaluate()
         ev.accumulate()
