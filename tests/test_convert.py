@@ -125,3 +125,22 @@ def test_convert_coco128_to_coco_and_back(shared_data: Path, tmp_path: Path, mon
     assert json.loads((tmp_path / "coco" / "annotations.json").read_text())["images"][0]["file_name"] == (
         "train2017/000000000009.jpg"
     )
+
+
+def test_convert_masks_layout_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    src = make_coco(tmp_path / "c")
+    assert run_cli("convert", str(src), str(tmp_path / "lab"), "--to", "masks", "--layout", "label-images",
+                   monkeypatch=monkeypatch) == 0
+    assert sorted(p.name for p in (tmp_path / "lab" / "labels").iterdir()) == ["a.png", "b.png", "c.png"]
+    assert run_cli("convert", str(src), str(tmp_path / "per"), "--to", "masks", "--layout", "per-instance",
+                   monkeypatch=monkeypatch) == 0
+    assert (tmp_path / "per" / "b" / "images" / "b.png").is_file()
+    assert len(list((tmp_path / "per" / "b" / "masks").glob("*.png"))) == 2
+    back = read_annotations(tmp_path / "per")
+    assert back.format == "dsb" and back.num_instances() == 3
+    capsys.readouterr()
+    assert run_cli("convert", str(src), str(tmp_path / "x"), "--to", "masks", "--layout", "nope",
+                   monkeypatch=monkeypatch) == 2
+    assert "unknown --layout 'nope'" in capsys.readouterr().err
+    assert run_cli("convert", str(src), str(tmp_path / "x"), "--to", "coco", "--layout", "per-instance",
+                   monkeypatch=monkeypatch) == 2

@@ -12,6 +12,7 @@ import filecmp
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from maskkit.data.annotations import AnnotationSet, ImageRecord
@@ -73,7 +74,7 @@ def dest_names(aset: AnnotationSet, unique_stems: bool = False) -> list[str]:
 
 
 def copy_file_atomic(src: Path, dest: Path) -> None:
-    """Copy ``src`` to ``dest`` via a temporary file and rename; no-op if ``dest`` is identical."""
+    """Copy ``src`` to ``dest`` via a temporary file and rename; no-op if ``dest`` is identical (no fsync)."""
     if dest.exists() and (dest.resolve() == src.resolve() or filecmp.cmp(src, dest, shallow=False)):
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -88,27 +89,36 @@ def copy_file_atomic(src: Path, dest: Path) -> None:
 
 
 def place_images(
-    aset: AnnotationSet, images_dir: str | Path, report: ConversionReport, unique_stems: bool = False
+    aset: AnnotationSet,
+    images_dir: str | Path,
+    report: ConversionReport,
+    unique_stems: bool = False,
+    names: Sequence[str] | None = None,
 ) -> list[str]:
     """Copy every record's image into ``images_dir``; returns the new relative file names.
 
+    ``names`` gives the relative destination of each record (a layout with its own naming, e.g.
+    VOC's flat names or DSB's ``<sample>/images/<sample>.png``); by default :func:`dest_names`.
     Embedded bytes (``record.data``) are written as they are. A missing source file is counted in
-    a report note (the annotations are still written).
+    a report note (the annotations are still written). Copies are atomic but not fsync-ed one by
+    one (bulk files: a killed process still never leaves a half-written image).
     """
     images_dir = Path(images_dir)
-    names = dest_names(aset, unique_stems=unique_stems)
+    names = list(names) if names is not None else dest_names(aset, unique_stems=unique_stems)
+    if len(names) != len(aset.images):
+        raise ValueError(f"place_images: {len(names)} names for {len(aset.images)} images")
     missing: list[str] = []
     for record, name in zip(aset.images, names, strict=True):
         dest = images_dir / name
         if record.data is not None:
             if not (dest.is_file() and dest.read_bytes() == record.data):
-                atomic_write_bytes(dest, record.data)
+                atomic_write_bytes(dest, record.data, fsync=False)
             continue
-        src = aset.image_path(record)
+        src = Path(aset.image_root) / record.file_name  # image_path() without resolve(): one stat less each
         if src.is_file():
             copy_file_atomic(src, dest)
         else:
-            missing.append(str(src))
+            missing.append(str(aset.image_path(record)))
     if missing:
         shown = ", ".join(missing[:_MISSING_SHOWN]) + (" ..." if len(missing) > _MISSING_SHOWN else "")
         report.notes.append(f"{len(missing)} image file(s) missing, not copied: {shown}")

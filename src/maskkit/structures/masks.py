@@ -28,8 +28,12 @@ RLE = dict[str, Any]
 def _as_parts(parts: Iterable[Any]) -> list[np.ndarray]:
     out = []
     for p in parts:
-        arr = np.asarray(p, dtype=np.float64).reshape(-1, 2) if len(p) else np.zeros((0, 2))
-        out.append(arr)
+        if type(p) is np.ndarray and p.dtype == np.float64 and p.ndim == 2 and p.shape[1] == 2:
+            out.append(p)  # already (K, 2) float64 (readers hand over row slices of one array): no copy
+        elif len(p):
+            out.append(np.asarray(p, dtype=np.float64).reshape(-1, 2))
+        else:
+            out.append(np.zeros((0, 2)))
     return out
 
 
@@ -57,7 +61,7 @@ class PolygonMask:
 
     def to_coco(self) -> list[list[float]]:
         """COCO polygon list (flat ``x, y`` lists)."""
-        return [[float(v) for v in p.reshape(-1)] for p in self.parts]
+        return [p.reshape(-1).tolist() for p in self.parts]  # parts are float64: Python floats
 
     def valid_parts(self) -> list[np.ndarray]:
         """Parts with at least 3 points (fewer cannot enclose area) and finite coordinates."""

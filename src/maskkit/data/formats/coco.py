@@ -23,10 +23,14 @@ instances get ``segmentation: []`` and are reported.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import itertools
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -49,6 +53,10 @@ _CORE_ANN = ("id", "image_id", "category_id", "segmentation", "bbox", "iscrowd")
 _CORE_IMG = ("id", "file_name", "height", "width")
 _CORE_CAT = ("id", "name", "supercategory")
 _TOP = ("images", "annotations", "categories")
+_STANDARD_ANN = frozenset((*_CORE_ANN, "area"))
+_NO_BOX = [0.0] * 4
+_INT64 = (-(2**63), 2**63 - 1)
+_Entry = tuple[int, str, int, int]
 _KEY = re.compile(rb'"(images|annotations)"\s*:')
 BOX_ONLY = "box-only instance (no mask): written with empty segmentation"
 
@@ -103,6 +111,8 @@ def _load(path: Path) -> dict[str, Any]:
         raise DataError(f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", file=path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read file ({exc})", file=path) from None
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, absurd nesting
+        raise DataError(f"cannot parse JSON ({type(exc).__name__}: {exc})", file=path) from None
     if not isinstance(doc, dict):
         raise DataError("a COCO file must hold a JSON object", file=path)
     for key in ("images", "annotations"):
@@ -114,18 +124,22 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-        raise ValueError(f"{what} must be an integer, got {value!r}")
-    return int(value)
+    """An id/size as ``int`` (integral floats accepted); ValueError for anything else or beyond int64."""
+    if isinstance(value, float) and value.is_integer():  # False for inf and nan
+        value = int(value)
+    if type(value) is not int or not _INT64[0] <= value <= _INT64[1]:
+        raise ValueError(f"{what} must be an integer, got {value!r}"[:200])
+    return value
 
 
-def _image_root(folder: Path, images: list[dict[str, Any]]) -> Path:
+def _image_root(folder: Path, images: list[Any], probe: int = 20) -> Path:
+    """The JSON's folder or ``<folder>/images``: decided by the first of ``probe`` file names found."""
     sub = folder / "images"
-    for img in images[:50]:
-        name = str(img.get("file_name", ""))
-        if (folder / name).is_file():
+    for img in images[:probe]:
+        name = str(img.get("file_name", "")) if isinstance(img, dict) else ""
+        if name and (folder / name).is_file():
             return folder
-        if (sub / name).is_file():
+        if name and (sub / name).is_file():
             return sub
     return sub if sub.is_dir() else folder
 
@@ -143,59 +157,163 @@ def _categories(doc: dict[str, Any], path: Path) -> list[Category]:
     return cats
 
 
-def _mask(seg: Any, h: int, w: int) -> MaskItem:
-    if isinstance(seg, dict):
-        size, counts = seg.get("size"), seg.get("counts")
-        if not isinstance(size, list) or len(size) != 2 or not isinstance(counts, str | list):
-            raise ValueError("RLE segmentation needs 'size' [h, w] and 'counts' (string or list)")
-        if [int(size[0]), int(size[1])] != [h, w]:
-            raise ValueError(f"RLE size {size} differs from the image size [{h}, {w}]")
-        if isinstance(counts, list) and not all(isinstance(c, int) and c >= 0 for c in counts):
+def _rle_item(seg: dict[str, Any], h: int, w: int) -> RLEMask | None:
+    """The RLE mask of a segmentation dict; ``None`` when its size differs from the image (kept, not used)."""
+    size, counts = seg.get("size"), seg.get("counts")
+    if type(size) is not list or len(size) != 2 or not isinstance(counts, str | list):
+        raise ValueError("RLE segmentation needs 'size' [h, w] and 'counts' (string or list)")
+    if size != [h, w]:
+        return None
+    if type(counts) is list:
+        arr = np.array(counts) if counts else np.zeros(0, np.int64)
+        if arr.dtype.kind not in "iu" or arr.ndim != 1 or (arr.size and arr.min() < 0):
             raise ValueError("uncompressed RLE counts must be non-negative integers")
-        return RLEMask(seg)
-    if not isinstance(seg, list):
-        raise ValueError(f"segmentation must be a polygon list or an RLE dict, got {type(seg).__name__}")
-    if seg and not isinstance(seg[0], list):
+    return RLEMask(seg)
+
+
+def _polygon_parts(seg: list[Any]) -> list[list[Any]]:
+    """The parts of a polygon segmentation (a single flat list is one part), type-checked only."""
+    if seg and type(seg[0]) is not list:
         seg = [seg]  # a single flat polygon, as some tools write it
-    parts = []
     for part in seg:
-        arr = np.asarray(part, dtype=np.float64)
-        if arr.ndim != 1 or len(arr) % 2:
+        if type(part) is not list or len(part) % 2:
             raise ValueError("a polygon part must be a flat list with an even number of coordinates")
-        parts.append(arr.reshape(-1, 2))
-    return PolygonMask(parts, h, w)
+    return seg
 
 
-def _instances(h: int, w: int, image_id: int, anns: list[dict[str, Any]], with_masks: bool, path: Path) -> Any:
-    labels, items, boxes, crowd, ids, extras = [], [], [], [], [], []
-    for ann in anns:
-        try:
+def _check_annotation(ann: dict[str, Any], h: int, w: int) -> None:
+    """Raise ValueError/KeyError naming what is wrong with one annotation (the slow, precise path)."""
+    seg = ann.get("segmentation")
+    if isinstance(seg, dict):
+        _rle_item(seg, h, w)
+    elif isinstance(seg, list):
+        for part in _polygon_parts(seg):
+            arr = np.asarray(part, dtype=np.float64)
+            if arr.ndim != 1:
+                raise ValueError("a polygon part must be a flat list of numbers")
+    elif seg is not None:
+        raise ValueError(f"segmentation must be a polygon list or an RLE dict, got {type(seg).__name__}")
+    bbox = ann.get("bbox")
+    if bbox is not None:
+        if type(bbox) is not list or len(bbox) != 4:
+            raise ValueError(f"bbox must be [x, y, w, h], got {bbox!r}"[:200])
+        if np.asarray(bbox, dtype=np.float64).shape != (4,):
+            raise ValueError(f"bbox must hold 4 numbers, got {bbox!r}"[:200])
+    _int(ann["category_id"], "category_id")
+    _int(ann["id"], "annotation id")
+    bool(ann.get("iscrowd", 0))
+
+
+def _raise_first_problem(groups: list[list[dict[str, Any]]], entries: list[_Entry], path: Path,
+                         cause: BaseException) -> NoReturn:
+    for (img_id, _, h, w), anns in zip(entries, groups, strict=True):
+        for ann in anns:
+            try:
+                _check_annotation(ann, h, w)
+            except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+                problem = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+                raise DataError(problem, file=path, image=img_id, annotation=ann.get("id")) from None
+    raise DataError(f"cannot read the annotations ({type(cause).__name__}: {cause})", file=path) from None
+
+
+def _extras(ann: dict[str, Any]) -> dict[str, Any]:
+    keys = ann.keys()
+    if keys == _STANDARD_ANN:
+        return {"area": ann["area"]}
+    return {k: v for k, v in ann.items() if k not in _CORE_ANN}
+
+
+def _masks(groups: list[list[dict[str, Any]]], entries: list[_Entry]) -> tuple[list[MaskItem], list[int]]:
+    """Mask items of all annotations (image by image), and the indices of those whose RLE size differs from
+    their image.
+
+    Polygon coordinates of the whole file are converted in one ``np.array`` call and handed to
+    :class:`PolygonMask` as ``(K, 2)`` row slices (no per-part conversion).
+    """
+    flat: list[Any] = []
+    ends: list[int] = []
+    polys: list[tuple[int, int, int]] = []  # (flat annotation index, first part, end part)
+    items: list[Any] = []
+    invalid: list[int] = []
+    empty_parts: list[Any] = []
+    for (_, _, h, w), anns in zip(entries, groups, strict=True):
+        for ann in anns:
             seg = ann.get("segmentation")
-            item = _mask(seg, h, w) if seg is not None else PolygonMask([], h, w)
-            bbox = ann.get("bbox")
-            if bbox is not None:
-                if not isinstance(bbox, list) or len(bbox) != 4:
-                    raise ValueError(f"bbox must be [x, y, w, h], got {bbox!r}")
-                box = xywh_to_xyxy(np.asarray(bbox, dtype=np.float64))[0]
-            elif isinstance(item, PolygonMask) and not item.parts:
-                box = np.zeros(4, np.float32)
+            if type(seg) is list:
+                first = len(ends)
+                for part in _polygon_parts(seg):
+                    flat += part
+                    ends.append(len(flat))
+                polys.append((len(items), first, len(ends)))
+                items.append((h, w))
+            elif type(seg) is dict:
+                item = _rle_item(seg, h, w)
+                if item is None:
+                    invalid.append(len(items))
+                    item = PolygonMask(empty_parts, h, w)
+                items.append(item)
+            elif seg is None:
+                items.append(PolygonMask(empty_parts, h, w))
             else:
-                box = xywh_to_xyxy(mask_utils.toBbox(item.to_rle()))[0]
-            labels.append(_int(ann["category_id"], "category_id"))
-            crowd.append(bool(ann.get("iscrowd", 0)))
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            problem = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise DataError(problem, file=path, image=image_id, annotation=ann.get("id")) from None
-        items.append(item)
-        boxes.append(box)
-        ids.append(ann["id"])
-        extras.append({k: v for k, v in ann.items() if k not in _CORE_ANN})
-    masks = Masks(items, h, w) if with_masks else None
-    boxes_arr = np.asarray(boxes, np.float32).reshape(-1, 4)
-    return new_instances(h, w, labels, masks, boxes=boxes_arr, iscrowd=crowd, ids=ids, extras=extras)
+                raise ValueError("segmentation must be a polygon list or an RLE dict")
+    xy = np.array(flat, dtype=np.float64)
+    if xy.ndim != 1:
+        raise ValueError("polygon coordinates must be numbers")
+    xy = xy.reshape(-1, 2)
+    bounds = np.concatenate(([0], np.asarray(ends, dtype=np.int64) // 2)).tolist()
+    parts = [xy[a:b] for a, b in itertools.pairwise(bounds)]
+    for k, first, end in polys:
+        h, w = items[k]
+        items[k] = PolygonMask(parts[first:end], h, w)
+    return items, invalid
 
 
-def _image_entry(img: Any, k: int, root: Path, path: Path) -> tuple[int, str, int, int]:
+def _columns(ordered: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """``labels, ids, iscrowd, boxes`` (XYXY float64) of all annotations, and which ones have no ``bbox``."""
+    labels = [a["category_id"] for a in ordered]
+    if not all(type(v) is int for v in labels):
+        labels = [_int(v, "category_id") for v in labels]
+    labels_arr = np.array(labels, dtype=np.int64)
+    ids_arr = np.array([a["id"] for a in ordered], dtype=np.int64)
+    crowd = np.array([bool(a.get("iscrowd", 0)) for a in ordered], dtype=bool)
+    bboxes = [a.get("bbox") for a in ordered]
+    missing = [k for k, b in enumerate(bboxes) if b is None]
+    if missing:
+        bboxes = [_NO_BOX if b is None else b for b in bboxes]
+    boxes = np.array(bboxes, dtype=np.float64) if bboxes else np.zeros((0, 4))
+    if boxes.shape != (len(ordered), 4):
+        raise ValueError("a bbox must be [x, y, w, h]")
+    boxes[:, 2:] += boxes[:, :2]
+    return labels_arr, ids_arr, crowd, boxes, missing
+
+
+def _records(doc: dict[str, Any], entries: list[_Entry], groups: list[list[dict[str, Any]]], with_masks: bool,
+             path: Path) -> list[ImageRecord]:
+    ordered = [ann for anns in groups for ann in anns]
+    try:
+        labels, ids, crowd, boxes, missing = _columns(ordered)
+        items, invalid = _masks(groups, entries)
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        _raise_first_problem(groups, entries, path, exc)
+    extras = [_extras(a) for a in ordered]
+    for k in invalid:
+        extras[k]["invalid_segmentation"] = ordered[k]["segmentation"]
+    for k in missing:  # no bbox in the file: the mask's tight box
+        boxes[k] = xywh_to_xyxy(mask_utils.toBbox(items[k].to_rle()))[0]
+    records, start = [], 0
+    for (img_id, file_name, h, w), anns, img in zip(entries, groups, doc["images"], strict=True):
+        end = start + len(anns)
+        masks = Masks(items[start:end], h, w) if with_masks else None
+        inst = new_instances(h, w, labels[start:end], masks,
+                             boxes=boxes[start:end], iscrowd=crowd[start:end], ids=ids[start:end],
+                             extras=extras[start:end])
+        extra = {key: v for key, v in img.items() if key not in _CORE_IMG}
+        records.append(ImageRecord(img_id, file_name, h, w, inst, extra, source=str(path)))
+        start = end
+    return records
+
+
+def _image_entry(img: Any, k: int, root: Path, path: Path) -> _Entry:
     """``(id, file_name, height, width)`` of one ``images`` entry (size from the file if absent)."""
     try:
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
@@ -211,44 +329,77 @@ def _image_entry(img: Any, k: int, root: Path, path: Path) -> tuple[int, str, in
         raise DataError(problem, file=path, image=where) from None
 
 
-def read_coco(path: str | Path) -> AnnotationSet:
-    """Read a COCO instances JSON (or a folder in the COCO layout)."""
-    path = Path(path)
-    json_path = find_coco_json(path) or path
+def _group_index(ann: Any, k: int, index: dict[int, int], path: Path) -> int:
+    """The record index an annotation belongs to (DataError naming the annotation otherwise)."""
+    if not isinstance(ann, dict) or "id" not in ann or "image_id" not in ann:
+        ann_id = ann.get("id", f"#{k}") if isinstance(ann, dict) else f"#{k}"
+        raise DataError("an annotation needs 'id' and 'image_id'", file=path, annotation=ann_id)
+    try:
+        _int(ann["id"], "annotation id")
+        return index[_int(ann["image_id"], "image_id")]
+    except (ValueError, KeyError) as exc:
+        problem = f"image_id {ann['image_id']!r} is not in 'images'" if isinstance(exc, KeyError) else str(exc)
+        raise DataError(problem, file=path, annotation=ann["id"] if _scalar(ann["id"]) else f"#{k}") from None
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, int | float | str) and len(str(value)) < 50
+
+
+def _read(json_path: Path) -> AnnotationSet:
     doc = _load(json_path)
     root = _image_root(json_path.parent, doc["images"])
     entries = [_image_entry(img, k, root, json_path) for k, img in enumerate(doc["images"])]
-    grouped: dict[int, list[dict[str, Any]]] = {}
-    for img_id, *_ in entries:
-        if img_id in grouped:
-            raise DataError(f"duplicate image id {img_id}", file=json_path, image=img_id)
-        grouped[img_id] = []
+    index: dict[int, int] = {}
+    for k, (img_id, *_) in enumerate(entries):
+        index.setdefault(img_id, k)  # duplicate image ids: both records kept (validate reports E106)
+    groups: list[list[dict[str, Any]]] = [[] for _ in entries]
     with_masks = False
     for k, ann in enumerate(doc["annotations"]):
-        if not isinstance(ann, dict) or "id" not in ann or "image_id" not in ann:
-            ann_id = ann.get("id", f"#{k}") if isinstance(ann, dict) else f"#{k}"
-            raise DataError("an annotation needs 'id' and 'image_id'", file=json_path, annotation=ann_id)
         try:
-            _int(ann["id"], "annotation id")
-            target = grouped[_int(ann["image_id"], "image_id")]
-        except (ValueError, KeyError) as exc:
-            problem = f"image_id {ann['image_id']!r} is not in 'images'" if isinstance(exc, KeyError) else str(exc)
-            raise DataError(problem, file=json_path, annotation=ann["id"]) from None
-        target.append(ann)
-        with_masks = with_masks or bool(ann.get("segmentation"))
-    records = []
-    for (img_id, file_name, h, w), img in zip(entries, doc["images"], strict=True):
-        inst = _instances(h, w, img_id, grouped[img_id], with_masks, json_path)
-        extra = {key: v for key, v in img.items() if key not in _CORE_IMG}
-        records.append(ImageRecord(img_id, file_name, h, w, inst, extra, source=str(json_path)))
+            image_id = ann["image_id"]
+            fast = type(image_id) is int and type(ann["id"]) is int
+        except (TypeError, KeyError, IndexError):
+            fast = False
+        g = index.get(image_id) if fast else None
+        groups[g if g is not None else _group_index(ann, k, index, json_path)].append(ann)
+        if not with_masks and ann.get("segmentation"):
+            with_masks = True
+    records = _records(doc, entries, groups, with_masks, json_path)
     info = {k: v for k, v in doc.items() if k not in _TOP}
     return AnnotationSet(_categories(doc, json_path), records, root, source=json_path, format="coco", info=info)
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC: reading/writing builds millions of small containers that it would re-scan
+    again and again (~20% of the time) without ever finding a cycle; pycocotools-scale loads do the same."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def read_coco(path: str | Path) -> AnnotationSet:
+    """Read a COCO instances JSON (or a folder in the COCO layout).
+
+    Content problems are kept for ``maskkit validate``: duplicate image ids give two records
+    (annotations attach to the first), and an RLE whose size differs from its image keeps its
+    raw segmentation in ``extras["invalid_segmentation"]`` with an empty mask in its place.
+    """
+    path = Path(path)
+    json_path = find_coco_json(path) or path
+    with _gc_paused():
+        return _read(json_path)
+
+
 # -- writing ------------------------------------------------------------------------------------
-def _float32(values: np.ndarray) -> list[float]:
-    """Floats printed at float32 precision (boxes are float32: ``473.07`` stays ``473.07``)."""
-    return [float(str(np.float32(v))) for v in values]
+def _float32_rows(values: np.ndarray) -> list[list[float]]:
+    """Floats printed at float32 precision (boxes are float32: ``473.07`` stays ``473.07``), all rows at once."""
+    return np.asarray(values, dtype=np.float32).astype("U32").astype(np.float64).tolist()
 
 
 def _json_default(obj: Any) -> Any:
@@ -267,11 +418,20 @@ def _segmentation(masks: Masks, i: int) -> Any:
     item = masks[i]
     if isinstance(item, PolygonMask):
         return item.to_coco()
-    if isinstance(item, RLEMask) and not item.compressed:
-        return {"size": [item.height, item.width], "counts": [int(c) for c in item.rle["counts"]]}
+    if isinstance(item, RLEMask):
+        counts = item.rle["counts"]
+        if isinstance(counts, list):
+            return {"size": [item.height, item.width], "counts": counts}  # json writes NumPy ints via default
+        if isinstance(counts, str):
+            return {"size": [item.height, item.width], "counts": counts}
     if isinstance(item, RLEMask | BitMask):
         return rle_to_string(masks.rle(i))
     raise TypeError(f"unknown mask type {type(item).__name__}")
+
+
+def _stored_area(extra: dict[str, Any]) -> float | None:
+    area = extra.get("area")
+    return area if isinstance(area, int | float) and not isinstance(area, bool) else None
 
 
 def _unique_or_renumbered(values: list[int], what: str, report: ConversionReport) -> list[int]:
@@ -283,7 +443,11 @@ def _unique_or_renumbered(values: list[int], what: str, report: ConversionReport
 
 def write_coco(aset: AnnotationSet, dst: str | Path) -> ConversionReport:
     """Write ``DST/annotations.json`` and copy the images to ``DST/images/`` (deterministic)."""
-    dst = Path(dst)
+    with _gc_paused():
+        return _write(aset, Path(dst))
+
+
+def _write(aset: AnnotationSet, dst: Path) -> ConversionReport:
     report = ConversionReport("coco", dst)
     names = place_images(aset, dst / "images", report)
     image_ids = _unique_or_renumbered([r.id for r in aset.images], "image", report)
@@ -294,6 +458,9 @@ def write_coco(aset: AnnotationSet, dst: str | Path) -> ConversionReport:
     known = {c.id for c in aset.categories}
     images, annotations, unknown = [], [], 0
     next_ann = iter(ann_ids)
+    all_boxes = [r.instances.boxes for r in aset.images if len(r.instances)]
+    xywh_rows = _float32_rows(xyxy_to_xywh(np.concatenate(all_boxes))) if all_boxes else []
+    row = 0
     for rec, name, img_id in zip(aset.images, names, image_ids, strict=True):
         images.append({"id": img_id, "file_name": name, "height": rec.height, "width": rec.width}
                       | {k: v for k, v in rec.extra.items() if k not in _CORE_IMG})
@@ -302,25 +469,30 @@ def write_coco(aset: AnnotationSet, dst: str | Path) -> ConversionReport:
         if not n:
             continue
         masks = inst.get("masks")
-        xywh = xyxy_to_xywh(inst.boxes)
-        crowd = inst.get("iscrowd", np.zeros(n, bool))
+        labels = inst.labels.tolist()
+        crowd = inst.get("iscrowd", np.zeros(n, bool)).tolist()
         extras = inst.get("extras", [{} for _ in range(n)])
         for i in range(n):
-            ann: dict[str, Any] = {"id": next(next_ann), "image_id": img_id, "category_id": int(inst.labels[i])}
-            unknown += ann["category_id"] not in known
-            if has_mask(inst, i):
+            box, extra = xywh_rows[row + i], extras[i]
+            ann: dict[str, Any] = {"id": next(next_ann), "image_id": img_id, "category_id": labels[i]}
+            unknown += labels[i] not in known
+            area = _stored_area(extra)  # computed (rasterising) only when the source has none
+            if "invalid_segmentation" in extra:  # kept as read (an RLE of another size than its image)
+                ann["segmentation"] = extra["invalid_segmentation"]
+            elif has_mask(inst, i):
                 ann["segmentation"] = _segmentation(masks, i)
-                area = float(mask_utils.area(masks.rle(i)))
+                if area is None:
+                    area = float(mask_utils.area(masks.rle(i)))
             else:
                 ann["segmentation"] = []
-                area = float(max(xywh[i, 2], 0) * max(xywh[i, 3], 0))
                 report.change(BOX_ONLY)
-            stored = extras[i].get("area")
-            ann["area"] = stored if isinstance(stored, int | float) and not isinstance(stored, bool) else area
-            ann["bbox"] = _float32(xywh[i])
-            ann["iscrowd"] = int(bool(crowd[i]))
-            ann.update({k: v for k, v in extras[i].items() if k not in ann})
+            ann["area"] = area if area is not None else max(box[2], 0) * max(box[3], 0)
+            ann["bbox"] = box
+            ann["iscrowd"] = int(crowd[i])
+            if len(extra) > 1 or (extra and "area" not in extra):
+                ann.update({k: v for k, v in extra.items() if k not in ann and k != "invalid_segmentation"})
             annotations.append(ann)
+        row += n
     if unknown:
         report.notes.append(f"{unknown} annotation(s) use category ids not in the category list (kept)")
     categories = [

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from maskkit.data.annotations import AnnotationSet, ImageRecord, new_instances
-from maskkit.data.copyimages import copy_file_atomic, sniff_image_suffix
+from maskkit.data.copyimages import place_images, sniff_image_suffix
 from maskkit.data.formats.base import ConversionReport, register_format
 from maskkit.data.formats.labelimages import detect_label_images
 from maskkit.data.formats.maskfiles import (
@@ -38,7 +38,7 @@ from maskkit.data.formats.maskfiles import (
 )
 from maskkit.data.images import image_size, is_image_file
 from maskkit.errors import DataError
-from maskkit.fileio import atomic_write_bytes, atomic_write_png
+from maskkit.fileio import atomic_write_png
 from maskkit.structures import Masks
 
 DEFAULT_CLASS = "nucleus"
@@ -138,18 +138,12 @@ def _unique(name: str, used: set[str], fallback: str) -> str:
     return out
 
 
-def _copy_image(aset: AnnotationSet, record: ImageRecord, folder: Path, stem: str) -> bool:
-    """Copy a record's image (or embedded bytes) to ``folder/<stem><suffix>``; False when the file is missing."""
-    if record.data is not None:
-        suffix = PurePosixPath(record.file_name).suffix
-        suffix = suffix if is_image_file(Path(f"x{suffix}")) else sniff_image_suffix(record.data)
-        atomic_write_bytes(folder / f"{stem}{suffix}", record.data)
-        return True
-    src = aset.image_path(record)
-    if not src.is_file():
-        return False
-    copy_file_atomic(src, folder / f"{stem}{src.suffix}")
-    return True
+def _image_name(record: ImageRecord, sample: str) -> str:
+    """``<sample>/images/<sample><suffix>``: the record's suffix, or one sniffed from embedded bytes."""
+    suffix = PurePosixPath(record.file_name.replace("\\", "/")).suffix
+    if record.data is not None and not is_image_file(Path(f"x{suffix}")):
+        suffix = sniff_image_suffix(record.data)
+    return f"{sample}/images/{sample}{suffix}"
 
 
 def write_instance_pngs(aset: AnnotationSet, dst: str | Path) -> ConversionReport:
@@ -165,10 +159,8 @@ def write_instance_pngs(aset: AnnotationSet, dst: str | Path) -> ConversionRepor
     default_cat = aset.categories[0].id if aset.categories else 1
     instances: dict[str, dict[str, Any]] = {}
     images: dict[str, dict[str, Any]] = {}
-    missing: list[str] = []
+    place_images(aset, dst, report, names=[_image_name(r, s) for r, s in zip(aset.images, samples, strict=True)])
     for rec, sample in zip(aset.images, samples, strict=True):
-        if not _copy_image(aset, rec, dst / sample / "images", sample):
-            missing.append(str(aset.image_path(rec)))
         (dst / sample / "masks").mkdir(parents=True, exist_ok=True)
         entry = image_entry(rec, default_ids[sample])
         if entry:
@@ -194,8 +186,6 @@ def write_instance_pngs(aset: AnnotationSet, dst: str | Path) -> ConversionRepor
         instances[sample] = {k: entries[k] for k in sorted(entries)}
         report.images += 1
         report.instances += len(todo)
-    if missing:
-        report.notes.append(f"{len(missing)} image file(s) missing, not copied: {', '.join(missing[:5])}")
     note_polygons(aset, report)
     write_class_map(dst / "classes.json", aset, instances, images)
     return report

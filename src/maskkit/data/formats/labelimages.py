@@ -285,7 +285,7 @@ def write_label_images(aset: AnnotationSet, dst: str | Path, layout: str = "labe
         else:
             todo, written, label = [], np.zeros(len(inst)), np.zeros((rec.height, rec.width), np.int64)
         suffix, data = _encode_label(label)
-        atomic_write_bytes(dst / "labels" / (key + suffix), data)
+        atomic_write_bytes(dst / "labels" / (key + suffix), data, fsync=False)  # bulk files: atomic, no fsync
         entries = {}
         for i in sorted((i for i in todo if written[i] > 0), key=lambda i: values[i]):
             extra = inst.extras[i] if inst.has("extras") else {}

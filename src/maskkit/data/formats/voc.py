@@ -40,14 +40,14 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from maskkit.data.annotations import AnnotationSet, Category, ImageRecord, new_instances
-from maskkit.data.copyimages import copy_file_atomic, dest_names
+from maskkit.data.copyimages import dest_names, place_images
 from maskkit.data.formats.base import ConversionReport, register_format
 from maskkit.data.formats.polygonize import has_mask
 from maskkit.data.formats.vocxml import build_xml, parse_xml, xml_extra
 from maskkit.data.images import image_size, is_image_file
 from maskkit.data.palette import read_index_png, write_index_png
 from maskkit.errors import DataError
-from maskkit.fileio import atomic_write_bytes, atomic_write_text
+from maskkit.fileio import atomic_write_text
 from maskkit.structures import Instances, Masks
 from maskkit.structures.masks import PolygonMask, RLEMask, rle_to_string
 
@@ -374,7 +374,7 @@ def write(aset: AnnotationSet, dst: Path) -> ConversionReport:
     names = {c.id: c.name for c in cats}
     files = _voc_names(aset)
     stems = [PurePosixPath(f).stem for f in files]
-    _copy_images(aset, dst / "JPEGImages", files, report)
+    place_images(aset, dst / "JPEGImages", report, names=files)
     for rec, stem, fname in zip(aset.images, stems, files, strict=True):
         inst = rec.instances
         painted = _paint(rec, class_index, report)
@@ -406,21 +406,6 @@ def write(aset: AnnotationSet, dst: Path) -> ConversionReport:
     if [c.id for c in cats] != list(range(1, len(cats) + 1)):
         report.notes.append("category ids become class indices 1..K (category order) when read back")
     return report
-
-
-def _copy_images(aset: AnnotationSet, images_dir: Path, names: list[str], report: ConversionReport) -> None:
-    """Images (or embedded bytes) into ``JPEGImages`` under their flat VOC names."""
-    missing = 0
-    for rec, name in zip(aset.images, names, strict=True):
-        src = aset.image_path(rec)
-        if rec.data is not None:
-            atomic_write_bytes(images_dir / name, rec.data)
-        elif src.is_file():
-            copy_file_atomic(src, images_dir / name)
-        else:
-            missing += 1
-    if missing:
-        report.notes.append(f"{missing} image file(s) missing, not copied")
 
 
 register_format(

@@ -18,8 +18,10 @@ Writing (``DST/data.yaml`` without a ``path`` key, ``train``/``val`` = ``images`
 sorted and mapped to ``0..K-1`` (names written in that order); coordinates have 6 decimals and
 are clipped to [0, 1]. Several parts and holes become one polygon joined by zero-width bridges
 (:func:`~.polygonize.merge_parts`, like Ultralytics' ``merge_multi_segment``); RLE/bitmap masks
-are traced along pixel edges (:mod:`.polygonize`). Every written line is rasterised back from its
-text with pycocotools and compared with the source mask. Bridges and holes survive the even-odd
+are traced along pixel edges (:mod:`.polygonize`). Every written line is checked against the source
+mask: a single-ring polygon whose written vertices keep pycocotools' vertex quantisation fills the
+same pixels by construction (the fill depends only on the quantised vertices); every other line is
+rasterised back from its text with pycocotools and compared. Bridges and holes survive the even-odd
 fill, and vertices are rounded to the 6-decimal neighbour that keeps pycocotools' quantisation,
 so this is pixel-exact in practice; a polygon whose pixels would still change (overlapping parts,
 clipping) is re-traced from its pixels. Instances are reported (``ConversionReport.changes``)
@@ -32,7 +34,7 @@ visible as 1-px lines) — true of any YOLO-seg data.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,7 @@ from maskkit.data.formats.base import ConversionReport, register_format
 from maskkit.data.formats.polygonize import has_mask, mask_contours, merge_parts, polygon_to_rle
 from maskkit.data.images import image_size, is_image_file
 from maskkit.errors import DataError
-from maskkit.fileio import atomic_write_text
+from maskkit.fileio import atomic_write_bytes, atomic_write_text
 from maskkit.structures import Instances, Masks
 from maskkit.structures.masks import PolygonMask
 
@@ -275,29 +277,43 @@ def _compare(a: dict[str, Any], b: dict[str, Any]) -> float:
     return min(inter / (area_a + area_b - inter), 1.0 - 1e-12)
 
 
-def _normalise(px: np.ndarray, size: int) -> tuple[list[str], np.ndarray]:
-    """6-decimal normalised texts of pixel coordinates, and the pixel values a reader gets back.
+def _normalise(px: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Normalised ``(K, 2)`` coordinates in millionths, the pixel values a reader gets back, and whether
+    every vertex keeps pycocotools' quantisation.
 
     pycocotools rasterises vertices quantised as ``(int)(5 x + 0.5)``; COCO-grid coordinates
     (``45.3``) sit exactly on those boundaries, so plain rounding can move one across. Where it
-    would, the neighbouring 6-decimal value on the right side is used instead.
+    would, the neighbouring 6-decimal value on the right side is used instead. ``size`` is ``[w, h]``.
     """
     micro = np.round(np.clip(px / size, 0.0, 1.0) * 1e6).astype(np.int64)
     want = np.trunc(5 * px + 0.5)
     ok = np.trunc(5 * (micro / 1e6 * size) + 0.5) == want
-    for step in (-1, 1):
-        cand = np.clip(micro + step, 0, 1_000_000)
-        fix = ~ok & (np.trunc(5 * (cand / 1e6 * size) + 0.5) == want)
-        micro[fix] = cand[fix]
-        ok |= fix
-    return [f"{m / 1e6:.6f}" for m in micro], micro / 1e6 * size
+    if not ok.all():
+        for step in (-1, 1):
+            cand = np.clip(micro + step, 0, 1_000_000)
+            fix = ~ok & (np.trunc(5 * (cand / 1e6 * size) + 0.5) == want)
+            micro[fix] = cand[fix]
+            ok |= fix
+    return micro, micro / 1e6 * size, bool(ok.all())
 
 
-def _polygon_line(cls: int, poly: np.ndarray, h: int, w: int, source_rle: dict[str, Any]) -> tuple[str, float]:
-    """The label line of a polygon, and how its text rasterises compared with the source mask."""
-    (xs, bx), (ys, by) = _normalise(poly[:, 0], w), _normalise(poly[:, 1], h)
-    iou = _compare(polygon_to_rle(np.stack([bx, by], axis=1), h, w), source_rle)
-    return " ".join([str(cls), *(v for xy in zip(xs, ys, strict=True) for v in xy)]), iou
+def _line(cls: int, micro: np.ndarray) -> str:
+    """``class x1 y1 ...`` with 6 decimals (one ``%`` format per line: the same text as per-value formatting)."""
+    values = (micro.reshape(-1) / 1e6).tolist()
+    return f"{cls} " + " ".join(["%.6f"] * len(values)) % tuple(values)
+
+
+def _polygon_line(cls: int, poly: np.ndarray, h: int, w: int, source: Callable[[], dict[str, Any]],
+                  sole_ring: bool = False) -> tuple[str, float]:
+    """The label line of a polygon, and how its text rasterises compared with the source mask.
+
+    pycocotools' polygon fill depends only on the quantised vertices, so when ``poly`` is the
+    source's only ring (``sole_ring``) and every written vertex keeps its quantisation, the line
+    is pixel-exact by construction; otherwise it is rasterised and compared with ``source()``.
+    """
+    micro, back, kept = _normalise(poly, np.array([w, h], dtype=np.float64))
+    iou = 1.0 if sole_ring and kept else _compare(polygon_to_rle(back, h, w), source())
+    return _line(cls, micro), iou
 
 
 def _encode(inst: Instances, i: int, cls: int | None) -> _Encoded:
@@ -312,7 +328,10 @@ def _encode(inst: Instances, i: int, cls: int | None) -> _Encoded:
         box = np.array([(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h])
         return _Encoded(" ".join([str(cls), *_fmt(box)]), BOX_LINE)
     masks: Masks = inst.masks
-    item, source = masks[i], masks.rle(i)
+    item = masks[i]
+
+    def source() -> dict[str, Any]:
+        return masks.rle(i)
     tried: list[tuple[_Encoded, bool, bool]] = []  # (encoding, several parts, holes)
     if isinstance(item, PolygonMask):
         # As drawn (parts bridged). If that changes pixels (overlapping parts are XOR-ed by the
@@ -320,7 +339,7 @@ def _encode(inst: Instances, i: int, cls: int | None) -> _Encoded:
         rings = item.valid_parts()
         if not rings:
             return _Encoded(None, EMPTY)
-        line, iou = _polygon_line(cls, merge_parts(rings), h, w, source)
+        line, iou = _polygon_line(cls, merge_parts(rings), h, w, source, sole_ring=len(rings) == 1)
         tried.append((_Encoded(line, None, iou, bridged=len(rings) > 1), len(rings) > 1, False))
     if not tried or tried[0][0].iou < 1.0:
         outers, inner = mask_contours(masks.bitmap(i))
@@ -369,7 +388,8 @@ def write_yolo(aset: AnnotationSet, dst: str | Path) -> ConversionReport:
         dropped_extras += sum(1 for e in extras if any(k != "area" for k in e))
         report.instances += len(lines)
         text = "\n".join(lines) + "\n" if lines else ""
-        atomic_write_text(dst / "labels" / Path(name).with_suffix(".txt"), text)
+        # Thousands of small files: no fsync each (still atomic: a killed process never leaves half a file).
+        atomic_write_bytes(dst / "labels" / Path(name).with_suffix(".txt"), text.encode("utf-8"), fsync=False)
     report.images = len(aset.images)
     if bridged:
         report.notes.append(f"{bridged} multi-part/holed mask(s) written as one bridged polygon (pixel-exact)")

@@ -218,6 +218,10 @@ class InstanceView:
         item, rec = self.item, self.image.record
         if item is None:
             return None
+        extras = self.image.instances.get("extras")
+        raw = extras[self.index].get("invalid_segmentation") if extras is not None else None
+        if isinstance(raw, dict):  # kept by the COCO reader: an RLE of another size than its image
+            return f"RLE size {raw.get('size')!r} differs from the image record's size [{rec.height}, {rec.width}]"
         if (item.height, item.width) != (rec.height, rec.width):
             return f"mask is {item.height}x{item.width} (HxW) but the image record is {rec.height}x{rec.width}"
         return None
