@@ -33,6 +33,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/data_io.py
+	$(BIN)/python benchmarks/eval_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
