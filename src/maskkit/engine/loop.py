@@ -96,7 +96,7 @@ def train_epoch(
         else:
             state.bad_steps += 1
             log.warning("step %d: non-finite loss (%s); step skipped (%d so far)", state.step + 1,
-                        {k: float(v) for k, v in losses.items()}, state.bad_steps)
+                        {k: float(v.detach()) for k, v in losses.items()}, state.bad_steps)
             if state.bad_steps > ctx.max_bad_steps:
                 raise MaskkitError(
                     f"training diverged: {state.bad_steps} steps with a non-finite loss (more than "
