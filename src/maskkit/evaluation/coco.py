@@ -23,14 +23,15 @@ id 0 as "unmatched").
 from __future__ import annotations
 
 import contextlib
-import gc
 import io
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from maskkit.perf import gc_paused
 
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 """The 12 COCO summary stats, in pycocotools' ``stats`` order (for the default max_dets)."""
@@ -38,19 +39,6 @@ CLASS_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR")
 DEFAULT_MAX_DETS = (1, 10, 100)
 AREA_RANGES = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e5**2)}
 IOU_TYPES = ("bbox", "segm")
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector: building 10^5 small dicts otherwise triggers full GC
-    passes over a large heap, which cost more than the evaluation itself."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def normalise_max_dets(max_dets: Iterable[int] | None = None) -> list[int]:

@@ -21,6 +21,7 @@ from pycocotools import mask as mask_utils
 from maskkit.data.annotations import Category, ImageRecord
 from maskkit.errors import DataError
 from maskkit.evaluation import coco
+from maskkit.perf import gc_paused
 from maskkit.structures import Instances, Masks
 from maskkit.structures.masks import masks_iou
 
@@ -330,7 +331,7 @@ class InstanceEvaluator(DatasetEvaluator):
     def evaluate(self) -> dict[str, Any]:
         from maskkit.evaluation.report import build_metrics
 
-        with coco.gc_paused():
+        with gc_paused():
             gt, results = self.coco_inputs()
         iou_types = [t for t in self.iou_types if t == "bbox" or (self._gt_masks and self._dt_masks)]
         self._eval_notes = []

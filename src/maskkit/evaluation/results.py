@@ -23,8 +23,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from maskkit.errors import DataError
-from maskkit.evaluation.coco import gc_paused
 from maskkit.fileio import atomic_write_json
+from maskkit.perf import gc_paused
 from maskkit.structures import Instances, Masks
 from maskkit.structures.masks import rle_to_string
 

@@ -23,12 +23,9 @@ instances get ``segmentation: []`` and are reported.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import itertools
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -42,6 +39,7 @@ from maskkit.data.formats.polygonize import has_mask
 from maskkit.data.images import image_size
 from maskkit.errors import DataError
 from maskkit.fileio import atomic_write_text
+from maskkit.perf import gc_paused
 from maskkit.structures import Masks
 from maskkit.structures.boxes import xywh_to_xyxy, xyxy_to_xywh
 from maskkit.structures.masks import BitMask, MaskItem, PolygonMask, RLEMask, rle_to_string
@@ -370,19 +368,6 @@ def _read(json_path: Path) -> AnnotationSet:
     return AnnotationSet(_categories(doc, json_path), records, root, source=json_path, format="coco", info=info)
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC: reading/writing builds millions of small containers that it would re-scan
-    again and again (~20% of the time) without ever finding a cycle; pycocotools-scale loads do the same."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def read_coco(path: str | Path) -> AnnotationSet:
     """Read a COCO instances JSON (or a folder in the COCO layout).
 
@@ -392,7 +377,7 @@ def read_coco(path: str | Path) -> AnnotationSet:
     """
     path = Path(path)
     json_path = find_coco_json(path) or path
-    with _gc_paused():
+    with gc_paused():
         return _read(json_path)
 
 
@@ -443,7 +428,7 @@ def _unique_or_renumbered(values: list[int], what: str, report: ConversionReport
 
 def write_coco(aset: AnnotationSet, dst: str | Path) -> ConversionReport:
     """Write ``DST/annotations.json`` and copy the images to ``DST/images/`` (deterministic)."""
-    with _gc_paused():
+    with gc_paused():
         return _write(aset, Path(dst))
 
 
