@@ -90,6 +90,10 @@ class ScheduleConfig(_Strict):
     """Also write ``last.pt`` every N optimiser steps (0: only at epoch ends); a resume continues mid-epoch."""
     val_loss: bool = True
     """Compute the validation loss (a second pass over val in train mode, BatchNorm frozen)."""
+    max_minutes: float | None = Field(None, gt=0)
+    """Wall-clock budget of the training loop: the LR schedule runs on ``max(step, time)`` progress so that it
+    ends at the budget, and the step that crosses it ends the run (validated and saved as a last epoch).
+    Under DDP the budget is checked at epoch ends only. None: no limit."""
 
 
 class OutputConfig(_Strict):

@@ -151,14 +151,43 @@ def _restore(ckpt: dict[str, Any], ctx: StepContext, st: EpochState, best: _Best
     best.value, best.epoch, best.stale = b.get("value"), b.get("epoch"), int(b.get("stale", 0))
 
 
-def _build_context(cfg: TrainConfig, model: nn.Module, device: torch.device, total_steps: int) -> StepContext:
+class _Budget:
+    """The wall-clock budget of ``schedule.max_minutes`` (``seconds`` None: unlimited)."""
+
+    def __init__(self, minutes: float | None) -> None:
+        self.seconds = minutes * 60.0 if minutes else None
+        self.start = time.monotonic()
+
+    def fraction(self) -> float:
+        return 0.0 if self.seconds is None else (time.monotonic() - self.start) / self.seconds
+
+    def over(self) -> bool:
+        return self.seconds is not None and self.fraction() >= 1.0
+
+    def until(self, batches: Any) -> Any:
+        """The batches until the step that crosses the budget (that step still runs)."""
+        for batch in batches:
+            yield batch
+            if self.over():
+                return
+
+
+def _build_context(cfg: TrainConfig, model: nn.Module, device: torch.device, total_steps: int,
+                   budget: _Budget | None = None) -> StepContext:
     from maskkit.engine.ema import ModelEMA
-    from maskkit.engine.schedule import build_optimizer, build_scheduler
+    from maskkit.engine.schedule import build_optimizer, build_scheduler, lr_factor
 
     optimizer = build_optimizer(model, cfg.optim)
+    if budget is not None and budget.seconds is not None:
+        # Progress is the larger of steps and elapsed time, so the schedule decays by the deadline.
+        factor = lr_factor(cfg.optim, total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: factor(max(s, int(budget.fraction() * total_steps))))
+    else:
+        scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     amp = cfg.optim.amp and device.type == "cuda"
     return StepContext(
-        model=model, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim, total_steps),
+        model=model, optimizer=optimizer, scheduler=scheduler,
         device=device, loss_weights=dict(cfg.loss_weights), grad_clip=cfg.optim.grad_clip,
         max_bad_steps=cfg.optim.max_bad_steps, scaler=torch.amp.GradScaler("cuda") if amp else None,
         ema=ModelEMA(model, cfg.optim.ema_decay) if cfg.optim.ema else None, amp=amp,
@@ -189,7 +218,8 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
     train_ds = InstanceDataset.from_config(data.train, cfg.augment, train=True)
     bs = cfg.data.batch_size
     per_epoch = steps_per_epoch(len(train_ds), bs, dinfo.world_size)
-    ctx = _build_context(cfg, model, device, per_epoch * cfg.schedule.epochs)
+    budget = _Budget(cfg.schedule.max_minutes)
+    ctx = _build_context(cfg, model, device, per_epoch * cfg.schedule.epochs, budget)
     st, best = EpochState(), _Best()
     if ckpt is not None:
         _restore(ckpt, ctx, st, best)
@@ -230,12 +260,13 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         sampler = EpochBatchSampler(len(train_ds), bs, cfg.seed, st.epoch, st.batch, dinfo.rank, dinfo.world_size)
         loader = make_loader(train_ds, sampler, cfg.data.workers, cfg.seed + st.epoch)
         with EpochProgress(cfg.output.progress and dinfo.is_main, st.epoch, epochs, per_epoch, st.batch) as progress:
-            train_epoch(ctx, loader, st, on_step)
+            train_epoch(ctx, loader if dinfo.enabled else budget.until(loader), st, on_step)
+        out_of_time = broadcast_object(budget.over(), dinfo)
         n = max(st.sums.get("n", 0.0), 1.0)
         row: dict[str, Any] = {"epoch": st.epoch, "step": st.step, "lr": ctx.optimizer.param_groups[0]["lr"]}
         row.update({f"train/{k}": v / n for k, v in st.sums.items() if k != "n"})
         is_best = False
-        last_epoch = st.epoch + 1 == epochs
+        last_epoch = st.epoch + 1 == epochs or out_of_time
         if val is not None and ((st.epoch + 1) % cfg.schedule.val_every == 0 or last_epoch):
             eval_model = ctx.ema.module if ctx.ema is not None else unwrap(ctx.model)
             metrics, val_row = val.run(eval_model, ctx.loss_weights)
@@ -258,6 +289,11 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         if stopped and dinfo.is_main:
             log.info("early stopping: %s did not improve for %d epochs (best %.4f at epoch %d)",
                      cfg.schedule.metric, best.stale, best.value or float("nan"), (best.epoch or 0) + 1)
+        if out_of_time and st.epoch < epochs:
+            stopped = True
+            if dinfo.is_main:
+                log.info("time budget of %g minutes reached after %d steps: stopping", cfg.schedule.max_minutes,
+                         st.step)
     barrier(dinfo)
     if dinfo.enabled:
         _write_rank_checksum(out, unwrap(ctx.model), dinfo)

@@ -1,0 +1,105 @@
+"""``maskkit demo``: a tiny end-to-end run, the recipe file, the overlay drawing and the training time budget."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from maskkit.demo import DEMO_RECIPE, print_summary, run_demo
+from maskkit.structures import Instances, Masks
+
+TINY = {
+    "model": {
+        "name": "maskrcnn_r18_fpn",
+        "pretrained_backbone": False,
+        "anchor_sizes": [8, 16, 32, 64, 128],
+        "options": {"box_batch_size_per_image": 16, "rpn_batch_size_per_image": 16, "rpn_pre_nms_top_n_train": 100,
+                    "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20,
+                    "box_detections_per_img": 10},
+    },
+    "data": {"batch_size": 4},
+    "augment": {"min_size": [64], "max_size": None},
+    "optim": {"lr": 5e-4, "warmup_steps": 1},
+    "schedule": {"epochs": 1, "val_loss": False},
+    "output": {"tensorboard": False},
+    "threads": 1,
+}
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_tiny_run(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = run_demo(out=out, images=8, size=64, config=copy.deepcopy(TINY), progress=False, overlays=2)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "AP" in metrics["segm"] and "AP" in metrics["bbox"]
+    for name in ("overlays.png", "curves.png", "per_class.csv", "best.pt", "data/dataset.yaml"):
+        assert (out / name).is_file(), name
+    assert result.files["overlays"] == out / "overlays.png"
+    assert (result.train_images, result.val_images, result.epochs) == (6, 2, 1)
+    assert result.checkpoint == out / "best.pt"
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=120)
+    print_summary(result, console)
+    text = console.file.getvalue()
+    for word in ("images", "epochs", "train time", "mask AP", "AP50", "box AP", "overlays.png", "curves.png"):
+        assert word in text
+
+
+def test_demo_recipe_matches_configs_file() -> None:
+    path = ROOT / "configs" / "demo.yaml"
+    if not path.is_file():
+        pytest.skip("configs/ not shipped")
+    assert yaml.safe_load(path.read_text()) == DEMO_RECIPE
+
+
+def test_demo_config_flags_and_other_models(tmp_path: Path) -> None:
+    from maskkit.demo import demo_config
+
+    cfg = demo_config(tmp_path / "d.yaml", tmp_path, size=128, epochs=3, minutes=1.5, seed=4, progress=False)
+    assert (cfg.augment.min_size, cfg.schedule.epochs, cfg.schedule.max_minutes, cfg.seed) == ([128], 3, 1.5, 4)
+    assert cfg.model.options["fpn_channels"] == 32
+    assert cfg.threads is not None and cfg.threads >= 1  # picked from the load
+    other = demo_config(tmp_path / "d.yaml", tmp_path, model="maskrcnn_r18_fpn")
+    assert other.model.name == "maskrcnn_r18_fpn" and "fpn_channels" not in other.model.options
+
+
+def test_draw_instances_and_grid() -> None:
+    from maskkit.inference.visualize import caption, draw_instances, overlay_grid
+
+    image = np.zeros((40, 50, 3), np.uint8)
+    bitmap = np.zeros((2, 40, 50), bool)
+    bitmap[0, 5:20, 5:20] = True
+    bitmap[1, 25:35, 30:45] = True
+    inst = Instances((40, 50), boxes=np.array([[5, 5, 20, 20], [30, 25, 45, 35]], np.float32),
+                     labels=np.array([1, 2]), scores=np.array([0.9, 0.6]),
+                     masks=Masks.from_bitmaps(bitmap, 40, 50))
+    drawn = draw_instances(image, inst, {1: "a", 2: "b"})
+    assert drawn.shape == (320, 400, 3) and drawn.dtype == np.uint8
+    assert drawn[12 * 8, 12 * 8].any()  # mask painted (scaled by 8)
+    assert not drawn[300, 10].any()  # background untouched
+    empty = draw_instances(image, inst[np.zeros(2, bool)], scale=1.0)
+    assert empty.shape == (40, 50, 3) and not empty.any()
+    grid = overlay_grid([caption(drawn, "x"), empty], cols=2, gap=2)
+    assert grid.shape == (346 + 2 * 2, 2 * 400 + 3 * 2, 3)  # cells as large as the largest panel
+
+
+def test_max_minutes_stops_training_gracefully(tmp_path: Path) -> None:
+    from maskkit.data.synth import write_synthetic
+    from maskkit.engine.api import train
+
+    write_synthetic(tmp_path / "data", images=10, size=64, seed=1, val_fraction=0.2)
+    cfg = copy.deepcopy(TINY)
+    cfg["schedule"] = {"epochs": 3, "val_loss": False, "max_minutes": 1e-4}
+    cfg["output"] = {"tensorboard": False, "plots": False, "progress": False}
+    result = train(cfg, **{"data.path": str(tmp_path / "data" / "dataset.yaml"), "output.out": str(tmp_path / "r")})
+    assert (result.epochs, result.steps, result.stopped_early) == (1, 1, True)  # stopped after its first step
+    assert result.best is not None and "segm" in result.metrics  # validated and saved as a last epoch
