@@ -22,13 +22,13 @@ def command(
 ) -> None:
     """Convert SRC to DST in another format; prints what changed (nothing is dropped silently)."""
     from maskkit.data.splits import DATASET_YAML, convert_dataset
-    from maskkit.errors import MaskkitError
+    from maskkit.errors import ConfigError
 
     if layout is not None:
         if to not in ("masks", "labelimages"):
-            raise MaskkitError(f"--layout applies to --to masks only (got --to {to})")
+            raise ConfigError(f"--layout applies to --to masks only (got --to {to})")
         if layout not in LAYOUTS:
-            raise MaskkitError(f"unknown --layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
+            raise ConfigError(f"unknown --layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
         to = LAYOUTS[layout]  # the masks writer's layout= option, as the registered format that writes it
     reports = convert_dataset(src, dst, to=to, from_format=from_)
     for split, report in reports:

@@ -117,10 +117,10 @@ def _label_source(gt_labels: Path | None, pred_labels: Path | None) -> tuple[Any
 
 def _model_source(model: Path | None, data: Path | None, split: str) -> tuple[Any, Any]:
     """The dataset and a ``predict(image) -> Instances`` (labels = dataset category ids)."""
-    import maskkit.inference
-
     if model is None or data is None:
         raise ConfigError("--model and --data go together")
+    import maskkit.inference
+
     aset = _load_dataset(data, split)
     return aset, maskkit.inference.Predictor(model).predict
 

@@ -37,14 +37,8 @@ def _root(
 def _register() -> None:
     import importlib
 
-    for verb in ("demo", "train", "eval", "predict", "models", "synth", "validate", "info", "convert"):
-        try:
-            mod = importlib.import_module(f"maskkit.cli.{verb}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"maskkit.cli.{verb}":
-                raise
-            continue
-        app.command(verb)(mod.command)
+    for verb in ("demo", "train", "eval", "models", "synth", "validate", "info", "convert"):
+        app.command(verb)(importlib.import_module(f"maskkit.cli.{verb}").command)
 
 
 _register()
@@ -59,3 +53,7 @@ def main() -> None:
     except MaskkitError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a full disk, a read-only output folder, a permission problem
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.secho(f"error: {where}{exc.strerror or exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)

@@ -179,7 +179,10 @@ def _categories(src: _Source, labels_seen: set[int]) -> list[Category]:
             return parse_names(doc["names"], src.yaml_path)
     for folder in (src.root, _labels_dir(src.images_dir), src.root / "labels"):
         if folder is not None and (folder / "classes.txt").is_file():
-            lines = (folder / "classes.txt").read_text(encoding="utf-8").splitlines()
+            try:
+                lines = (folder / "classes.txt").read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise DataError(f"cannot read class names ({exc})", file=folder / "classes.txt") from None
             return [Category(i, n.strip()) for i, n in enumerate(x for x in lines if x.strip())]
     return [Category(i, f"class_{i}") for i in range(max(labels_seen, default=-1) + 1)]
 
@@ -200,7 +203,7 @@ def _parse_labels(path: Path, h: int, w: int) -> list[tuple[int, np.ndarray | No
         except ValueError:
             raise DataError("a label line must hold numbers only", file=path, annotation=f"line {n}") from None
         cls, coords = values[0], values[1:]
-        if cls != int(cls) or cls < 0:
+        if not np.isfinite(cls) or cls != int(cls) or cls < 0:
             raise DataError(f"class {cls:g} is not a non-negative integer", file=path, annotation=f"line {n}")
         if len(coords) == 4:
             cx, cy, bw, bh = coords * [w, h, w, h]
