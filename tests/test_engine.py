@@ -197,6 +197,14 @@ def test_val_split_sampler_schedule_rng() -> None:
     assert full != list(EpochBatchSampler(10, 3, seed=0, epoch=2))
     ranks = [[i for b in EpochBatchSampler(10, 2, 0, 0, rank=r, world_size=2) for i in b] for r in (0, 1)]
     assert not set(ranks[0]) & set(ranks[1]) and len(ranks[0]) == len(ranks[1]) == 5
+    # validation shards keep every image even when the count does not divide
+    val = [[i for b in EpochBatchSampler(7, 2, 0, 0, rank=r, world_size=2, shuffle=False, drop_uneven=False)
+            for i in b] for r in (0, 1)]
+    assert sorted(val[0] + val[1]) == list(range(7))
+    # interleaved: sorted by file name, every 5th from the first (the peer-baseline split of the nuclei set)
+    ti, vi = random_val_split(aset, 0.2, seed=5, mode="interleaved")
+    names = sorted(r.file_name for r in aset.images)
+    assert [r.file_name for r in vi] == names[::5] and len(ti) == 8
     f = lr_factor(OptimConfig(warmup_steps=10, scheduler="cosine"), 100)
     assert f(0) < 0.01 and f(10) == pytest.approx(1.0) and f(99) < 0.05
     g = lr_factor(OptimConfig(warmup_steps=0, scheduler="step", step_milestones=[0.5]), 100)
@@ -222,6 +230,36 @@ def test_postprocess_to_instances() -> None:
     inst = to_instances(out, (20, 30), [7, 11])
     assert inst.labels.tolist() == [7, 11] and inst.masks.areas().tolist() == [18, 2]
     assert inst.masks.boxes()[0].tolist() == [3, 2, 9, 5]
+
+
+def test_postprocess_instance_map() -> None:
+    """Dense models return an instance map; instances absent from it get empty masks."""
+    from maskkit.engine.postprocess import to_instances
+
+    imap = np.zeros((20, 30), np.int32)
+    imap[2:5, 3:9] = 1
+    imap[10:15, 10:20] = 3
+    out = {"boxes": torch.zeros(3, 4), "labels": torch.tensor([1, 2, 1]), "scores": torch.tensor([0.9, 0.5, 0.4]),
+           "instance_map": torch.from_numpy(imap)}
+    inst = to_instances(out, (20, 30), [7, 9])
+    assert inst.masks.areas().tolist() == [18, 0, 50] and inst.labels.tolist() == [7, 9, 7]
+
+
+def test_budget_cut_epoch_resumes_mid_epoch(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """A run stopped by its time budget mid-epoch records the epoch as unfinished; a resume continues it."""
+    from maskkit.engine.api import train
+    from maskkit.engine.checkpoint import load_checkpoint
+
+    cfg = yaml.safe_load(tiny["cfg"].read_text())
+    cfg["schedule"] = {"epochs": 1, "val_loss": False}
+    path = tmp_path / "cut.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "cut"
+    result = train(path, **{"output.out": str(out), "schedule.max_minutes": 1e-6})
+    ckpt = load_checkpoint(out / "last.pt")
+    assert result.steps == 1 and (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (0, 1, 1)
+    resumed = train(path, resume=out, **{"schedule.max_minutes": 60})
+    assert resumed.steps == 4 and resumed.epochs == 1  # 8 train images, batch 2: the other 3 batches ran
 
 
 def test_eval_cli_scores_a_checkpoint(tiny: dict[str, Path], tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Distributed training: two Gloo processes on CPU under torch.distributed.run end with identical parameters."""
+"""Distributed training: two Gloo processes on CPU end with identical parameters and gathered val metrics."""
 
 from __future__ import annotations
 
@@ -33,3 +33,6 @@ def test_two_process_gloo_run_keeps_replicas_identical(tmp_path: Path) -> None:
     steps = (out / "steps.csv").read_text().strip().splitlines()
     assert len(steps) == 1 + 2  # header + 8 train images / (2 ranks x batch 2)
     assert (out / "last.pt").is_file() and (out / "metrics.json").is_file()
+    # validation ran on both ranks' shares and was gathered: every val image is scored once
+    val_images = json.loads((out / "val_images.json").read_text())["images"]
+    assert json.loads((out / "metrics.json").read_text())["counts"]["images"] == len(val_images) == 2

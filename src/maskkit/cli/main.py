@@ -37,7 +37,7 @@ def _root(
 def _register() -> None:
     import importlib
 
-    for verb in ("demo", "train", "eval", "models", "synth", "validate", "info", "convert"):
+    for verb in ("demo", "train", "eval", "models", "synth", "validate", "info", "convert", "predict"):
         app.command(verb)(importlib.import_module(f"maskkit.cli.{verb}").command)
 
 

@@ -22,20 +22,34 @@ def command(
                                               help="Val split carved from train when the data has none (0.2)."),
     workers: int | None = typer.Option(None, "--workers", help="DataLoader worker processes."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed."),
+    minutes: float | None = typer.Option(None, "--minutes", help="Wall-clock training budget (schedule.max_minutes)."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Any config field, dotted: --set optim.lr=0.002 "
+                                          "(repeatable; the value is read as YAML)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
-    """Train Mask R-CNN; writes checkpoints, logs, metrics and curves to the run folder."""
+    """Train a registered model; writes checkpoints, logs, metrics and curves to the run folder."""
     import logging
 
+    import yaml
+
     from maskkit.engine.api import train
+    from maskkit.errors import ConfigError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = {
         "data.path": data, "model.name": model, "schedule.epochs": epochs, "data.batch_size": batch,
         "augment.min_size": [imgsz] if imgsz else None, "model.min_size": imgsz, "output.out": out,
         "model.weights": weights, "device": device, "data.val_fraction": val_fraction, "data.workers": workers,
-        "seed": seed, "output.progress": False if no_progress else None,
+        "seed": seed, "output.progress": False if no_progress else None, "schedule.max_minutes": minutes,
     }
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value (e.g. optim.lr=0.002), got {item!r}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: cannot read the value ({exc})") from None
     result = train(config, resume=resume, **overrides)
     msg = f"done: {result.epochs} epochs, {result.steps} steps -> {result.out}"
     if result.best_metric is not None:

@@ -9,8 +9,10 @@ from maskkit.engine.config import TrainConfig, load_config
 from maskkit.engine.trainer import TrainResult, fit, resume_path
 from maskkit.errors import ConfigError
 
-RESUME_OVERRIDABLE = ("schedule.epochs", "device", "data.workers", "output.progress", "threads")
-"""Config fields a resumed run may change; everything else comes from the checkpoint."""
+RESUME_OVERRIDABLE = ("schedule.epochs", "schedule.max_minutes", "device", "data.workers", "output.progress",
+                      "threads")
+"""Config fields a resumed run may change; everything else comes from the checkpoint (``max_minutes`` is then
+the budget of the resumed session)."""
 
 
 def resolve_config(

@@ -48,7 +48,10 @@ class DataConfig(_Strict):
     path: str = ""
     """A dataset YAML, or any dataset path the data layer reads."""
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    """Used only when the source has no val split: a deterministic split by ``seed``."""
+    """Used only when the source has no val split: a deterministic split (see ``val_split``)."""
+    val_split: Literal["random", "interleaved"] = "random"
+    """How that split is carved: ``random`` (a permutation seeded by ``seed``) or ``interleaved`` (images sorted
+    by file name, every ``round(1 / val_fraction)``-th one from the first, as in the peer baselines)."""
     batch_size: int = Field(2, ge=1)
     workers: int = Field(0, ge=0)
     val_batch_size: int | None = None
@@ -83,8 +86,11 @@ class ScheduleConfig(_Strict):
     val_every: int = Field(1, ge=1)
     patience: int | None = None
     """Early stopping: epochs without improvement of ``metric`` (None disables)."""
-    metric: str = "segm.AP"
-    """Validation metric that picks ``best.pt`` and drives early stopping (dotted path into metrics.json)."""
+    metric: str | None = None
+    """Validation metric that picks ``best.pt`` and drives early stopping (dotted path into metrics.json;
+    None: ``semantic.miou`` for semantic models, ``segm.AP`` otherwise)."""
+    tune_thresholds: bool = True
+    """Choose tunable post-processing thresholds (bottom-up model) by mask AP on the val set at each validation."""
     max_dets: int = 100
     save_every_steps: int = Field(0, ge=0)
     """Also write ``last.pt`` every N optimiser steps (0: only at epoch ends); a resume continues mid-epoch."""

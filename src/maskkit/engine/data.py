@@ -28,7 +28,8 @@ class TrainData:
     val: AnnotationSet | None
     categories: list[Category]
     val_source: str
-    """``"split"`` (the dataset's own val split), ``"random"`` (carved from train) or ``"none"``."""
+    """``"split"`` (the dataset's own val split), ``"random"`` or ``"interleaved"`` (carved from train, see
+    ``DataConfig.val_split``) or ``"none"``."""
 
     @property
     def class_names(self) -> list[str]:
@@ -39,16 +40,22 @@ class TrainData:
         return [c.id for c in self.categories]
 
 
-def random_val_split(aset: AnnotationSet, fraction: float, seed: int) -> tuple[AnnotationSet, AnnotationSet]:
-    """Split a set into (train, val) by a permutation seeded with ``seed`` (independent of file order)."""
-    records = sorted(aset.images, key=lambda r: (r.id, r.file_name))
-    n_val = round(len(records) * fraction)
-    if n_val < 1 or n_val >= len(records):
+def random_val_split(aset: AnnotationSet, fraction: float, seed: int,
+                     mode: str = "random") -> tuple[AnnotationSet, AnnotationSet]:
+    """Split a set into (train, val): ``random`` takes a permutation seeded with ``seed`` (independent of file
+    order); ``interleaved`` sorts by file name and takes every ``round(1 / fraction)``-th image from the first."""
+    if mode == "interleaved":
+        records = sorted(aset.images, key=lambda r: (r.file_name, r.id))
+        stride = max(round(1.0 / fraction), 1) if fraction > 0 else 0
+        val_idx = set(range(0, len(records), stride)) if stride else set()
+    else:
+        records = sorted(aset.images, key=lambda r: (r.id, r.file_name))
+        n_val = round(len(records) * fraction)
+        val_idx = set(np.random.default_rng(seed).permutation(len(records))[:n_val].tolist())
+    if not val_idx or len(val_idx) >= len(records):
         raise ConfigError(
             f"val_fraction {fraction} of {len(records)} images leaves an empty split; add a val split or images"
         )
-    perm = np.random.default_rng(seed).permutation(len(records))
-    val_idx = set(perm[:n_val].tolist())
     train = [r for i, r in enumerate(records) if i not in val_idx]
     val = [r for i, r in enumerate(records) if i in val_idx]
     return replace(aset, images=train), replace(aset, images=val)
@@ -70,8 +77,8 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
         val = None  # val names the same source as train: carve a split instead of evaluating on train
     if val is None:
         if cfg.data.val_fraction > 0:
-            train, val = random_val_split(train, cfg.data.val_fraction, cfg.seed)
-            source = "random"
+            train, val = random_val_split(train, cfg.data.val_fraction, cfg.seed, cfg.data.val_split)
+            source = cfg.data.val_split
         else:
             source = "none"
     sets = [train] + ([val] if val is not None else [])
@@ -83,16 +90,20 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
 
 
 class EpochBatchSampler(Sampler[list[int]]):
-    """Batches of a seeded per-epoch permutation (``seed + epoch``), this rank's shard, from batch ``start``."""
+    """Batches of a seeded per-epoch permutation (``seed + epoch``), this rank's shard, from batch ``start``.
+
+    ``drop_uneven`` (training) trims the shards to equal length; validation keeps every image.
+    """
 
     def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True) -> None:
+                 world_size: int = 1, shuffle: bool = True, drop_uneven: bool = True) -> None:
         if shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         else:
             order = list(range(n))
-        per_rank = n // world_size if world_size > 1 else n
-        order = order[rank::world_size][:per_rank]
+        order = order[rank::world_size]
+        if drop_uneven and world_size > 1:
+            order = order[: n // world_size]  # every rank takes the same number of steps
         self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         self.start = start
 

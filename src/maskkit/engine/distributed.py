@@ -54,3 +54,23 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_gather_objects(obj: Any, info: DistInfo | None) -> list[Any]:
+    """Every rank's ``obj`` in rank order (``[obj]`` when not distributed)."""
+    if info is None or not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sums(values: dict[str, float], info: DistInfo | None) -> dict[str, float]:
+    """Key-wise sums of every rank's ``values`` (keys missing on a rank count 0)."""
+    if info is None or not info.enabled:
+        return dict(values)
+    total: dict[str, float] = {}
+    for part in all_gather_objects(values, info):
+        for k, v in part.items():
+            total[k] = total.get(k, 0.0) + float(v)
+    return total

@@ -1,11 +1,10 @@
-"""The inner loops: optimiser steps over one epoch, the validation loss and the validation AP."""
+"""The inner loop: optimiser steps over one epoch (validation lives in :mod:`maskkit.engine.validation`)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,66 +120,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DDP wrapper (or the model itself)."""
     return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) \
         else model
-
-
-@contextlib.contextmanager
-def frozen_norm_train_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Train mode (so detection models return losses) with BatchNorm using and keeping its running stats."""
-    was_training = model.training
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-@torch.no_grad()
-def validation_loss(model: nn.Module, batches: Iterable[tuple[list, list]], device: torch.device,
-                    weights: dict[str, float]) -> dict[str, float]:
-    """Mean loss terms (and weighted ``loss``) over the val batches, without updating any statistic."""
-    sums: dict[str, float] = {}
-    n = 0
-    with frozen_norm_train_mode(model):
-        for images, targets in batches:
-            images, targets = to_device(images, targets, device)
-            losses = model(images, targets)
-            losses = {"loss": weighted_total(losses, weights), **losses}
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            n += 1
-    return {k: v / max(n, 1) for k, v in sums.items()}
-
-
-@torch.no_grad()
-def predict_batches(model: nn.Module, batches: Iterable[tuple[list, list]], device: torch.device,
-                    category_ids: list[int]) -> Iterator[tuple[list[int], list[Any]]]:
-    """``(image_ids, Instances)`` per batch of the eval-mode model (outputs at the input image size)."""
-    from maskkit.engine.postprocess import to_instances
-
-    was_training = model.training
-    model.eval()
-    try:
-        for images, targets in batches:
-            outputs = model([im.to(device) for im in images])
-            yield ([int(t["image_id"]) for t in targets],
-                   [to_instances(o, tuple(im.shape[-2:]), category_ids) for o, im in zip(outputs, images,
-                                                                                      strict=True)])
-    finally:
-        model.train(was_training)
-
-
-def evaluate_ap(model: nn.Module, batches: Iterable[tuple[list, list]], records: dict[int, Any],
-                categories: list[Any], device: torch.device) -> dict[str, Any]:
-    """COCO box/mask AP of the model on the val records (the ``metrics.json`` dict)."""
-    from maskkit.evaluation import InstanceEvaluator
-
-    evaluator = InstanceEvaluator(categories=categories, extras=())
-    for ids, preds in predict_batches(model, batches, device, [c.id for c in categories]):
-        evaluator.process([records[i] for i in ids], preds)
-    return evaluator.evaluate()
 
 
 def metric_value(metrics: dict[str, Any], key: str) -> float | None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from maskkit.engine.config import TrainConfig
-from maskkit.errors import DataError
+from maskkit.errors import ConfigError, DataError
 
 log = logging.getLogger("maskkit.train")
 
@@ -23,23 +23,51 @@ def inference_sizes(cfg: TrainConfig) -> tuple[int, int]:
     return int(min_size), int(max_size)
 
 
+DETECTION_FAMILIES = ("maskrcnn", "panoptic")
+"""Families built on torchvision's Mask R-CNN (anchors, mask head resolution, RoI options)."""
+
+
+def uses_semantic_targets(cfg: TrainConfig) -> bool:
+    """Whether the model trains on per-pixel class maps (every family except plain Mask R-CNN)."""
+    from maskkit.models import model_info
+
+    return model_info(cfg.model.name).family != "maskrcnn"
+
+
+def validation_metric(cfg: TrainConfig) -> str:
+    """The metric picking ``best.pt``: the configured one, else mIoU for semantic models and mask AP otherwise."""
+    from maskkit.models import model_info
+
+    if cfg.schedule.metric:
+        return cfg.schedule.metric
+    return "semantic.miou" if model_info(cfg.model.name).task == "semantic" else "segm.AP"
+
+
 def build_model(cfg: TrainConfig, num_classes: int, pretrained: bool | None = None) -> nn.Module:
     """Create ``cfg.model.name`` for ``num_classes`` foreground classes.
 
     Training resizes images in the data pipeline (multi-scale), so the model's own resize is skipped
     in train mode; in eval mode it resizes to :func:`inference_sizes` and maps outputs back.
+    Detection families get the anchor/mask-head options; every model gets ``in_channels``.
     """
-    from maskkit.models import create
+    from maskkit.models import create, model_info
 
     m = cfg.model
     min_size, max_size = inference_sizes(cfg)
     kwargs: dict[str, Any] = dict(m.options)
-    kwargs.update(min_size=min_size, max_size=max_size, mask_resolution=m.mask_resolution,
+    kwargs.update(min_size=min_size, max_size=max_size,
                   pretrained_backbone=m.pretrained_backbone if pretrained is None else pretrained)
-    if m.anchor_sizes is not None:
-        kwargs["anchor_sizes"] = m.anchor_sizes
-    if m.trainable_backbone_layers is not None:
-        kwargs["trainable_backbone_layers"] = m.trainable_backbone_layers
+    if model_info(m.name).family in DETECTION_FAMILIES:
+        kwargs["mask_resolution"] = m.mask_resolution
+        if m.anchor_sizes is not None:
+            kwargs["anchor_sizes"] = m.anchor_sizes
+        if m.trainable_backbone_layers is not None:
+            kwargs["trainable_backbone_layers"] = m.trainable_backbone_layers
+    else:
+        kwargs.setdefault("in_channels", cfg.augment.channels or 3)
+        if m.trainable_backbone_layers is not None:
+            raise ConfigError(f"{m.name}: trainable_backbone_layers applies to detection models; use "
+                              "freeze_backbone to freeze the encoder")
     model = create(m.name, num_classes, **kwargs)
     if hasattr(model, "transform"):
         model.transform._skip_resize = bool(cfg.augment.min_size)
@@ -50,7 +78,8 @@ def build_model(cfg: TrainConfig, num_classes: int, pretrained: bool | None = No
 
 def freeze_backbone(model: nn.Module) -> int:
     """Stop gradients through the backbone body (the FPN still trains); returns the frozen parameter count."""
-    body = getattr(getattr(model, "backbone", None), "body", None) or getattr(model, "backbone", None)
+    body = (getattr(getattr(model, "backbone", None), "body", None) or getattr(model, "backbone", None)
+            or getattr(model, "encoder", None))
     if body is None:
         return 0
     n = 0

@@ -1,4 +1,8 @@
-"""torchvision detection outputs -> :class:`~maskkit.structures.Instances` (dataset category ids, RLE masks)."""
+"""Model outputs -> :class:`~maskkit.structures.Instances` (dataset category ids, RLE masks).
+
+Mask R-CNN-style outputs carry ``masks`` (``N×1×H×W`` probabilities); dense models (semantic,
+bottom-up) carry an ``instance_map`` (``H×W``, ``i + 1`` where instance ``i`` is) instead.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +41,28 @@ def to_instances(
         "labels": ids[labels - 1] if len(labels) else np.zeros(0, np.int64),
         "scores": output["scores"].detach().float().cpu().numpy(),
     }
-    if "masks" in output:
+    if "instance_map" in output:
+        fields["masks"] = Masks.from_rles(instance_map_to_rles(output["instance_map"], len(labels)), h, w)
+    elif "masks" in output:
         fields["masks"] = Masks.from_rles(masks_to_rles(output["masks"], mask_threshold), h, w)
     return Instances((h, w), **fields)
+
+
+def instance_map_to_rles(instance_map: torch.Tensor | np.ndarray, n: int) -> list[dict[str, Any]]:
+    """Compressed RLEs of instances ``0..n-1`` of an ``H×W`` map holding ``i + 1`` (empty RLE if absent)."""
+    from maskkit.data.formats.labelimages import label_image_to_rles
+
+    imap = instance_map.detach().cpu().numpy() if isinstance(instance_map, torch.Tensor) else np.asarray(instance_map)
+    h, w = imap.shape
+    rles, ids = label_image_to_rles(imap.astype(np.int32, copy=False))
+    by_id = dict(zip(ids.tolist(), rles, strict=True))
+    empty = None
+    out = []
+    for i in range(n):
+        rle = by_id.get(i + 1)
+        if rle is None:
+            if empty is None:
+                empty = mask_utils.encode(np.zeros((h, w, 1), dtype=np.uint8, order="F"))[0]
+            rle = empty
+        out.append(rle)
+    return out

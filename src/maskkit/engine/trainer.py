@@ -22,13 +22,12 @@ from maskkit.engine import checkpoint as ckpt_io
 from maskkit.engine.config import TrainConfig, save_config
 from maskkit.engine.data import EpochBatchSampler, TrainData, load_train_data, make_loader, steps_per_epoch
 from maskkit.engine.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
-from maskkit.engine.loop import EpochState, StepContext, evaluate_ap, metric_value, train_epoch, unwrap, validation_loss
+from maskkit.engine.loop import EpochState, StepContext, metric_value, train_epoch, unwrap
+from maskkit.engine.validation import SUMMARY_METRICS, apply_tuning, evaluate, validation_loss
 from maskkit.errors import ConfigError
 from maskkit.fileio import atomic_write_json
 
 log = logging.getLogger("maskkit.train")
-
-SUMMARY_METRICS = ("segm.AP", "segm.AP50", "segm.AP75", "bbox.AP", "bbox.AP50")
 
 
 @dataclass
@@ -99,6 +98,7 @@ def _write_run_files(out: Path, cfg: TrainConfig, data: TrainData) -> None:
     if data.val is not None:
         atomic_write_json(out / "val_images.json", {
             "source": data.val_source, "seed": cfg.seed, "val_fraction": cfg.data.val_fraction,
+            "val_split": cfg.data.val_split,
             "images": [{"id": r.id, "file_name": r.file_name} for r in data.val.images],
         }, indent=2)
 
@@ -198,7 +198,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
     """Train ``cfg`` (or continue the run whose ``last.pt``/folder is ``resume``); see the module docstring."""
     from maskkit.data.dataset import InstanceDataset
     from maskkit.engine.logging import EpochProgress, RunLogger, plot_curves
-    from maskkit.engine.model import build_model, load_weights
+    from maskkit.engine.model import build_model, load_weights, uses_semantic_targets, validation_metric
 
     ckpt = ckpt_io.load_checkpoint(resume_path(resume)) if resume is not None else None
     device = resolve_device(cfg.device)
@@ -215,7 +215,9 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         log.info("weights %s: %s", cfg.model.weights, report.summary())
     model.to(device)
 
-    train_ds = InstanceDataset.from_config(data.train, cfg.augment, train=True)
+    semantic = uses_semantic_targets(cfg)
+    metric_key = validation_metric(cfg)
+    train_ds = InstanceDataset.from_config(data.train, cfg.augment, train=True, semantic=semantic)
     bs = cfg.data.batch_size
     per_epoch = steps_per_epoch(len(train_ds), bs, dinfo.world_size)
     budget = _Budget(cfg.schedule.max_minutes)
@@ -241,7 +243,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
                  cfg.model.name, len(data.train), len(data.val) if data.val else 0, data.val_source,
                  len(data.categories), per_epoch, device)
     saver = _Checkpointer(out, cfg, data, ctx, dinfo)
-    val = _Validator(cfg, data, device) if data.val is not None and dinfo.is_main else None
+    val = _Validator(cfg, data, device, dinfo, semantic) if data.val is not None else None
     metrics: dict[str, Any] = {}
     summary: dict[str, Any] = dict(ckpt.get("metrics") or {}) if ckpt is not None else {}
     stopped = False
@@ -262,6 +264,9 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         with EpochProgress(cfg.output.progress and dinfo.is_main, st.epoch, epochs, per_epoch, st.batch) as progress:
             train_epoch(ctx, loader if dinfo.enabled else budget.until(loader), st, on_step)
         out_of_time = broadcast_object(budget.over(), dinfo)
+        # A budget that cuts the epoch short leaves it unfinished in last.pt: a resume with a larger budget
+        # continues it from the next batch instead of skipping the rest.
+        cut_short = out_of_time and st.batch < len(sampler.batches)
         n = max(st.sums.get("n", 0.0), 1.0)
         row: dict[str, Any] = {"epoch": st.epoch, "step": st.step, "lr": ctx.optimizer.param_groups[0]["lr"]}
         row.update({f"train/{k}": v / n for k, v in st.sums.items() if k != "n"})
@@ -270,18 +275,21 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         if val is not None and ((st.epoch + 1) % cfg.schedule.val_every == 0 or last_epoch):
             eval_model = ctx.ema.module if ctx.ema is not None else unwrap(ctx.model)
             metrics, val_row = val.run(eval_model, ctx.loss_weights)
-            atomic_write_json(out / "metrics.json", metrics, indent=2)
+            apply_tuning([unwrap(ctx.model), ctx.ema.module if ctx.ema is not None else None], metrics, dinfo)
+            if dinfo.is_main:
+                atomic_write_json(out / "metrics.json", metrics, indent=2)
             row.update(val_row)
             summary = {k: val_row[k] for k in SUMMARY_METRICS if k in val_row}
-            value = metric_value(metrics, cfg.schedule.metric)
+            value = broadcast_object(metric_value(metrics, metric_key), dinfo)
             is_best = best.update(value, st.epoch)
             log.info("epoch %d/%d: %s", st.epoch + 1, epochs, ", ".join(
-                f"{k}={v:.4f}" for k, v in row.items() if k.startswith(("val/loss", "segm.AP", "bbox.AP"))
+                f"{k}={v:.4f}" for k, v in row.items() if k.startswith(("val/loss", "segm.AP", "bbox.AP", "semantic."))
                 and isinstance(v, float) and "/loss_" not in k))
         row["time"] = round(time.perf_counter() - t0, 3)
         if logger is not None:
             logger.log_epoch(row)
-        st.epoch, st.batch, st.sums = st.epoch + 1, 0, {}
+        if not cut_short:
+            st.epoch, st.batch, st.sums = st.epoch + 1, 0, {}
         saver.save(st, best, summary, is_best=is_best)
         stopped = bool(cfg.schedule.patience is not None and best.stale >= cfg.schedule.patience
                        and st.epoch < epochs)
@@ -289,7 +297,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         if stopped and dinfo.is_main:
             log.info("early stopping: %s did not improve for %d epochs (best %.4f at epoch %d)",
                      cfg.schedule.metric, best.stale, best.value or float("nan"), (best.epoch or 0) + 1)
-        if out_of_time and st.epoch < epochs:
+        if out_of_time and (cut_short or st.epoch < epochs):
             stopped = True
             if dinfo.is_main:
                 log.info("time budget of %g minutes reached after %d steps: stopping", cfg.schedule.max_minutes,
@@ -319,28 +327,33 @@ def _write_rank_checksum(out: Path, model: nn.Module, dinfo: DistInfo) -> None:
 
 
 class _Validator:
-    """Val loss (train mode, BatchNorm frozen, no grad) and COCO AP (eval mode) on the val set."""
+    """Val loss (train mode, BatchNorm frozen, no grad) and metrics (eval mode), each rank on its share."""
 
-    def __init__(self, cfg: TrainConfig, data: TrainData, device: torch.device) -> None:
+    def __init__(self, cfg: TrainConfig, data: TrainData, device: torch.device, dinfo: DistInfo,
+                 semantic: bool) -> None:
         from maskkit.data.dataset import InstanceDataset
 
         assert data.val is not None
-        self.cfg, self.data, self.device = cfg, data, device
+        self.cfg, self.data, self.device, self.dinfo = cfg, data, device, dinfo
         self.records = {r.id: r for r in data.val.images}
-        self.loss_ds = InstanceDataset.from_config(data.val, cfg.augment, train=False)
-        self.eval_ds = InstanceDataset(data.val, None, **cfg.augment.image_options())
+        self.loss_ds = InstanceDataset.from_config(data.val, cfg.augment, train=False, semantic=semantic)
+        self.eval_ds = InstanceDataset(data.val, None, semantic=semantic, **cfg.augment.image_options())
         self.bs = cfg.data.val_batch_size or cfg.data.batch_size
 
     def _loader(self, ds: Any) -> Any:
-        sampler = EpochBatchSampler(len(ds), self.bs, 0, 0, shuffle=False)
+        d = self.dinfo
+        sampler = EpochBatchSampler(len(ds), self.bs, 0, 0, shuffle=False, rank=d.rank, world_size=d.world_size,
+                                    drop_uneven=False)
         return make_loader(ds, sampler, self.cfg.data.workers, 0)
 
     def run(self, model: nn.Module, weights: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(metrics.json dict, results row)``; both empty on ranks other than 0."""
         row: dict[str, Any] = {}
         if self.cfg.schedule.val_loss:
-            row.update({f"val/{k}": v for k, v in validation_loss(model, self._loader(self.loss_ds), self.device,
-                                                                    weights).items()})
-        metrics = evaluate_ap(model, self._loader(self.eval_ds), self.records, self.data.categories, self.device)
+            losses = validation_loss(model, self._loader(self.loss_ds), self.device, weights, self.dinfo)
+            row.update({f"val/{k}": v for k, v in losses.items()})
+        metrics = evaluate(model, self._loader(self.eval_ds), self.records, self.data.categories, self.device,
+                           self.cfg.schedule.max_dets, self.dinfo, tune=self.cfg.schedule.tune_thresholds)
         for key in SUMMARY_METRICS:
             v = metric_value(metrics, key)
             if v is not None:

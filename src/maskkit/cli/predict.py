@@ -1,0 +1,246 @@
+"""``maskkit predict``: run a checkpoint on images, folders, globs and videos; write overlays and results.
+
+Outputs (in ``--out``, default ``runs/predict``; see :mod:`maskkit.inference.writers` and
+:mod:`maskkit.inference.video`): ``overlays/<key>.jpg``, ``predictions.json`` + ``images.json``
+(COCO results and their image list), optionally ``labels/<key>.png`` and ``labelme/<key>.json``;
+for a video ``<key>.mp4`` (overlays, a colour per track) and ``<key>.tracks.json``. Folders are
+searched recursively. A rerun skips images whose outputs all exist (``--overwrite`` redoes them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from maskkit.errors import ConfigError, DataError, MaskkitError
+
+
+def command(
+    sources: list[str] = typer.Argument(..., help="Images, videos, folders (searched recursively) or quoted globs."),
+    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint (.pt) or run folder (best.pt, else last.pt)."),
+    out: Path = typer.Option(Path("runs/predict"), "--out", "-o", help="Output folder."),
+    conf: float = typer.Option(0.25, "--conf", help="Minimum score (use 0.001-0.05 for predictions meant for AP)."),
+    classes: str | None = typer.Option(None, "--classes", help="Only these classes: names or ids, comma-separated."),
+    max_det: int = typer.Option(300, "--max-det", help="At most this many instances per image (best scores)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
+    tile: int | None = typer.Option(None, "--tile", help="Predict images larger than this in tiles of N px."),
+    overlap: int = typer.Option(128, "--overlap", help="Tile overlap in px with --tile (> 2x the unreliable border)."),
+    save_overlays: bool = typer.Option(True, "--save-overlays/--no-save-overlays",
+                                       help="Overlay images (overlays/*.jpg) and, for videos, the overlay MP4."),
+    save_json: bool = typer.Option(True, "--save-json/--no-save-json",
+                                   help="predictions.json + images.json (COCO) and, for videos, <video>.tracks.json."),
+    save_labels: bool = typer.Option(False, "--save-labels", help="Instance-label images (labels/*.png, 16-bit)."),
+    save_labelme: bool = typer.Option(False, "--save-labelme", help="LabelMe JSON for pre-annotation (labelme/*)."),
+    data: Path | None = typer.Option(None, "--data", help="Dataset the images belong to: take image ids (and "
+                                     "category ids, by class name) from it so `maskkit eval --gt` can score."),
+    split: str = typer.Option("val", "--split", help="Split of a multi-split --data."),
+    video_max_gap: int = typer.Option(15, "--video-max-gap", help="Frames a track may be missed and keep its id."),
+    track_iou: float = typer.Option(0.3, "--track-iou", help="Minimum mask IoU to continue a track."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs exist (default: skip)."),
+) -> None:
+    """Predict instance masks on images and videos; write overlays, COCO results, label images, LabelMe JSON."""
+    from maskkit.inference.sources import collect_sources
+    from maskkit.inference.writers import OutputOptions
+
+    if not 0.0 <= conf <= 1.0:
+        raise ConfigError(f"--conf must be between 0 and 1, got {conf}")
+    if max_det < 1:
+        raise ConfigError(f"--max-det must be >= 1, got {max_det}")
+    if tile is not None and tile < 32:
+        raise ConfigError(f"--tile must be at least 32 px, got {tile}")
+    if tile is not None and not 0 <= overlap < tile:
+        raise ConfigError(f"--overlap must be >= 0 and smaller than --tile ({tile}), got {overlap}")
+    if video_max_gap < 0 or not 0.0 < track_iou <= 1.0:
+        raise ConfigError("--video-max-gap must be >= 0 and --track-iou in (0, 1]")
+    options = OutputOptions(overlays=save_overlays, json=save_json, labels=save_labels, labelme=save_labelme)
+    if not options.any():
+        raise ConfigError("every output is switched off: keep --save-overlays or --save-json, or add --save-labels")
+    items = collect_sources(sources, exclude=out)
+    if tile is not None:
+        _tiling()
+    predictor = _load_predictor(model, device, conf)
+    keep = _class_filter(classes, predictor.category_ids, predictor.class_names)
+    class_names = dict(zip(predictor.category_ids, predictor.class_names, strict=True))
+    settings = {"model": str(model.resolve()), "conf": conf, "classes": sorted(keep) if keep else None,
+                "max_det": max_det, "tile": tile, "overlap": overlap if tile else None, "track_iou": track_iou,
+                "video_max_gap": video_max_gap}
+    ids, categories, cat_map = _image_ids(items, data, split, predictor) if save_json else ({}, [], {})
+    from maskkit.inference.writers import check_settings
+
+    out.mkdir(parents=True, exist_ok=True)
+    check_settings(out, settings, overwrite)
+    predict = _Predict(predictor, conf, keep, max_det, tile, overlap)
+    counts = _run(items, predict, out, class_names, options, overwrite, video_max_gap, track_iou)
+    _finish(out, items, ids, categories, cat_map, options, counts, data)
+
+
+def _tiling() -> Any:
+    try:
+        from maskkit.inference.tiling import predict_tiled
+    except ImportError as exc:
+        raise ConfigError(f"--tile needs maskkit.inference.tiling, which cannot be imported ({exc})") from None
+    return predict_tiled
+
+
+def _load_predictor(model: Path, device: str, conf: float) -> Any:
+    """The Predictor; a missing or foreign checkpoint becomes one DataError line."""
+    if not model.exists():
+        raise DataError("checkpoint not found", file=model)
+    from maskkit.inference.predictor import Predictor
+
+    try:
+        return Predictor(model, device=device, score_threshold=conf)
+    except DataError as exc:  # torch's messages can run over many lines: keep the first
+        first = exc.problem.splitlines()[0] if exc.problem else ""
+        if len(first) > 160 and ". " in first:
+            first = first[: first.index(". ") + 1] + ")"
+        raise DataError(first, file=exc.file) from None
+    except MaskkitError:
+        raise
+    except Exception as exc:  # a foreign .pt: missing keys, a config that does not validate, mismatched weights
+        message = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise DataError(f"not a usable maskkit checkpoint ({type(exc).__name__}: {message})", file=model) from None
+
+
+def _class_filter(spec: str | None, category_ids: list[int], class_names: list[str]) -> set[int] | None:
+    """Category ids named by ``--classes`` (names or ids)."""
+    if not spec:
+        return None
+    by_name = dict(zip(class_names, category_ids, strict=True))
+    keep = set()
+    for token in (t.strip() for t in spec.split(",")):
+        if not token:
+            continue
+        if token in by_name:
+            keep.add(by_name[token])
+        elif token.lstrip("-").isdigit() and int(token) in category_ids:
+            keep.add(int(token))
+        else:
+            known = ", ".join(f"{i}:{n}" for i, n in zip(category_ids, class_names, strict=True))
+            raise ConfigError(f"--classes: unknown class {token!r} (the model has {known})")
+    return keep
+
+
+class _Predict:
+    """``image -> Instances`` (tiled above ``tile`` px), filtered by class, best ``max_det`` first."""
+
+    def __init__(self, predictor: Any, conf: float, keep: set[int] | None, max_det: int, tile: int | None,
+                 overlap: int) -> None:
+        self.predictor, self.conf, self.keep, self.max_det = predictor, conf, keep, max_det
+        self.tile, self.overlap = tile, overlap
+
+    def _tiled(self, shape: tuple[int, ...]) -> bool:
+        return self.tile is not None and max(shape[:2]) > self.tile
+
+    def __call__(self, image: Any) -> Any:
+        if self._tiled(image.shape):
+            return self._finish(_tiling()(self.predictor, image, tile=self.tile, overlap=self.overlap))
+        return self._finish(self.predictor.predict(image))
+
+    def file(self, path: Path) -> tuple[Any, Any]:
+        """``(image or None, instances)`` of an image file; a large one is read tile by tile (image None)."""
+        from maskkit.data.images import image_size, read_image
+
+        if self.tile is not None and self._tiled(image_size(path)):
+            return None, self._finish(_tiling()(self.predictor, path, tile=self.tile, overlap=self.overlap))
+        image = read_image(path)
+        return image, self(image)
+
+    def _finish(self, inst: Any) -> Any:
+        import numpy as np
+
+        scores = np.asarray(inst.scores, dtype=np.float64)
+        ok = scores >= self.conf
+        if self.keep is not None:
+            ok &= np.isin(np.asarray(inst.labels), sorted(self.keep))
+        idx = np.flatnonzero(ok)
+        return inst[idx[np.argsort(-scores[idx], kind="stable")][: self.max_det]]
+
+
+def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any
+               ) -> tuple[dict[str, int], list[dict[str, Any]], dict[int, int]]:
+    """Image ids, categories for images.json and the model -> dataset category map."""
+    from maskkit.inference.sources import category_id_map, dataset_image_ids, sequential_ids
+
+    keys = {it.key: it.path for it in items if it.kind == "image"}
+    if data is None:
+        cats = [{"id": i, "name": n} for i, n in zip(predictor.category_ids, predictor.class_names, strict=True)]
+        return sequential_ids(list(keys)), cats, {}
+    from maskkit.cli.eval import _load_dataset  # the same split choice as `maskkit eval --data`
+
+    aset = _load_dataset(data, split)
+    ids, missing = dataset_image_ids(keys, aset)
+    cat_map, notes = category_id_map(predictor.category_ids, predictor.class_names, aset.categories)
+    for note in notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        typer.secho(f"note: {len(missing)} image(s) are not in {data}: left out of predictions.json ({shown})",
+                    fg=typer.colors.YELLOW, err=True)
+    return ids, [{"id": c.id, "name": c.name} for c in aset.categories], cat_map
+
+
+def _run(items: list[Any], predict: _Predict, out: Path, class_names: dict[int, str], options: Any,
+         overwrite: bool, max_gap: int, track_iou: float) -> dict[str, int]:
+    """Predict every source with a progress bar; returns counts."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from maskkit.inference.video import predict_video, video_outputs
+    from maskkit.inference.writers import ImageWriter
+
+    images = [it for it in items if it.kind == "image"]
+    videos = [it for it in items if it.kind == "video"]
+    writer = ImageWriter(out, class_names, options)
+    counts = {"images": 0, "skipped": 0, "instances": 0, "videos": 0, "frames": 0, "tracks": 0, "videos_skipped": 0}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        if images:
+            task = bar.add_task("images", total=len(images))
+            for it in images:
+                if not overwrite and writer.done(it.key):
+                    counts["skipped"] += 1
+                else:
+                    image, inst = predict.file(it.path)
+                    writer.write(it.key, it.path, image, inst)
+                    counts["images"] += 1
+                    counts["instances"] += len(inst)
+                bar.advance(task)
+        for it in videos:
+            paths = video_outputs(out, it.key)
+            wanted = [paths["overlay"]] * options.overlays + [paths["tracks"]] * options.json
+            if not wanted or (not overwrite and all(p.is_file() for p in wanted)):
+                counts["videos_skipped"] += 1
+                continue
+            task = bar.add_task(f"video {it.key}", total=None)
+            summary = predict_video(it.path, predict, out, it.key, class_names, overlay=options.overlays,
+                                    tracks=options.json, iou_threshold=track_iou, max_gap=max_gap,
+                                    on_frame=lambda done, total, t=task: bar.update(t, completed=done,
+                                                                                    total=total or None))
+            counts["videos"] += 1
+            counts["frames"] += summary["frames"]
+            counts["tracks"] += summary["tracks"]
+    return counts
+
+
+def _finish(out: Path, items: list[Any], ids: dict[str, int], categories: list[dict[str, Any]],
+            cat_map: dict[int, int], options: Any, counts: dict[str, int], data: Path | None) -> None:
+    parts = [f"{counts['images']} images predicted ({counts['instances']} instances)"]
+    if counts["skipped"]:
+        parts.append(f"{counts['skipped']} skipped (outputs exist; --overwrite redoes them)")
+    if counts["videos"] or counts["videos_skipped"]:
+        parts.append(f"{counts['videos']} videos ({counts['frames']} frames, {counts['tracks']} tracks)"
+                     + (f", {counts['videos_skipped']} skipped" if counts["videos_skipped"] else ""))
+    typer.echo("; ".join(parts))
+    keys = [it.key for it in items if it.kind == "image"]
+    if options.json and keys:
+        from maskkit.inference.writers import assemble_predictions
+
+        summary = assemble_predictions(out, keys, ids, categories, cat_map)
+        typer.echo(f"wrote {out / 'predictions.json'}: {summary['detections']} detections on {summary['images']} "
+                   f"images (ids in {out / 'images.json'})")
+        if data is not None:
+            typer.echo(f"score it: maskkit eval --gt {data} --pred {out / 'predictions.json'}")
+    typer.echo(f"outputs in {out}")
