@@ -78,8 +78,9 @@ def build_model(cfg: TrainConfig, num_classes: int, pretrained: bool | None = No
 
 def freeze_backbone(model: nn.Module) -> int:
     """Stop gradients through the backbone body (the FPN still trains); returns the frozen parameter count."""
+    net = getattr(model, "net", None)
     body = (getattr(getattr(model, "backbone", None), "body", None) or getattr(model, "backbone", None)
-            or getattr(model, "encoder", None))
+            or getattr(model, "encoder", None) or getattr(net, "encoder", None))
     if body is None:
         return 0
     n = 0

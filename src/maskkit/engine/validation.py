@@ -143,7 +143,9 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[list, list]], records: di
                  grid[best], scores[best])
     metrics = _ap(preds[best], records, categories, max_dets)
     if used:
-        metrics["semantic"] = semantic.acc.result()
+        from maskkit.evaluation.report import jsonable
+
+        metrics["semantic"] = jsonable(semantic.acc.result())
     if tuning is not None:
         metrics["tuning"] = tuning
     return metrics

@@ -32,7 +32,12 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
-_BUILTIN_MODULES = ("maskkit.models.maskrcnn",)
+_BUILTIN_MODULES = (
+    "maskkit.models.maskrcnn",
+    "maskkit.models.panoptic",
+    "maskkit.models.semantic",
+    "maskkit.models.bottomup",
+)
 _loaded = False
 
 

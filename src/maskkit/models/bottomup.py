@@ -1,0 +1,317 @@
+"""Bottom-up instance segmentation: ``bottomup_{effl0,r18,r34,r50,mbv2}``.
+
+One U-Net (segmentation-models-pytorch ``Unet`` on the named encoder, one shared decoder) predicts
+``K + 3`` maps per pixel: ``K + 1`` semantic class logits (0 background), an instance-border logit
+and a per-instance normalised distance to the border (targets: :func:`~maskkit.models.targets.bottomup_targets`).
+Instances are recovered by a seeded watershed (:func:`~maskkit.models.watershed.seeded_watershed`):
+seeds are the connected, same-class foreground pixels far from any border, flooded over the
+foreground. No boxes, anchors or RoIs, so the cost does not grow with the number of objects and
+touching objects (cells, grains) split along their predicted borders.
+
+Losses (each multiplied by its weight option): ``loss_semantic`` (cross-entropy + Dice over the
+``K + 1`` classes), ``loss_boundary`` (binary cross-entropy + Dice of the border map) and
+``loss_distance`` (squared error of the sigmoid distance on foreground pixels).
+
+Eval output per image: ``instance_map`` (``H x W`` int32, ``i + 1`` = instance ``i``), ``labels``
+(majority class, ``1..K``), ``scores`` (mean probability of that class over the instance times the
+instance's peak distance: fragments, merged blobs and unsure regions rank low), ``boxes`` (XYXY) and
+``sem_seg`` (class probabilities), all at the input size, sorted by decreasing score.
+
+The post-processing thresholds (``fg_threshold``, ``seed_threshold``, ``boundary_threshold``,
+``min_area``) are buffers: checkpoints carry them. The trainer tunes them on the val set through
+:meth:`BottomUpSegmenter.threshold_grid` / ``predict_raw`` / ``postprocess`` / ``set_thresholds``.
+
+Builder options (besides ``pretrained_backbone``, ``in_channels``, ``min_size``, ``max_size``):
+``encoder`` (override the name's encoder), ``decoder_channels`` (default ``(64, 32, 24, 16, 16)``,
+light for CPUs), ``semantic_weight``/``boundary_weight``/``distance_weight``, the four thresholds,
+``trainable_encoder_stages`` (freeze the stem and all but the last N encoder stages: EfficientNet-Lite
+blocks, 7 in all, or ResNet layers, 4; None trains everything); anything else goes to smp's ``Unet``.
+``mask_resolution`` is ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from maskkit.errors import ConfigError, DataError
+from maskkit.models.encoders import ENCODERS, DenseInput, build_smp, encoder_norm, encoder_stride, pad_batch
+from maskkit.models.losses import cross_entropy, dice_loss, mse_loss
+from maskkit.models.registry import register_model
+from maskkit.models.targets import bottomup_targets, semantic_from_instances
+from maskkit.models.watershed import instance_boxes, instance_max, instance_stats, seeded_watershed
+
+IGNORE_INDEX = 255
+DEFAULT_DECODER_CHANNELS = (64, 32, 24, 16, 16)
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "fg_threshold": 0.5,
+    "seed_threshold": 0.3,
+    "boundary_threshold": 0.5,
+    "min_area": 8.0,
+}
+THRESHOLD_GRID: dict[str, list[float]] = {
+    "fg_threshold": [0.4, 0.5, 0.6],
+    "seed_threshold": [0.1, 0.3, 0.5],
+    "boundary_threshold": [0.3, 0.5, 0.7],
+}
+ENCODER_NAMES = {
+    "r18": "ResNet-18",
+    "r34": "ResNet-34",
+    "r50": "ResNet-50",
+    "mbv2": "MobileNetV2",
+    "effl0": "EfficientNet-Lite0 (ImageNet weights offline)",
+}
+
+
+class BottomUpSegmenter(nn.Module):
+    """Semantic + border + distance maps from one U-Net, instances by seeded watershed (see the module docstring)."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        encoder: str,
+        in_channels: int = 3,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        semantic_weight: float = 1.0,
+        boundary_weight: float = 1.0,
+        distance_weight: float = 1.0,
+        **thresholds: float,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.num_classes = num_classes
+        self.input = DenseInput(*encoder_norm(encoder, in_channels), encoder_stride(net), min_size, max_size)
+        self.weights = {"semantic": float(semantic_weight), "boundary": float(boundary_weight),
+                        "distance": float(distance_weight)}
+        for name, value in DEFAULT_THRESHOLDS.items():
+            self.register_buffer(name, torch.tensor(float(value)))
+        self.set_thresholds(**thresholds)
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The U-Net's encoder (so ``freeze_backbone`` finds it)."""
+        return self.net.encoder
+
+    # -- thresholds ------------------------------------------------------------------------------
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The current post-processing thresholds (buffer values)."""
+        return {name: float(getattr(self, name)) for name in DEFAULT_THRESHOLDS}
+
+    def set_thresholds(self, **values: float) -> None:
+        """Set some of ``fg_threshold``, ``seed_threshold``, ``boundary_threshold``, ``min_area``."""
+        unknown = sorted(set(values) - set(DEFAULT_THRESHOLDS))
+        if unknown:
+            raise ConfigError(f"unknown threshold(s) {unknown}; known: {list(DEFAULT_THRESHOLDS)}")
+        for name, value in values.items():
+            getattr(self, name).fill_(float(value))
+
+    def threshold_grid(self) -> dict[str, list[float]]:
+        """Candidate values per threshold for tuning on a val set (27 combinations)."""
+        return {k: list(v) for k, v in THRESHOLD_GRID.items()}
+
+    # -- forward -----------------------------------------------------------------------------------
+    def forward(
+        self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Loss terms (train mode, ``targets`` required) or one prediction dict per image (eval mode)."""
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in train mode")
+            batch = self.input(images)
+            return self.losses(self.net(_channels_last(batch.tensor)), targets, batch.sizes)
+        return [self.postprocess(raw) for raw in self.predict_raw(images)]
+
+    @torch.no_grad()
+    def predict_raw(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        """Per image, the network's maps at the input size (CPU float32): ``sem_seg`` ((K+1) x H x W class
+        probabilities), ``boundary`` and ``distance`` (H x W, sigmoid)."""
+        batch = self.input(images)
+        out = []
+        for logits in batch.unpad(self.net(_channels_last(batch.tensor))):
+            k = self.num_classes + 1
+            out.append({
+                "sem_seg": logits[:k].float().softmax(0).cpu(),
+                "boundary": logits[k].float().sigmoid().cpu(),
+                "distance": logits[k + 1].float().sigmoid().cpu(),
+            })
+        return out
+
+    def postprocess(self, raw: Mapping[str, Tensor], **thresholds: float) -> dict[str, Tensor]:
+        """The eval output dict of one image's :meth:`predict_raw` maps; ``thresholds`` override the buffers."""
+        thr = {**self.thresholds, **thresholds}
+        probs = raw["sem_seg"].detach().float().cpu().numpy()
+        dist = raw["distance"].detach().float().cpu().numpy()
+        bnd = raw["boundary"].detach().float().cpu().numpy()
+        fg_classes = probs[1:]
+        imap = seeded_watershed(
+            1.0 - probs[0], dist, bnd,
+            fg_threshold=thr["fg_threshold"], seed_threshold=thr["seed_threshold"],
+            boundary_threshold=thr["boundary_threshold"], min_area=round(thr["min_area"]),
+            class_map=fg_classes.argmax(0),
+        )
+        n = int(imap.max())
+        _, means = instance_stats(imap, n, fg_classes)
+        labels = means.argmax(0) + 1 if n else np.zeros(0, dtype=np.int64)
+        scores = means.max(0) * instance_max(dist, imap, n) if n else np.zeros(0)
+        boxes = instance_boxes(imap, n)
+        order = np.argsort(-scores, kind="stable")
+        remap = np.zeros(n + 1, dtype=np.int32)
+        remap[order + 1] = np.arange(1, n + 1, dtype=np.int32)
+        return {
+            "boxes": torch.from_numpy(boxes[order].reshape(-1, 4)),
+            "labels": torch.from_numpy(np.asarray(labels, dtype=np.int64)[order]),
+            "scores": torch.from_numpy(np.asarray(scores, dtype=np.float32)[order]),
+            "instance_map": torch.from_numpy(remap[imap]),
+            "sem_seg": raw["sem_seg"],
+        }
+
+    # -- training ----------------------------------------------------------------------------------
+    def losses(
+        self, logits: Tensor, targets: Sequence[Mapping[str, Tensor]], sizes: list[tuple[int, int]]
+    ) -> dict[str, Tensor]:
+        """``loss_semantic``, ``loss_boundary``, ``loss_distance`` (weighted) of padded ``B x (K+3) x H x W`` logits."""
+        k = self.num_classes + 1
+        sem, bnd, dist = self._targets(targets, sizes, logits.device)
+        fg = ((sem > 0) & (sem != IGNORE_INDEX)).unsqueeze(1)
+        sem_logits, bnd_logits = logits[:, :k], logits[:, k : k + 1]
+        out = {
+            "loss_semantic": cross_entropy(sem_logits, sem) + dice_loss(sem_logits, sem),
+            "loss_boundary": cross_entropy(bnd_logits, bnd) + dice_loss(bnd_logits, bnd),
+            "loss_distance": mse_loss(logits[:, k + 1 : k + 2].sigmoid(), dist.unsqueeze(1), fg),
+        }
+        return {name: self.weights[name[5:]] * value for name, value in out.items()}
+
+    def _targets(
+        self, targets: Sequence[Mapping[str, Tensor]], sizes: list[tuple[int, int]], device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Padded semantic (int64, 255 ignore), border (int64 0/1, 255 ignore) and distance (float) targets."""
+        if len(targets) != len(sizes):
+            raise DataError(f"{len(sizes)} images but {len(targets)} targets")
+        sems, bnds, dists = [], [], []
+        for t, size in zip(targets, sizes, strict=True):
+            sem = t.get("semantic")
+            sem = semantic_from_instances(t, size, IGNORE_INDEX) if sem is None else torch.as_tensor(sem)
+            if sem.dim() != 2 or tuple(sem.shape) != size:
+                raise DataError(f"semantic target has shape {tuple(sem.shape)} but the image is {size[0]}x{size[1]}")
+            bad = (sem < 0) | ((sem > self.num_classes) & (sem != IGNORE_INDEX))
+            if bool(bad.any()):
+                raise DataError(f"semantic target holds class {int(sem[bad][0])}; expected 0..{self.num_classes} "
+                                "or 255")
+            masks = t.get("masks")
+            if masks is None:
+                raise DataError("bottom-up models need instance masks in the targets")
+            if tuple(masks.shape[-2:]) != size:
+                raise DataError(f"instance masks are {tuple(masks.shape[-2:])} but the image is {size[0]}x{size[1]}")
+            border, distance = bottomup_targets(masks.detach().cpu())
+            sem = sem.to(device=device, dtype=torch.int64)
+            ignore = sem == IGNORE_INDEX
+            border_t = torch.from_numpy(border).to(device=device, dtype=torch.int64)
+            sems.append(sem[None])
+            bnds.append(torch.where(ignore, IGNORE_INDEX, border_t)[None])
+            dists.append(torch.from_numpy(distance).to(device)[None])
+        stride = self.input.stride
+        sem_t = pad_batch(sems, stride, fill=IGNORE_INDEX)[0][:, 0]
+        return sem_t, pad_batch(bnds, stride, fill=IGNORE_INDEX)[0][:, 0], pad_batch(dists, stride)[0][:, 0]
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    """NHWC memory layout: ~25% faster convolutions on CPU (the network's weights use it too)."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def freeze_encoder_stages(encoder: nn.Module, trainable: int) -> int:
+    """Freeze the stem and all but the last ``trainable`` stages of a U-Net encoder; returns the frozen tensor count.
+
+    Stages are EfficientNet-Lite's 7 blocks (timm) or ResNet's 4 layers; the early, high-resolution stages
+    cost the most backward time and change least when fine-tuning, so freezing them speeds up CPU training.
+    """
+    from maskkit.models.backbones import freeze_timm_stages
+
+    body = getattr(encoder, "model", encoder)
+    if hasattr(body, "blocks") and hasattr(body, "conv_stem"):
+        before = sum(not p.requires_grad for p in body.parameters())
+        freeze_timm_stages(body, trainable)
+        return sum(not p.requires_grad for p in body.parameters()) - before
+    if all(hasattr(body, f"layer{i}") for i in range(1, 5)):
+        stages = [body.conv1, body.bn1, *(getattr(body, f"layer{i}") for i in range(1, 5))]
+        frozen = [p for m in stages[: max(len(stages) - trainable, 0)] for p in m.parameters()]
+        for p in frozen:
+            p.requires_grad_(False)
+        return len(frozen)
+    raise ConfigError("trainable_encoder_stages supports the EfficientNet-Lite and ResNet encoders")
+
+
+def build_bottomup(
+    num_classes: int,
+    encoder: str,
+    *,
+    pretrained_backbone: bool = True,
+    in_channels: int = 3,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
+    semantic_weight: float = 1.0,
+    boundary_weight: float = 1.0,
+    distance_weight: float = 1.0,
+    fg_threshold: float = DEFAULT_THRESHOLDS["fg_threshold"],
+    seed_threshold: float = DEFAULT_THRESHOLDS["seed_threshold"],
+    boundary_threshold: float = DEFAULT_THRESHOLDS["boundary_threshold"],
+    min_area: float = DEFAULT_THRESHOLDS["min_area"],
+    trainable_encoder_stages: int | None = None,
+    mask_resolution: int | None = None,
+    **options: Any,
+) -> BottomUpSegmenter:
+    """A :class:`BottomUpSegmenter` on ``encoder`` (see the module docstring for the options)."""
+    del mask_resolution  # a Mask R-CNN option, meaningless here
+    channels = tuple(int(c) for c in decoder_channels)
+    if not 1 <= len(channels) <= 5 or min(channels) < 1:
+        raise ConfigError(f"decoder_channels needs 1 to 5 positive widths (one per U-Net stage), got {list(channels)}")
+    options.setdefault("encoder_depth", len(channels))
+    net = build_smp("Unet", encoder, num_classes + 3, in_channels, pretrained_backbone, decoder_channels=channels,
+                    **options)
+    if trainable_encoder_stages is not None:
+        freeze_encoder_stages(net.encoder, int(trainable_encoder_stages))
+    net = net.to(memory_format=torch.channels_last)
+    return BottomUpSegmenter(
+        net, num_classes, encoder, in_channels, min_size, max_size,
+        semantic_weight=semantic_weight, boundary_weight=boundary_weight, distance_weight=distance_weight,
+        fg_threshold=fg_threshold, seed_threshold=seed_threshold, boundary_threshold=boundary_threshold,
+        min_area=min_area,
+    )
+
+
+def _make_builder(encoder: str) -> Callable[..., BottomUpSegmenter]:
+    def builder(
+        num_classes: int,
+        *,
+        pretrained_backbone: bool = True,
+        in_channels: int = 3,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        **options: Any,
+    ) -> BottomUpSegmenter:
+        return build_bottomup(
+            num_classes,
+            options.pop("encoder", encoder),
+            pretrained_backbone=pretrained_backbone,
+            in_channels=in_channels,
+            min_size=min_size,
+            max_size=max_size,
+            **options,
+        )
+
+    builder.__name__ = builder.__qualname__ = f"bottomup_{encoder}"
+    builder.__doc__ = (f"Bottom-up instances (U-Net semantic + border + distance maps, seeded watershed) on "
+                       f"{ENCODER_NAMES[encoder]}.")
+    return builder
+
+
+for _encoder in ENCODERS:
+    register_model(task="instance", family="bottomup")(_make_builder(_encoder))

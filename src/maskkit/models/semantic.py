@@ -1,0 +1,239 @@
+"""Semantic segmentation models: ``{fcn,unet,deeplabv3,deeplabv3plus,pspnet}_{r18,r34,r50,mbv2,effl0}``.
+
+U-Net, DeepLabV3, DeepLabV3+ and PSPNet are segmentation-models-pytorch architectures; FCN is
+torchvision's ``FCNHead`` on the encoder's deepest (dilated, stride 16) features. Every network is
+wrapped in :class:`SemanticSegmenter`, which follows the model contract: it normalises, pads to the
+network's stride and crops back; train mode returns :class:`~maskkit.models.losses.SegLoss` terms; eval
+mode returns ``sem_seg`` plus instances made of the connected components of each foreground class,
+so instance evaluation works for semantic models too.
+
+Builder options (besides the common ``pretrained_backbone``, ``in_channels``, ``min_size``, ``max_size``):
+``encoder`` (override the name's encoder), ``loss`` (term -> weight, default ``{"ce": 1, "dice": 1}``),
+``class_weights`` (K + 1 values, background first), ``min_area`` (smallest component kept as an
+instance, default 4 px); anything else goes to the smp architecture (e.g. ``decoder_channels``,
+``encoder_output_stride``; FCN takes ``encoder_output_stride`` 8, 16 or 32). ``mask_resolution`` (a Mask
+R-CNN option the trainer passes to every builder) is ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from maskkit.errors import ConfigError, DataError
+from maskkit.models.encoders import (
+    ENCODERS,
+    DenseInput,
+    build_encoder,
+    build_smp,
+    encoder_norm,
+    encoder_stride,
+    pad_batch,
+)
+from maskkit.models.losses import SegLoss
+from maskkit.models.registry import register_model
+from maskkit.models.targets import semantic_from_instances
+
+IGNORE_INDEX = 255
+DEFAULT_LOSS: dict[str, float] = {"ce": 1.0, "dice": 1.0}
+
+# family -> (smp architecture or None for FCN, default extra smp kwargs, description)
+FAMILIES: dict[str, tuple[str | None, dict[str, Any], str]] = {
+    "fcn": (None, {}, "FCN head on dilated stride-16 features"),
+    "unet": ("Unet", {}, "U-Net decoder"),
+    "deeplabv3": ("DeepLabV3", {"encoder_output_stride": 16}, "DeepLabV3 (ASPP, output stride 16)"),
+    "deeplabv3plus": ("DeepLabV3Plus", {}, "DeepLabV3+ (ASPP + stride-4 decoder)"),
+    "pspnet": ("PSPNet", {}, "PSPNet (pyramid pooling, output stride 8)"),
+}
+ENCODER_NAMES = {
+    "r18": "ResNet-18",
+    "r34": "ResNet-34",
+    "r50": "ResNet-50",
+    "mbv2": "MobileNetV2",
+    "effl0": "EfficientNet-Lite0 (ImageNet weights offline)",
+}
+
+
+class FCN(nn.Module):
+    """An smp encoder with torchvision's ``FCNHead`` on its deepest features, upsampled to the input size."""
+
+    def __init__(
+        self, encoder: str, classes: int, in_channels: int = 3, pretrained: bool = True, encoder_output_stride: int = 16
+    ) -> None:
+        from torchvision.models.segmentation.fcn import FCNHead
+
+        super().__init__()
+        if encoder_output_stride not in (8, 16, 32):
+            raise ConfigError(f"encoder_output_stride must be 8, 16 or 32, got {encoder_output_stride}")
+        self.encoder = build_encoder(encoder, in_channels, pretrained, output_stride=encoder_output_stride)
+        self.head = FCNHead(self.encoder.out_channels[-1], classes)
+        self.stride = encoder_output_stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.head(self.encoder(x)[-1])
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def instances_from_semantic(probs: Tensor, min_area: int = 4) -> dict[str, Tensor]:
+    """Instances = 8-connected components of each foreground class of the argmax of (K+1) x H x W ``probs``.
+
+    Returns ``boxes`` (XYXY pixel extents), ``labels`` (1..K), ``scores`` (mean class probability over the
+    component) and ``instance_map`` (H x W int32, i + 1 = instance i), sorted by decreasing score;
+    components smaller than ``min_area`` pixels are dropped.
+    """
+    import cv2
+
+    p = probs.detach().float().cpu().numpy()
+    classes = p.argmax(0)
+    imap = np.zeros(classes.shape, dtype=np.int32)
+    boxes, labels, scores = [], [], []
+    for c in np.unique(classes):
+        if c == 0:
+            continue
+        n, comp, stats, _ = cv2.connectedComponentsWithStats((classes == c).astype(np.uint8), connectivity=8)
+        areas = stats[:, cv2.CC_STAT_AREA]
+        sums = np.bincount(comp.ravel(), weights=p[c].ravel(), minlength=n)
+        keep = [j for j in range(1, n) if areas[j] >= min_area]
+        lut = np.zeros(n, dtype=np.int32)
+        for j in keep:
+            x, y, w, h = stats[j, :4]
+            boxes.append((x, y, x + w, y + h))
+            labels.append(int(c))
+            scores.append(sums[j] / areas[j])
+            lut[j] = len(labels)
+        imap += lut[comp]
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    remap = np.zeros(len(order) + 1, dtype=np.int32)
+    remap[order + 1] = np.arange(1, len(order) + 1, dtype=np.int32)
+    dev = probs.device
+    return {
+        "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)[order], device=dev),
+        "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64)[order], device=dev),
+        "scores": torch.as_tensor(np.asarray(scores, dtype=np.float32)[order], device=dev),
+        "instance_map": torch.as_tensor(remap[imap], device=dev),
+    }
+
+
+class SemanticSegmenter(nn.Module):
+    """A per-pixel classifier over K + 1 classes (0 background) following the maskkit model contract."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        encoder: str,
+        in_channels: int = 3,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        loss: Mapping[str, float] | None = None,
+        class_weights: Sequence[float] | None = None,
+        min_area: int = 4,
+    ) -> None:
+        super().__init__()
+        if class_weights is not None and len(class_weights) != num_classes + 1:
+            n = len(class_weights)
+            raise ConfigError(f"class_weights needs {num_classes + 1} values (background first), got {n}")
+        self.net = net
+        self.num_classes = num_classes
+        self.input = DenseInput(*encoder_norm(encoder, in_channels), encoder_stride(net), min_size, max_size)
+        self.criterion = SegLoss(loss or DEFAULT_LOSS, class_weights, IGNORE_INDEX)
+        self.min_area = int(min_area)
+
+    def forward(
+        self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Loss terms (train mode, ``targets`` required) or one prediction dict per image (eval mode)."""
+        if self.training and targets is None:
+            raise ValueError("targets are required in train mode")
+        batch = self.input(images)
+        logits = self.net(batch.tensor)
+        if self.training:
+            assert targets is not None
+            return self.criterion(logits, self._targets(targets, batch.sizes))
+        outputs = []
+        for logit in batch.unpad(logits):
+            probs = logit.softmax(0)
+            outputs.append({**instances_from_semantic(probs, self.min_area), "sem_seg": probs})
+        return outputs
+
+    def _targets(self, targets: Sequence[Mapping[str, Tensor]], sizes: list[tuple[int, int]]) -> Tensor:
+        maps = []
+        for t, size in zip(targets, sizes, strict=True):
+            sem = t.get("semantic")
+            sem = semantic_from_instances(t, size, IGNORE_INDEX) if sem is None else torch.as_tensor(sem)
+            if sem.dim() != 2 or tuple(sem.shape) != size:
+                raise DataError(f"semantic target has shape {tuple(sem.shape)} but the image is {size[0]}x{size[1]}")
+            bad = (sem < 0) | ((sem > self.num_classes) & (sem != IGNORE_INDEX))
+            if bool(bad.any()):
+                value = int(sem[bad][0])
+                raise DataError(f"semantic target holds class {value}; expected 0..{self.num_classes} or 255")
+            maps.append(sem.to(torch.int64)[None])
+        return pad_batch(maps, self.input.stride, fill=IGNORE_INDEX)[0][:, 0]
+
+
+def build_semantic(
+    family: str,
+    num_classes: int,
+    encoder: str,
+    *,
+    pretrained_backbone: bool = True,
+    in_channels: int = 3,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    loss: Mapping[str, float] | None = None,
+    class_weights: Sequence[float] | None = None,
+    min_area: int = 4,
+    mask_resolution: int | None = None,
+    **options: Any,
+) -> SemanticSegmenter:
+    """A :class:`SemanticSegmenter` of ``family`` on ``encoder`` (see the module docstring for options)."""
+    del mask_resolution  # a Mask R-CNN option, meaningless here
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown semantic family {family!r}; known: {', '.join(FAMILIES)}")
+    arch, defaults, _ = FAMILIES[family]
+    classes = num_classes + 1
+    kwargs = {**defaults, **options}
+    if arch is None:
+        unknown = sorted(set(kwargs) - {"encoder_output_stride"})
+        if unknown:
+            raise ConfigError(f"unknown option(s) for {family}: {unknown}")
+        net: nn.Module = FCN(encoder, classes, in_channels, pretrained_backbone, **kwargs)
+    else:
+        net = build_smp(arch, encoder, classes, in_channels, pretrained_backbone, **kwargs)
+    return SemanticSegmenter(net, num_classes, encoder, in_channels, min_size, max_size, loss, class_weights, min_area)
+
+
+def _make_builder(family: str, encoder: str) -> Callable[..., SemanticSegmenter]:
+    def builder(
+        num_classes: int,
+        *,
+        pretrained_backbone: bool = True,
+        in_channels: int = 3,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        **options: Any,
+    ) -> SemanticSegmenter:
+        return build_semantic(
+            family,
+            num_classes,
+            options.pop("encoder", encoder),
+            pretrained_backbone=pretrained_backbone,
+            in_channels=in_channels,
+            min_size=min_size,
+            max_size=max_size,
+            **options,
+        )
+
+    builder.__name__ = builder.__qualname__ = f"{family}_{encoder}"
+    builder.__doc__ = f"{FAMILIES[family][2]} on {ENCODER_NAMES[encoder]}."
+    return builder
+
+
+for _family in FAMILIES:
+    for _encoder in ENCODERS:
+        register_model(task="semantic", family=_family)(_make_builder(_family, _encoder))
