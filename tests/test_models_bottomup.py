@@ -86,13 +86,13 @@ def test_semantic_target_is_painted_when_absent() -> None:
 def test_thresholds_are_buffers_that_survive_a_state_dict_round_trip() -> None:
     kw = dict(pretrained_backbone=False, decoder_channels=(8, 8, 8, 8, 8))
     model = create("bottomup_mbv2", 3, **kw)
-    model.set_thresholds(fg_threshold=0.35, seed_threshold=0.6, min_area=3)
+    model.set_thresholds(fg_threshold=0.35, seed_threshold=0.6, boundary_threshold=0.45, min_area=3)
     state = model.state_dict()
     assert {"fg_threshold", "seed_threshold", "boundary_threshold", "min_area"} <= set(state)
     other = create("bottomup_mbv2", 3, **kw)
     other.load_state_dict(state)
     assert other.thresholds == pytest.approx({"fg_threshold": 0.35, "seed_threshold": 0.6,
-                                              "boundary_threshold": 0.5, "min_area": 3.0})
+                                              "boundary_threshold": 0.45, "min_area": 3.0})
     grid = model.threshold_grid()
     assert set(grid) <= set(model.thresholds) and np.prod([len(v) for v in grid.values()]) <= 30
     with pytest.raises(ConfigError):

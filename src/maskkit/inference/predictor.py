@@ -1,23 +1,61 @@
-"""``Predictor``: a trained checkpoint ready for inference, ``predict(image) -> Instances``."""
+"""``Predictor``: a trained checkpoint ready for inference, ``predict(image) -> Instances``.
+
+Images are batched (same-size images share a forward pass, so batching never changes a result),
+and results are filtered by score, class and count. Masks come as COCO RLE (default) or as a dense
+boolean ``N×H×W`` array (``dense_masks=True``). ``tta=True`` (or ``tta_scales``/``tta_flips``)
+merges flipped and rescaled views at mask level (:mod:`maskkit.inference.tta`).
+
+torchvision Mask R-CNN models take a faster path: score/class/count filters applied before the mask
+head, masks pasted as crops straight into RLE (:mod:`maskkit.inference.paste`) instead of full-image
+canvases (bit-identical to torchvision), plus BatchNorm folded into the convolutions and
+channels-last convolutions (float rounding differences only). ``optimize="exact"`` keeps the first
+two only, ``optimize=False`` runs the model's own ``forward``, as other models always do. A
+Predictor is not thread-safe (TTA scales the model's own resize for each view).
+"""
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from maskkit.engine.config import TrainConfig
-from maskkit.structures import Instances
+from maskkit.errors import ConfigError
+from maskkit.inference.paste import Detections, paste_masks
+from maskkit.structures import Instances, Masks
+
+ImageLike = np.ndarray | str | Path | torch.Tensor
 
 
 class Predictor:
     """Load a maskkit checkpoint (weights-only) and predict instances with dataset category ids.
 
-    ``Predictor("runs/x/best.pt").predict(image)`` takes an ``H×W×C`` array or an image path and
-    returns :class:`Instances` with XYXY boxes, labels (the dataset's category ids), scores and RLE masks.
+    ``Predictor("runs/x/best.pt").predict(image)`` takes an ``H×W×C`` array, an image path or a
+    ``C×H×W`` float tensor in [0, 1] (or a list of them) and returns :class:`Instances` (a list for
+    a list) with XYXY ``boxes``, ``labels`` (the dataset's category ids), ``scores`` and ``masks``.
+
+    Args:
+        checkpoint: a checkpoint file or a run folder (``best.pt``, else ``last.pt``).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``...
+        ema: use the EMA weights when the checkpoint has them.
+        score_threshold: keep scores at or above it (None: the model's own threshold).
+        classes: keep only these classes (category ids or class names).
+        max_det: at most this many instances per image (None: the model's own cap).
+        mask_threshold: probability threshold of soft masks.
+        dense_masks: ``masks`` as a bool ``N×H×W`` array instead of RLE :class:`Masks`.
+        batch_size: images per forward pass.
+        tta, tta_scales, tta_flips: test-time augmentation (default views: scale 1, no flip and
+            left-right flip); giving scales or flips turns it on.
+        tta_iou: mask IoU at which instances of two views are the same instance.
+        optimize: ``True``, ``"exact"`` or ``False``: the torchvision Mask R-CNN fast path (module docstring).
+        threads: CPU threads of torch (None: torch's default).
     """
 
     def __init__(
@@ -25,29 +63,109 @@ class Predictor:
         checkpoint: str | Path,
         device: str = "auto",
         ema: bool = True,
-        score_threshold: float = 0.05,
-        classes: Sequence[int] | None = None,
+        score_threshold: float | None = None,
+        classes: Sequence[int | str] | None = None,
+        max_det: int | None = None,
+        mask_threshold: float = 0.5,
+        dense_masks: bool = False,
+        batch_size: int = 4,
+        tta: bool = False,
+        tta_scales: Sequence[float] | None = None,
+        tta_flips: Sequence[str] | None = None,
+        tta_iou: float = 0.5,
+        optimize: bool | str = True,
+        threads: int | None = None,
     ) -> None:
         from maskkit.engine.checkpoint import load_checkpoint
         from maskkit.engine.model import build_model
-        from maskkit.engine.trainer import resolve_device
 
         path = Path(checkpoint)
         if path.is_dir():
             path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
         ckpt = load_checkpoint(path)
-        self.config = TrainConfig.model_validate(ckpt["config"])
-        self.class_names: list[str] = list(ckpt["class_names"])
-        self.category_ids: list[int] = [int(c) for c in ckpt["category_ids"]]
-        model = build_model(self.config, len(self.category_ids), pretrained=False)
+        config = TrainConfig.model_validate(ckpt["config"])
+        category_ids = [int(c) for c in ckpt["category_ids"]]
+        model = build_model(config, len(category_ids), pretrained=False)
         state = ckpt["ema"]["module"] if ema and ckpt.get("ema") else ckpt["model"]
         model.load_state_dict(state)
+        self._setup(model, config, list(ckpt["class_names"]), category_ids, device, score_threshold, classes,
+                    max_det, mask_threshold, dense_masks, batch_size, tta, tta_scales, tta_flips, tta_iou, optimize,
+                    threads)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        category_ids: Sequence[int],
+        class_names: Sequence[str] | None = None,
+        config: TrainConfig | None = None,
+        device: str = "auto",
+        **options: Any,
+    ) -> Predictor:
+        """A Predictor around an in-memory model (copied when optimised); ``options`` as in the constructor."""
+        self = cls.__new__(cls)
+        names = list(class_names) if class_names is not None else [str(c) for c in category_ids]
+        opts = {"score_threshold": None, "classes": None, "max_det": None, "mask_threshold": 0.5,
+                "dense_masks": False, "batch_size": 4, "tta": False, "tta_scales": None, "tta_flips": None,
+                "tta_iou": 0.5, "optimize": True, "threads": None}
+        unknown = set(options) - set(opts)
+        if unknown:
+            raise TypeError(f"unknown Predictor option(s): {sorted(unknown)}")
+        opts.update(options)
+        if opts["optimize"] is True and _is_torchvision_rcnn(model):  # optimize_rcnn changes the model
+            model = copy.deepcopy(model)
+        self._setup(model, config or TrainConfig(), names, [int(c) for c in category_ids], device, **opts)
+        return self
+
+    def _setup(self, model: nn.Module, config: TrainConfig, class_names: list[str], category_ids: list[int],
+               device: str, score_threshold: float | None, classes: Sequence[int | str] | None,
+               max_det: int | None, mask_threshold: float, dense_masks: bool, batch_size: int, tta: bool,
+               tta_scales: Sequence[float] | None, tta_flips: Sequence[str] | None, tta_iou: float,
+               optimize: bool | str, threads: int | None) -> None:
+        from maskkit.engine.trainer import resolve_device
+        from maskkit.inference.tta import make_views
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.config = config
+        self.class_names: list[str] = class_names
+        self.category_ids: list[int] = category_ids
         self.device = resolve_device(device)
         self.model: nn.Module = model.to(self.device).eval()
         self.score_threshold = score_threshold
-        self.classes = None if classes is None else {int(c) for c in classes}
+        self.classes = self._class_set(classes)
+        self.max_det = max_det
+        self.mask_threshold = float(mask_threshold)
+        self.dense_masks = bool(dense_masks)
+        self.batch_size = max(1, int(batch_size))
+        use_tta = tta or tta_scales is not None or tta_flips is not None
+        self.views = make_views(tta_scales or (1.0,), tta_flips or ("none", "h")) if use_tta else None
+        self.tta_iou = float(tta_iou)
+        if optimize not in (True, False, "exact"):
+            raise ConfigError(f"optimize must be True, False or 'exact', got {optimize!r}")
+        self.fast = optimize is not False and _is_torchvision_rcnn(self.model)
+        self.channels_last = self.fast and optimize is True
+        if self.channels_last:
+            optimize_rcnn(self.model)
 
-    def _tensor(self, image: np.ndarray | str | Path) -> torch.Tensor:
+    def _class_set(self, classes: Sequence[int | str] | None) -> set[int] | None:
+        """Category ids of ``classes`` (ids or names)."""
+        if classes is None:
+            return None
+        by_name = dict(zip(self.class_names, self.category_ids, strict=True))
+        out = set()
+        for c in classes:
+            cid = by_name.get(c) if isinstance(c, str) else int(c)
+            if cid is None or cid not in self.category_ids:
+                known = ", ".join(f"{i}:{n}" for i, n in zip(self.category_ids, self.class_names, strict=True))
+                raise ConfigError(f"unknown class {c!r}; the model's classes are {known}")
+            out.add(cid)
+        return out
+
+    # -- inputs -----------------------------------------------------------------------------------
+    def _tensor(self, image: ImageLike) -> torch.Tensor:
+        if isinstance(image, torch.Tensor):
+            return image.float()
         from maskkit.data.dataset import convert_channels, normalise_image
         from maskkit.data.images import read_image
 
@@ -58,21 +176,229 @@ class Predictor:
         chw = np.ascontiguousarray(convert_channels(array, aug.channels).transpose(2, 0, 1))
         return torch.from_numpy(normalise_image(chw, aug.normalise, aug.fixed_max))
 
+    # -- prediction -------------------------------------------------------------------------------
+    def predict(self, image: ImageLike | Sequence[ImageLike],
+                score_threshold: float | None = None) -> Instances | list[Instances]:
+        """Instances of one image (or a list for a list of images): boxes, labels (category ids), scores, masks."""
+        if isinstance(image, (list, tuple)):
+            return self.predict_batch(image, score_threshold)
+        return self.predict_batch([image], score_threshold)[0]
+
     @torch.inference_mode()
-    def predict(self, image: np.ndarray | str | Path, score_threshold: float | None = None) -> Instances:
-        """Instances of one image: boxes XYXY, labels (dataset category ids), scores, RLE masks."""
+    def predict_batch(self, images: Sequence[ImageLike], score_threshold: float | None = None) -> list[Instances]:
+        """Instances of each image; images of the same size run together, ``batch_size`` at a time."""
+        thr = self.score_threshold if score_threshold is None else score_threshold
+        tensors = [self._tensor(im) for im in images]
+        results: list[Instances | None] = [None] * len(tensors)
+        if self.views is not None:
+            for i, x in enumerate(tensors):
+                results[i] = self._predict_tta(x.to(self.device), thr)
+            return results  # type: ignore[return-value]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(tensors):
+            groups.setdefault(tuple(x.shape), []).append(i)
+        for idx in groups.values():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start:start + self.batch_size]
+                batch = [tensors[i].to(self.device) for i in chunk]
+                for i, inst in zip(chunk, self._predict_same_size(batch, thr), strict=True):
+                    results[i] = inst
+        return results  # type: ignore[return-value]
+
+    def _predict_same_size(self, batch: list[torch.Tensor], thr: float | None) -> list[Instances]:
+        if self.fast:
+            return [self._to_instances(d, thr) for d in self._rcnn_detect(batch, thr)]
         from maskkit.engine.postprocess import to_instances
 
-        x = self._tensor(image)
-        out = self.model([x.to(self.device)])[0]
-        inst = to_instances(out, tuple(x.shape[-2:]), self.category_ids)
-        thr = self.score_threshold if score_threshold is None else score_threshold
-        keep = np.asarray(inst.scores) >= thr
+        outs = self.model(batch)
+        return [self._filter(to_instances(o, tuple(x.shape[-2:]), self.category_ids, self.mask_threshold), thr)
+                for o, x in zip(outs, batch, strict=True)]
+
+    def _predict_tta(self, x: torch.Tensor, thr: float | None) -> Instances:
+        from maskkit.inference import tta
+
+        assert self.views is not None
+        if not self.fast and tta.has_raw_outputs(self.model):
+            from maskkit.engine.postprocess import to_instances
+
+            out = tta.tta_raw_output(self.model, x, self.views)
+            return self._filter(to_instances(out, tuple(x.shape[-2:]), self.category_ids, self.mask_threshold), thr)
+
+        def detect(batch: list[torch.Tensor]) -> list[Detections]:
+            if self.fast:  # per-view caps stay the model's: the filters apply to the merged result
+                return self._rcnn_detect(batch, None if thr is None else min(thr, self._model_thresh()), view=True)
+            return [Detections.from_output(o, tuple(b.shape[-2:])) for o, b in zip(self.model(batch), batch,
+                                                                                 strict=True)]
+
+        merged = tta.tta_detections(self.model, detect, x, self.views, self.tta_iou, self.mask_threshold)
+        return self._to_instances(merged, thr)
+
+    def _model_thresh(self) -> float:
+        return float(self.model.roi_heads.score_thresh)
+
+    # -- outputs ----------------------------------------------------------------------------------
+    def _keep_labels(self) -> np.ndarray | None:
+        """Model labels (1..K) of the kept classes."""
+        if self.classes is None:
+            return None
+        return np.asarray([i + 1 for i, c in enumerate(self.category_ids) if c in self.classes], np.int64)
+
+    def _to_instances(self, det: Detections, thr: float | None) -> Instances:
+        """Filtered detections as Instances with category ids and RLE (or dense) masks."""
+        keep = np.ones(len(det), bool) if thr is None else det.scores >= thr
+        labels = self._keep_labels()
+        if labels is not None:
+            keep &= np.isin(det.labels, labels)
+        idx = np.flatnonzero(keep)
+        if self.max_det is not None:
+            idx = idx[np.argsort(-det.scores[idx], kind="stable")][: self.max_det]
+        det = det.take(idx)
+        h, w = det.image_size
+        ids = np.asarray(self.category_ids, np.int64)
+        masks: Any = (det.masks.to_dense(self.mask_threshold) if self.dense_masks
+                      else Masks.from_rles(det.masks.to_rles(self.mask_threshold), h, w))
+        return Instances((h, w), boxes=det.boxes.astype(np.float32), labels=ids[det.labels - 1] if len(det) else
+                         np.zeros(0, np.int64), scores=det.scores.astype(np.float32), masks=masks)
+
+    def _filter(self, inst: Instances, thr: float | None) -> Instances:
+        """Score/class/count filters of Instances from the generic path (and dense masks on request)."""
+        keep = np.ones(len(inst), bool) if thr is None else np.asarray(inst.scores) >= thr
         if self.classes is not None:
             keep &= np.isin(np.asarray(inst.labels), sorted(self.classes))
-        return inst[keep]
+        idx = np.flatnonzero(keep)
+        if self.max_det is not None:
+            idx = idx[np.argsort(-np.asarray(inst.scores)[idx], kind="stable")][: self.max_det]
+        inst = inst[idx]
+        if self.dense_masks and inst.has("masks"):
+            inst.masks = inst.masks.to_bitmaps()
+        return inst
+
+    # -- the torchvision Mask R-CNN fast path -------------------------------------------------------
+    def _rcnn_detect(self, images: list[torch.Tensor], thr: float | None, view: bool = False) -> list[Detections]:
+        """torchvision's Mask R-CNN inference, step by step, with filters before the mask head and crop pasting.
+
+        ``view``: a TTA view (the model's own detection cap, no class filter: they apply after merging).
+        """
+        from torchvision.models.detection.image_list import ImageList
+        from torchvision.models.detection.roi_heads import RoIHeads
+        from torchvision.models.detection.transform import resize_boxes
+
+        model, rh = self.model, self.model.roi_heads
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        batch, _ = model.transform(images)
+        x = batch.tensors.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.tensors
+        features = model.backbone(x)
+        if isinstance(features, torch.Tensor):
+            features = OrderedDict([("0", features)])
+        proposals, _ = model.rpn(ImageList(x, batch.image_sizes), features)
+        features = OrderedDict((k, v.contiguous()) for k, v in features.items())  # RoIAlign reads NCHW
+        keep_labels = None if view else self._keep_labels()
+        cap = rh.detections_per_img if view or self.max_det is None else self.max_det
+        # torchvision's own post-processing with our thresholds (the model itself is left unchanged);
+        # NMS is per class, so with a class filter every detection is kept until the classes are filtered
+        params = SimpleNamespace(box_coder=rh.box_coder, nms_thresh=rh.nms_thresh,
+                                 score_thresh=rh.score_thresh if thr is None else thr,
+                                 detections_per_img=cap if keep_labels is None else 10**9)
+        box_features = rh.box_head(rh.box_roi_pool(features, proposals, batch.image_sizes))
+        class_logits, box_regression = rh.box_predictor(box_features)
+        boxes, scores, labels = RoIHeads.postprocess_detections(params, class_logits, box_regression, proposals,
+                                                                batch.image_sizes)
+        for i in range(len(images)):
+            if keep_labels is not None:
+                k = torch.isin(labels[i], torch.as_tensor(keep_labels, device=labels[i].device))
+                boxes[i], scores[i], labels[i] = boxes[i][k], scores[i][k], labels[i][k]
+            boxes[i], scores[i], labels[i] = boxes[i][:cap], scores[i][:cap], labels[i][:cap]
+        probs = self._mask_probs(features, boxes, labels, batch.image_sizes)
+        out = []
+        for b, s, lab, p, resized, size in zip(boxes, scores, labels, probs, batch.image_sizes, sizes, strict=True):
+            b = resize_boxes(b, resized, size)
+            out.append(Detections(b.float().cpu().numpy().reshape(-1, 4), lab.cpu().numpy().astype(np.int64),
+                                  s.float().cpu().numpy(), paste_masks(p, b, size)))
+        return out
+
+    def _mask_probs(self, features: OrderedDict, boxes: list[torch.Tensor], labels: list[torch.Tensor],
+                    image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """``n×M×M`` mask probabilities of each image's detections (of their predicted class)."""
+        rh = self.model.roi_heads
+        counts = [len(b) for b in boxes]
+        if not sum(counts):
+            m = 2 * int(rh.mask_roi_pool.output_size[0])
+            return [features["0"].new_zeros((0, m, m)) for _ in boxes]
+        x = rh.mask_roi_pool(features, boxes, image_sizes)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = rh.mask_predictor(rh.mask_head(x))
+        all_labels = torch.cat(labels)
+        probs = logits[torch.arange(len(all_labels), device=logits.device), all_labels].sigmoid()
+        return list(probs.split(counts))
 
 
-def load(checkpoint: str | Path, device: str = "auto", ema: bool = True) -> Predictor:
+def _is_torchvision_rcnn(model: nn.Module) -> bool:
+    """A torchvision Mask R-CNN whose inference is exactly torchvision's (the fast path reproduces it)."""
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+    from torchvision.models.detection.roi_heads import RoIHeads
+
+    if not isinstance(model, GeneralizedRCNN) or type(model).forward is not GeneralizedRCNN.forward:
+        return False
+    rh = model.roi_heads
+    return (type(rh).forward is RoIHeads.forward and rh.has_mask() and rh.keypoint_predictor is None
+            and type(rh).postprocess_detections is RoIHeads.postprocess_detections
+            and type(model.transform).postprocess.__module__ == "torchvision.models.detection.transform")
+
+
+def optimize_rcnn(model: nn.Module) -> None:
+    """In place: BatchNorm folded into the preceding convolutions and channels-last convolution weights."""
+    for part in (model.backbone, model.rpn.head, model.roi_heads.box_head, model.roi_heads.mask_head):
+        fold_batchnorm(part)
+    for part in (model.backbone, model.rpn.head, model.roi_heads.mask_head, model.roi_heads.mask_predictor):
+        part.to(memory_format=torch.channels_last)
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold eval-mode BatchNorm2d / FrozenBatchNorm2d (exactly these types) that directly follow a Conv2d into it.
+
+    The pairs are found by tracing ``module`` with torch.fx; the conv gets the folded weight and
+    bias and the norm becomes ``Identity``. Untraceable modules are left alone. Returns the count.
+    """
+    from torch import fx
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    norms = (nn.BatchNorm2d, FrozenBatchNorm2d)
+
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return type(m) in norms or super().is_leaf_module(m, qualname)
+
+    try:
+        graph = Tracer().trace(module)
+    except Exception:  # data-dependent control flow etc.: nothing folded
+        return 0
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    folded = 0
+    for node in graph.nodes:
+        if node.op != "call_module" or calls[node.target] != 1 or not node.args:
+            continue
+        norm, src = module.get_submodule(node.target), node.args[0]
+        if type(norm) not in norms or norm.training or not isinstance(src, fx.Node):  # not subclasses (BN+act)
+            continue
+        if src.op != "call_module" or calls[src.target] != 1 or len(src.users) != 1:
+            continue
+        conv = module.get_submodule(src.target)
+        if type(conv) is not nn.Conv2d or getattr(norm, "running_mean", None) is None:
+            continue
+        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps,
+                                            norm.weight, norm.bias)
+        conv.weight, conv.bias = weight, bias
+        parent, _, name = node.target.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, name, nn.Identity())
+        folded += 1
+    return folded
+
+
+def load(checkpoint: str | Path, device: str = "auto", ema: bool = True, **options: Any) -> Predictor:
     """``maskkit.load``: a :class:`Predictor` for a checkpoint or a run folder (best.pt, else last.pt)."""
-    return Predictor(checkpoint, device=device, ema=ema)
+    return Predictor(checkpoint, device=device, ema=ema, **options)
