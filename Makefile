@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[test,pretrained]'
 	touch $(STAMP)
 
-# The main job: synthetic data -> train Mask R-CNN (about 5 CPU minutes) -> evaluate -> overlays, metrics,
+# The main job: synthetic data -> train the bottom-up U-Net (about 5 CPU minutes) -> evaluate -> overlays, metrics,
 # curves in runs/demo/; then the data tools on the same data (validate, info, a lossless YOLO round trip).
 DEMO := runs/demo
 demo: setup

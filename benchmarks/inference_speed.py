@@ -16,12 +16,13 @@ Rows:
 * ``maskkit: + BN fold + channels_last``: the default Predictor model optimisations, one image per call;
 * ``maskkit: + batch N``: the default Predictor, ``predict(list)`` with ``batch_size=N``.
 
-Variants are timed round-robin (``--rounds`` rounds, median per variant) because the CPU is shared.
+Variants are timed round-robin (``--rounds`` rounds, median per variant) because the CPU is shared;
+the CPU-time column (all threads of this process) is steadier than wall time on a busy machine.
 Exactness: every variant's instances are scored against the plain outputs as ground truth (mask AP,
 COCO-style, via maskkit's evaluator) and matched one-to-one (same class, best mask IoU) to report the
 mean/min mask IoU of matched detections and the share of bit-identical RLE masks.
 
-Run: ``python benchmarks/inference_speed.py [--images 8] [--rounds 3] [--min-size 480 --max-size 640]``
+Run: ``python benchmarks/inference_speed.py [--images 8] [--rounds 5] [--min-size 480 --max-size 640]``
 (``--min-size 800 --max-size 1333`` is torchvision's default resize: ~2.8x the pixels of 640×480).
 """
 
@@ -168,7 +169,7 @@ def exactness(ref: list[dict[str, Any]], got: list[Any]) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-size", type=int, default=480)
     ap.add_argument("--max-size", type=int, default=640)
     ap.add_argument("--score-thresh", type=float, default=0.93)
@@ -189,27 +190,33 @@ def main() -> None:
           f"box_score_thresh {args.score_thresh}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     outputs: dict[str, list[Any]] = {}
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():  # warm-up (allocator, oneDNN primitive caches)
         fn(images[:1])
     for rnd in range(args.rounds):
         for name, fn in variants.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             outputs[name] = fn(images)
             times[name].append(time.perf_counter() - t0)
-            print(f"  round {rnd + 1} {name}: {times[name][-1]:.1f} s", flush=True)
+            cpu[name].append(time.process_time() - c0)
+            print(f"  round {rnd + 1} {name}: {times[name][-1]:.1f} s (CPU {cpu[name][-1]:.1f} s)", flush=True)
     ref = outputs["torchvision plain"]
     dets = np.mean([len(r["rles"]) for r in ref])
     base = statistics.median(times["torchvision plain"])
     print(f"\n{len(images)} images, median of {args.rounds} rounds; plain outputs: {dets:.1f} detections/image\n")
-    print(f"| {'variant':36s} | images/s | ms/image | speedup | mask AP vs plain | mask IoU mean / min | "
-          "identical RLE |")
-    print(f"|{'-' * 38}|---------:|---------:|--------:|-----------------:|--------------------:|--------------:|")
+    cpu_base = statistics.median(cpu["torchvision plain"])
+    print(f"| {'variant':36s} | images/s | ms/image | speedup | CPU s/image (speedup) | mask AP vs plain | "
+          "mask IoU mean / min | identical RLE |")
+    print(f"|{'-' * 38}|---------:|---------:|--------:|----------------------:|-----------------:|"
+          "--------------------:|--------------:|")
     for name in variants:
         t = statistics.median(times[name])
         ex = exactness(ref, outputs[name]) if name != "torchvision plain" else {
             "ap": 1.0, "mean_iou": 1.0, "min_iou": 1.0, "identical": 1.0}
+        c = statistics.median(cpu[name])
         print(f"| {name:36s} | {len(images) / t:8.3f} | {1000 * t / len(images):8.0f} | {base / t:6.2f}x | "
-              f"{ex['ap']:16.4f} | {ex['mean_iou']:.5f} / {ex['min_iou']:.3f} | {100 * ex['identical']:12.1f}% |")
+              f"{c / len(images):13.2f} ({cpu_base / c:4.2f}x) | {ex['ap']:16.4f} | "
+              f"{ex['mean_iou']:.5f} / {ex['min_iou']:.3f} | {100 * ex['identical']:12.1f}% |")
 
 
 if __name__ == "__main__":

@@ -54,11 +54,14 @@ def test_demo_tiny_run(tmp_path: Path) -> None:
         assert word in text
 
 
-def test_demo_recipe_matches_configs_file() -> None:
-    path = ROOT / "configs" / "demo.yaml"
-    if not path.is_file():
+def test_demo_recipes_match_configs_files() -> None:
+    from maskkit.demo import DEMO_RECIPES
+
+    files = {"demo.yaml": DEMO_RECIPE, "demo-maskrcnn.yaml": DEMO_RECIPES["maskrcnn_effl0_fpn"]}
+    if not (ROOT / "configs").is_dir():
         pytest.skip("configs/ not shipped")
-    assert yaml.safe_load(path.read_text()) == DEMO_RECIPE
+    for name, recipe in files.items():
+        assert yaml.safe_load((ROOT / "configs" / name).read_text()) == recipe, name
 
 
 def test_demo_config_flags_and_other_models(tmp_path: Path) -> None:
@@ -66,10 +69,15 @@ def test_demo_config_flags_and_other_models(tmp_path: Path) -> None:
 
     cfg = demo_config(tmp_path / "d.yaml", tmp_path, size=128, epochs=3, minutes=1.5, seed=4, progress=False)
     assert (cfg.augment.min_size, cfg.schedule.epochs, cfg.schedule.max_minutes, cfg.seed) == ([128], 3, 1.5, 4)
-    assert cfg.model.options["fpn_channels"] == 32
+    assert cfg.model.name == "bottomup_effl0"
     assert cfg.threads is not None and cfg.threads >= 1  # picked from the load
+    rcnn = demo_config(tmp_path / "d.yaml", tmp_path, model="maskrcnn_effl0_fpn")
+    assert rcnn.model.options["fpn_channels"] == 32 and rcnn.data.batch_size == 4
     other = demo_config(tmp_path / "d.yaml", tmp_path, model="maskrcnn_r18_fpn")
     assert other.model.name == "maskrcnn_r18_fpn" and "fpn_channels" not in other.model.options
+    assert other.model.options["box_batch_size_per_image"] == 32  # Mask R-CNN's recipe, renamed
+    unet = demo_config(tmp_path / "d.yaml", tmp_path, model="bottomup_r18")
+    assert unet.model.name == "bottomup_r18" and unet.data.batch_size == cfg.data.batch_size
 
 
 def test_draw_instances_and_grid() -> None:

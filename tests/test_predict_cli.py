@@ -346,3 +346,26 @@ def test_one_line_errors(run: dict[str, Path], tmp_path: Path, monkeypatch: pyte
     assert "cannot read image" in error("--model", run["ckpt"], broken.parent, "--out", tmp_path / "o")
     assert "--conf" in error("--model", run["ckpt"], run["images"], "--conf", "2")
     assert "switched off" in error("--model", run["ckpt"], run["images"], "--no-save-overlays", "--no-save-json")
+
+
+def test_tta_flags_and_eval_on_the_runs_val_split(run: dict[str, Path], tmp_path: Path) -> None:
+    from maskkit.cli.eval import _load_dataset
+    from maskkit.engine.config import TrainConfig
+
+    out = tmp_path / "tta"
+    _cli("predict", "--model", run["ckpt"], run["images"], "--out", out, "--conf", "0", "--tta",
+         "--tta-scales", "1,1.25", "--no-save-overlays")
+    assert json.loads((out / "predictions.json").read_text()), "TTA should keep the low-score detections"
+    assert isinstance(_cli_error("predict", "--model", run["ckpt"], run["images"], "--out", out, "--tta-scales",
+                                 "big"), ConfigError)
+    text = _cli("eval", "--model", run["ckpt"], "--data", run["data"], "--tta", "--no-boundary")
+    assert "AP" in text
+
+    # a source without a val split: `--split val` takes the checkpoint run's own carved split
+    cfg = TrainConfig.model_validate({"data": {"path": str(run["data"]), "val_fraction": 0.5,
+                                               "val_split": "interleaved"}})
+    val, notes = _load_dataset(run["data"], "val", cfg)
+    assert [r.file_name for r in val.images] == ["synth_000000.png", "synth_000002.png"]
+    assert "carved as in training" in notes[0]
+    other = TrainConfig.model_validate({"data": {"path": str(tmp_path), "val_fraction": 0.5}})
+    assert len(_load_dataset(run["data"], "val", other)[0].images) == 4  # another run's data: all images

@@ -31,6 +31,9 @@ def command(
     semantic: bool = typer.Option(False, "--semantic", help="Also score painted class maps (mIoU)."),
     backend: str = typer.Option("faster", "--backend", help="COCO backend: faster (faster-coco-eval) or pycocotools."),
     gallery: int = typer.Option(8, "--gallery", help="Errors per kind in error_gallery.png (0: none)."),
+    tta: bool = typer.Option(False, "--tta", help="With --model: test-time augmentation over flips, merged at "
+                             "mask level."),
+    tta_scales: str | None = typer.Option(None, "--tta-scales", help="With --model: TTA scales, e.g. 0.75,1,1.25."),
 ) -> None:
     """Evaluate instance predictions: COCO box/mask AP, matching F1/AJI, PQ, Boundary AP."""
     from maskkit.evaluation import InstanceEvaluator
@@ -53,9 +56,11 @@ def command(
     extras += (["boundary"] if boundary else []) + (["semantic"] if semantic else [])
 
     if chosen[0] == "--model/--data":
-        aset, predict = _model_source(model, data, split)
+        from maskkit.cli.predict import parse_scales
+
+        scales = parse_scales(tta_scales)
+        aset, predict, notes = _model_source(model, data, split, tta or scales is not None, scales)
         preds: Any = None
-        notes: list[str] = []
     elif chosen[0] == "--gt/--pred":
         aset, preds, notes = _results_source(gt, pred)
     else:
@@ -115,24 +120,50 @@ def _label_source(gt_labels: Path | None, pred_labels: Path | None) -> tuple[Any
     return read_label_folders(gt_labels, pred_labels)
 
 
-def _model_source(model: Path | None, data: Path | None, split: str) -> tuple[Any, Any]:
-    """The dataset and a ``predict(image) -> Instances`` (labels = dataset category ids)."""
+def _model_source(model: Path | None, data: Path | None, split: str, tta: bool,
+                  tta_scales: list[float] | None) -> tuple[Any, Any, list[str]]:
+    """The dataset, a ``predict(image) -> Instances`` (labels = dataset category ids) and notes."""
     if model is None or data is None:
         raise ConfigError("--model and --data go together")
     import maskkit.inference
 
-    aset = _load_dataset(data, split)
-    return aset, maskkit.inference.Predictor(model).predict
+    options: dict[str, Any] = {}
+    if tta:
+        options = {"tta": True, "tta_scales": tta_scales, "tta_flips": ("none", "h", "v", "hv")}
+    predictor = maskkit.inference.Predictor(model, **options)
+    aset, notes = _load_dataset(data, split, getattr(predictor, "config", None))
+    return aset, predictor.predict, notes
 
 
-def _load_dataset(data: Path, split: str) -> Any:
-    """The ``split`` of a dataset (YAML, split folders or a single source: its only split)."""
+def _load_dataset(data: Path, split: str, config: Any = None) -> tuple[Any, list[str]]:
+    """The ``split`` of a dataset (YAML, split folders or a single source: its only split) and notes.
+
+    A source without a val split that the checkpoint's run (``config``) trained on gets the run's own
+    deterministic val split for ``--split val`` (``data.val_fraction``, ``data.val_split``, ``seed``).
+    """
     from maskkit.data.splits import load_dataset
 
     ds = load_dataset(data)
     name = ds.aliases.get(split, split)
     if name in ds.splits:
-        return ds.splits[name]
+        return ds.splits[name], []
     if len(ds.splits) == 1:
-        return next(iter(ds.splits.values()))
+        only = next(iter(ds.splits.values()))
+        if split == "val" and config is not None and _same_source(data, config.data.path) \
+                and config.data.val_fraction > 0:
+            from maskkit.engine.data import random_val_split
+
+            d = config.data
+            val = random_val_split(only, d.val_fraction, config.seed, d.val_split)[1]
+            return val, [f"val split carved as in training ({d.val_split}, val_fraction {d.val_fraction}, "
+                         f"seed {config.seed}): {len(val.images)} of {len(only.images)} images"]
+        return only, []
     raise DataError(f"the dataset has no {split!r} split (it has {', '.join(ds.splits)})", file=data)
+
+
+def _same_source(data: Path, trained_on: str) -> bool:
+    """Whether ``data`` is the path the run trained on (compared resolved)."""
+    try:
+        return bool(trained_on) and Path(trained_on).resolve() == data.resolve()
+    except OSError:
+        return False

@@ -154,11 +154,10 @@ def plot_curves(results_csv: Path, out: Path) -> Path | None:
 class EpochProgress:
     """A rich progress bar of one epoch's steps with ETA and the current losses (a no-op when disabled)."""
 
-    _SHOWN: ClassVar[tuple[str, ...]] = (
-        "loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
     _SHORT: ClassVar[dict[str, str]] = {
         "loss_classifier": "cls", "loss_box_reg": "box", "loss_mask": "mask", "loss_objectness": "obj",
         "loss_rpn_box_reg": "rpn"}
+    """Short names of Mask R-CNN's terms; other ``loss_*`` terms show without the prefix."""
 
     def __init__(self, enabled: bool, epoch: int, epochs: int, total: int, done: int = 0) -> None:
         self.enabled = enabled
@@ -171,7 +170,8 @@ class EpochProgress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), transient=False)
+                                      TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), transient=False,
+                                      auto_refresh=False)  # redraw per step: no 10 Hz refresh thread
             self._progress.start()
             self._task = self._progress.add_task(self.title, total=self.total, completed=self.done, losses="")
         return self
@@ -179,8 +179,9 @@ class EpochProgress:
     def update(self, row: Mapping[str, Any]) -> None:
         if self._progress is None:
             return
-        text = " ".join(f"{self._SHORT.get(k, k)}={row[k]:.3f}" for k in self._SHOWN if k in row)
-        self._progress.update(self._task, advance=1, losses=text)
+        text = " ".join(f"{self._SHORT.get(k, k.removeprefix('loss_'))}={v:.3f}"
+                        for k, v in row.items() if k.startswith("loss"))
+        self._progress.update(self._task, advance=1, losses=text, refresh=True)
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,11 +66,15 @@ def train_epoch(
 ) -> None:
     """Run the optimiser over ``batches``; ``on_step(row)`` after every step (logging, progress, checkpoints).
 
+    ``row`` holds ``epoch``, ``step``, ``lr``, ``loss``, each loss term and ``seconds`` (the step's wall time,
+    from the batch's arrival to the optimiser update; data loading excluded).
+
     A non-finite loss skips its step (no update, the schedule still advances) and is counted; more
     than ``max_bad_steps`` of them stop the run with a :class:`MaskkitError`.
     """
     ctx.model.train()
     for images, targets in batches:
+        t0 = time.perf_counter()
         images, targets = to_device(images, targets, ctx.device)
         with torch.autocast(ctx.device.type, enabled=ctx.amp):
             losses = ctx.model(images, targets)
@@ -108,9 +113,10 @@ def train_epoch(
         state.batch += 1
         row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "lr": float(lr), "loss": float(total.detach())}
         row.update({k: float(v.detach()) for k, v in losses.items()})
+        row["seconds"] = time.perf_counter() - t0
         if finite:
             for k, v in row.items():
-                if k not in ("epoch", "step", "lr"):
+                if k not in ("epoch", "step", "lr", "seconds"):
                     state.sums[k] = state.sums.get(k, 0.0) + v
             state.sums["n"] = state.sums.get("n", 0.0) + 1
         on_step(row)

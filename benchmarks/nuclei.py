@@ -1,0 +1,115 @@
+"""Nuclei against the peer baselines: train maskkit recipes for a CPU budget, score them like the peers.
+
+The split, budget and scoring of ``../shared/notes/peer-baselines.md``: DSB 2018 stage-1 subset, ids
+sorted, every 5th val (12 images, 510 nuclei), 20 CPU minutes of training each (2 threads, one job at a
+time), COCO ``segm`` AP on full-resolution masks with maxDets [1, 100, 1000] (pycocotools-exact through
+faster-coco-eval), F1 at IoU 0.5 with one-to-one matching. Added here: Boundary AP and the same metrics
+with test-time augmentation (flips, merged at mask level).
+
+Each recipe trains in its own ``maskkit train`` process (``--minutes``; validation only at the end, so the
+budget is spent training), then its ``best.pt`` is scored on the val split. ``--skip-train`` scores runs
+that already exist in ``--out``.
+
+Run: ``python benchmarks/nuclei.py [--minutes 20] [--recipes dsb2018,dsb2018-bottomup] [--out runs/bench-nuclei]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data" / "dsb2018-stage1-train-subset" / "stage1_train"
+
+PEERS = [  # ../shared/notes/peer-baselines.md (2026-11-25, same machine type, split, budget and scorer)
+    ("Ultralytics YOLOv8n-seg, scratch, imgsz 320", 7.1, 0.416, 0.810),
+    ("torchvision Mask R-CNN MobileNetV3-FPN, random init", 0.22, 0.121, 0.315),
+    ("torchvision Mask R-CNN EfficientNet-Lite0 (ImageNet) + GN FPN", 0.18, 0.431, 0.823),
+]
+
+
+def train(recipe: str, out: Path, minutes: float) -> float:
+    """Train ``configs/<recipe>.yaml`` into ``out`` for ``minutes``; returns the wall seconds."""
+    cmd = [sys.executable, "-m", "maskkit", "train", "--config", str(ROOT / "configs" / f"{recipe}.yaml"),
+           "--data", str(DATA), "--out", str(out), "--minutes", str(minutes), "--set", "schedule.val_every=100000",
+           "--set", "schedule.patience=null"]
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return time.perf_counter() - t0
+
+
+def train_rate(run: Path) -> float:
+    """Training images per second of a run: images stepped over the summed step times of steps.csv (runs
+    logged before the ``seconds`` column: over the run's time budget)."""
+    import csv
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    batch = int(cfg["data"]["batch_size"])
+    with (run / "steps.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    seconds = sum(float(r["seconds"]) for r in rows if r.get("seconds"))
+    seconds = seconds or 60.0 * float(cfg["schedule"].get("max_minutes") or "nan")
+    return len(rows) * batch / seconds
+
+
+def score(run: Path, tta: bool) -> dict[str, float]:
+    """Mask AP / AP50 (maxDets 1000), Boundary AP and F1@0.5 of ``run/best.pt`` on the run's val split."""
+    from maskkit.cli.eval import _load_dataset
+    from maskkit.evaluation import InstanceEvaluator
+    from maskkit.evaluation.results import image_loader
+    from maskkit.inference.predictor import Predictor
+
+    predictor = Predictor(run, device="cpu", tta=tta, tta_flips=("none", "h", "v", "hv") if tta else None)
+    val, _ = _load_dataset(DATA, "val", predictor.config)
+    ev = InstanceEvaluator(val.categories, max_dets=[1, 100, 1000], extras=("matching", "boundary"))
+    load = image_loader(val)
+    t0 = time.perf_counter()
+    for rec in val.images:
+        ev.process([rec], [predictor.predict(load(rec.id))])
+    seconds = time.perf_counter() - t0
+    m = ev.evaluate()
+    return {"AP": m["segm"]["AP"], "AP50": m["segm"]["AP50"], "boundary_AP": m["boundary"]["AP"],
+            "F1@0.5": m["matching"]["f1@0.50"], "images": len(val.images), "s/image": seconds / len(val.images)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--recipes", default="dsb2018,dsb2018-bottomup")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-nuclei")
+    ap.add_argument("--skip-train", action="store_true", help="Score the runs already in --out.")
+    ap.add_argument("--no-tta", action="store_true", help="Skip the TTA rows.")
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"the shared nuclei data is missing: {DATA}")
+    rows: list[tuple[str, float, dict[str, Any], dict[str, Any] | None]] = []
+    for recipe in args.recipes.split(","):
+        run = args.out / recipe
+        if not args.skip_train:
+            train(recipe, run, args.minutes)
+        name = yaml.safe_load((run / "config.yaml").read_text())["model"]["name"]
+        plain = score(run, tta=False)
+        tta = None if args.no_tta else score(run, tta=True)
+        rows.append((f"maskkit {name} ({recipe}.yaml)", train_rate(run), plain, tta))
+        print(f"{recipe}: {plain} | TTA {tta}", flush=True)
+
+    print(f"\nDSB 2018 nuclei val (12 images, 510 nuclei), {args.minutes:g} CPU minutes of training each\n")
+    print("| model | train img/s | mask AP (maxDets 1000) | AP50 | Boundary AP | F1@0.5 | with TTA: AP / F1@0.5 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, rate, ap_, ap50 in PEERS:
+        print(f"| {name} (peer) | {rate:.2f} | {ap_:.3f} | {ap50:.3f} | – | – | – |")
+    for name, rate, m, t in rows:
+        tta_cell = f"{t['AP']:.3f} / {t['F1@0.5']:.3f}" if t else "–"
+        print(f"| {name} | {rate:.2f} | {m['AP']:.3f} | {m['AP50']:.3f} | {m['boundary_AP']:.3f} | "
+              f"{m['F1@0.5']:.3f} | {tta_cell} |")
+
+
+if __name__ == "__main__":
+    main()
