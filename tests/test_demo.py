@@ -78,6 +78,9 @@ def test_demo_config_flags_and_other_models(tmp_path: Path) -> None:
     assert other.model.options["box_batch_size_per_image"] == 32  # Mask R-CNN's recipe, renamed
     unet = demo_config(tmp_path / "d.yaml", tmp_path, model="bottomup_r18")
     assert unet.model.name == "bottomup_r18" and unet.data.batch_size == cfg.data.batch_size
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(DEMO_RECIPE))
+    from_file = demo_config(tmp_path / "d.yaml", tmp_path, config=tmp_path / "run.yaml", model="maskrcnn_r18_fpn")
+    assert from_file.model.name == "maskrcnn_r18_fpn"  # --model overrides a --config file too
 
 
 def test_draw_instances_and_grid() -> None:

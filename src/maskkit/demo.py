@@ -157,9 +157,10 @@ def demo_config(
     from maskkit.engine.api import resolve_config
 
     base = recipe_for(model) if config is None else copy.deepcopy(config)
-    if model is not None and isinstance(base, dict) and model != base.get("model", {}).get("name"):
-        _rename(base, model)
-    model = None
+    if isinstance(base, dict):  # a config file keeps --model as an override below
+        if model is not None and model != base.get("model", {}).get("name"):
+            _rename(base, model)
+        model = None
     overrides = {
         "data.path": str(data_yaml), "output.out": str(out), "seed": seed, "model.name": model,
         "schedule.epochs": epochs, "schedule.max_minutes": minutes, "output.progress": progress,
