@@ -140,6 +140,8 @@ def plot_curves(results_csv: Path, out: Path) -> Path | None:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
+        else:  # e.g. schedule.val_loss off, or no validation yet
+            ax.text(0.5, 0.5, f"no {title} logged", ha="center", va="center", transform=ax.transAxes, color="0.4")
     fig.tight_layout()
     path = out / "curves.png"
     buf = io.BytesIO()
