@@ -65,8 +65,9 @@ def score(run: Path, tta: bool) -> dict[str, float]:
     from maskkit.evaluation import InstanceEvaluator
     from maskkit.evaluation.results import image_loader
     from maskkit.inference.predictor import Predictor
+    from maskkit.inference.tta import FLIPS
 
-    predictor = Predictor(run, device="cpu", tta=tta, tta_flips=("none", "h", "v", "hv") if tta else None)
+    predictor = Predictor(run, device="cpu", tta=tta, tta_flips=FLIPS if tta else None)
     val, _ = _load_dataset(DATA, "val", predictor.config)
     ev = InstanceEvaluator(val.categories, max_dets=[1, 100, 1000], extras=("matching", "boundary"))
     load = image_loader(val)

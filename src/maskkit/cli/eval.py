@@ -126,10 +126,11 @@ def _model_source(model: Path | None, data: Path | None, split: str, tta: bool,
     if model is None or data is None:
         raise ConfigError("--model and --data go together")
     import maskkit.inference
+    from maskkit.inference.tta import FLIPS
 
     options: dict[str, Any] = {}
     if tta:
-        options = {"tta": True, "tta_scales": tta_scales, "tta_flips": ("none", "h", "v", "hv")}
+        options = {"tta": True, "tta_scales": tta_scales, "tta_flips": FLIPS}
     predictor = maskkit.inference.Predictor(model, **options)
     aset, notes = _load_dataset(data, split, getattr(predictor, "config", None))
     return aset, predictor.predict, notes

@@ -109,8 +109,9 @@ def _load_predictor(model: Path, device: str, conf: float | None, tta: bool = Fa
     if not model.exists():
         raise DataError("checkpoint not found", file=model)
     from maskkit.inference.predictor import Predictor
+    from maskkit.inference.tta import FLIPS
 
-    flips = ("none", "h", "v", "hv") if tta else None
+    flips = FLIPS if tta else None
     try:
         return Predictor(model, device=device, score_threshold=conf, tta=tta, tta_scales=tta_scales,
                          tta_flips=flips)
