@@ -123,6 +123,20 @@ def test_flips_move_boxes_and_masks_together(tmp_path: Path, flip: str) -> None:
     assert torch.equal(t1["boxes"], _tight_boxes(t1["masks"]))
 
 
+def test_transpose_swaps_axes_of_image_masks_and_boxes(tmp_path: Path) -> None:
+    aset = _make_set(tmp_path)
+    plain = InstanceDataset(aset, semantic=True)
+    cfg = AugmentConfig(min_size=[], hflip=0.0, transpose=1.0)
+    swapped = InstanceDataset(aset, build_transforms(True, cfg), semantic=True, recompute_boxes=False)
+    img0, t0 = plain[0]
+    img1, t1 = swapped[0]
+    assert torch.equal(img1, img0.transpose(-1, -2))
+    assert torch.equal(t1["masks"], t0["masks"].transpose(-1, -2))
+    assert torch.equal(t1["semantic"], t0["semantic"].transpose(-1, -2))
+    assert torch.equal(t1["boxes"], _tight_boxes(t1["masks"]))
+    assert torch.equal(t1["labels"], t0["labels"])
+
+
 def test_random_crop_clips_and_drops_instances(tmp_path: Path) -> None:
     # Pixel values encode their coordinates, so the crop window can be read back from the output.
     h, w = 60, 80

@@ -45,6 +45,9 @@ class AugmentConfig(BaseModel):
     """Probability of a horizontal flip (training only)."""
     vflip: float = Field(0.0, ge=0.0, le=1.0)
     """Probability of a vertical flip (training only)."""
+    transpose: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability of swapping the image axes (training only); with both flips at 0.5 this draws all eight
+    90-degree rotations and mirrorings, for data without a preferred orientation (cells, aerial, shapes)."""
     crop: int | tuple[int, int] | None = None
     """Random crop size (``size`` or ``(height, width)``) after resizing, training only; smaller images are
     zero-padded. Instances are clipped and those left empty are dropped."""
@@ -91,6 +94,29 @@ class ColorJitterAnyChannels(v2.Transform):
         return tv_tensors.wrap(out, like=inpt)
 
 
+class RandomTranspose(v2.Transform):
+    """Swap the height and width axes of the image, masks and boxes with probability ``p`` (exact, no resampling)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"apply": bool(torch.rand(()) < self.p)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not params["apply"]:
+            return inpt
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            if inpt.format != tv_tensors.BoundingBoxFormat.XYXY:
+                raise ValueError(f"RandomTranspose needs XYXY boxes, got {inpt.format}")
+            h, w = inpt.canvas_size
+            return tv_tensors.wrap(inpt[..., [1, 0, 3, 2]], like=inpt, canvas_size=(w, h))
+        if isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
+            return tv_tensors.wrap(inpt.transpose(-1, -2).contiguous(), like=inpt)
+        return inpt
+
+
 def build_transforms(train: bool, cfg: AugmentConfig | None = None) -> v2.Compose:
     """The joint transform pipeline for training (random) or evaluation (deterministic resize only)."""
     cfg = cfg or AugmentConfig()
@@ -107,6 +133,8 @@ def build_transforms(train: bool, cfg: AugmentConfig | None = None) -> v2.Compos
             steps.append(v2.RandomHorizontalFlip(cfg.hflip))
         if cfg.vflip > 0:
             steps.append(v2.RandomVerticalFlip(cfg.vflip))
+        if cfg.transpose > 0:
+            steps.append(RandomTranspose(cfg.transpose))
         if cfg.color_jitter > 0 or cfg.hue > 0:
             s = cfg.color_jitter
             steps.append(ColorJitterAnyChannels(brightness=s, contrast=s, saturation=s, hue=cfg.hue))

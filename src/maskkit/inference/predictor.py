@@ -8,9 +8,11 @@ merges flipped and rescaled views at mask level (:mod:`maskkit.inference.tta`).
 torchvision Mask R-CNN models take a faster path: score/class/count filters applied before the mask
 head, masks pasted as crops straight into RLE (:mod:`maskkit.inference.paste`) instead of full-image
 canvases (bit-identical to torchvision), plus BatchNorm folded into the convolutions and
-channels-last convolutions (float rounding differences only). ``optimize="exact"`` keeps the first
-two only, ``optimize=False`` runs the model's own ``forward``, as other models always do. A
-Predictor is not thread-safe (TTA scales the model's own resize for each view).
+channels-last convolutions (float rounding differences only) whose NHWC features go straight to a
+fast RoIAlign (:mod:`maskkit.inference.roi_align`, bit-identical to torchvision's, ~20x faster on
+CPU). ``optimize="exact"`` keeps the first two only, ``optimize=False`` runs the model's own
+``forward``, as other models always do. A Predictor is not thread-safe (TTA scales the model's own
+resize for each view).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 
 from maskkit.engine.config import TrainConfig
 from maskkit.errors import ConfigError
+from maskkit.inference import roi_align
 from maskkit.inference.paste import Detections, paste_masks
 from maskkit.structures import Instances, Masks
 
@@ -291,7 +294,8 @@ class Predictor:
         if isinstance(features, torch.Tensor):
             features = OrderedDict([("0", features)])
         proposals, _ = model.rpn(ImageList(x, batch.image_sizes), features)
-        features = OrderedDict((k, v.contiguous()) for k, v in features.items())  # RoIAlign reads NCHW
+        if not (self.channels_last and roi_align.available()):  # torchvision's RoIAlign reads NCHW
+            features = OrderedDict((k, v.contiguous()) for k, v in features.items())
         keep_labels = None if view else self._keep_labels()
         cap = rh.detections_per_img if view or self.max_det is None else self.max_det
         # torchvision's own post-processing with our thresholds (the model itself is left unchanged);
@@ -299,7 +303,8 @@ class Predictor:
         params = SimpleNamespace(box_coder=rh.box_coder, nms_thresh=rh.nms_thresh,
                                  score_thresh=rh.score_thresh if thr is None else thr,
                                  detections_per_img=cap if keep_labels is None else 10**9)
-        box_features = rh.box_head(rh.box_roi_pool(features, proposals, batch.image_sizes))
+        box_features = rh.box_head(roi_align.multiscale_roi_align(rh.box_roi_pool, features, proposals,
+                                                                  batch.image_sizes))
         class_logits, box_regression = rh.box_predictor(box_features)
         boxes, scores, labels = RoIHeads.postprocess_detections(params, class_logits, box_regression, proposals,
                                                                 batch.image_sizes)
@@ -324,7 +329,7 @@ class Predictor:
         if not sum(counts):
             m = 2 * int(rh.mask_roi_pool.output_size[0])
             return [features["0"].new_zeros((0, m, m)) for _ in boxes]
-        x = rh.mask_roi_pool(features, boxes, image_sizes)
+        x = roi_align.multiscale_roi_align(rh.mask_roi_pool, features, boxes, image_sizes)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = rh.mask_predictor(rh.mask_head(x))
