@@ -70,6 +70,7 @@ def test_demo_config_flags_and_other_models(tmp_path: Path) -> None:
     cfg = demo_config(tmp_path / "d.yaml", tmp_path, size=128, epochs=3, minutes=1.5, seed=4, progress=False)
     assert (cfg.augment.min_size, cfg.schedule.epochs, cfg.schedule.max_minutes, cfg.seed) == ([128], 3, 1.5, 4)
     assert cfg.model.name == "bottomup_effl0"
+    assert cfg.model.min_size == round(DEMO_RECIPE["model"]["min_size"] * 128 / 160)  # inference upscaling kept
     assert cfg.threads is not None and cfg.threads >= 1  # picked from the load
     rcnn = demo_config(tmp_path / "d.yaml", tmp_path, model="maskrcnn_effl0_fpn")
     assert rcnn.model.options["fpn_channels"] == 32 and rcnn.data.batch_size == 4

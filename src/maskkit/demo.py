@@ -36,7 +36,7 @@ _COMMON: dict[str, Any] = {
 }
 DEMO_RECIPES: dict[str, dict[str, Any]] = {
     "bottomup_effl0": {
-        "model": {"name": "bottomup_effl0"},
+        "model": {"name": "bottomup_effl0", "min_size": 256},
         "data": {"batch_size": 4},
         **copy.deepcopy(_COMMON),
         "optim": {"optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0001, "warmup_steps": 20,
@@ -161,10 +161,13 @@ def demo_config(
         if model is not None and model != base.get("model", {}).get("name"):
             _rename(base, model)
         model = None
+    test_size = base.get("model", {}).get("min_size") if isinstance(base, dict) else None
     overrides = {
         "data.path": str(data_yaml), "output.out": str(out), "seed": seed, "model.name": model,
         "schedule.epochs": epochs, "schedule.max_minutes": minutes, "output.progress": progress,
         "augment.min_size": [size] if size else None,
+        # the recipe's inference size is for DEMO_SIZE data: keep its ratio to the data size
+        "model.min_size": round(test_size * size / DEMO_SIZE) if size and test_size else None,
     }
     cfg = resolve_config(base, overrides)
     if cfg.threads is None and cfg.device in ("cpu", "auto"):

@@ -101,18 +101,15 @@ def multiscale_roi_align(pooler: Any, features: dict[str, Tensor], boxes: Sequen
                          image_sizes: Sequence[tuple[int, int]]) -> Tensor:
     """``pooler(features, boxes, image_sizes)`` for a torchvision ``MultiScaleRoIAlign``, on the fast kernel
     when it applies (channels-last float32 CPU features, Numba installed), else by the pooler itself."""
-    from torchvision.ops import poolers
-
     kernel = _kernel()
     names = list(pooler.featmap_names)
     views = [_nhwc(features[k]) for k in names] if kernel is not None else [None]
     if any(v is None for v in views) or any(b.dtype != torch.float32 or b.device.type != "cpu" for b in boxes):
         return pooler(features, list(boxes), list(image_sizes))
-    if pooler.scales is None or pooler.map_levels is None:
-        pooler.scales, pooler.map_levels = poolers._setup_scales(
-            [features[k] for k in names], list(image_sizes), pooler.canonical_scale, pooler.canonical_level)
+    if pooler.scales is None or pooler.map_levels is None:  # the pooler infers its levels on first use
+        pooler(features, [b[:0] for b in boxes], list(image_sizes))
     out_h, out_w = (int(s) for s in pooler.output_size)
-    rois = poolers._convert_to_roi_format(list(boxes))
+    rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
     channels = views[0].shape[-1]
     result = torch.zeros((len(rois), channels, out_h, out_w), dtype=torch.float32)
     if not len(rois):
