@@ -54,7 +54,12 @@ def test_trains_and_predicts_at_odd_sizes(encoder: str) -> None:
         assert out["sem_seg"].shape == (3, h, w)
         n = len(out["scores"])
         assert out["boxes"].shape == (n, 4) and out["labels"].shape == (n,)
-        assert int(out["instance_map"].max()) == n
+        ids = out["instance_ids"]
+        assert ids.shape == (n,) and set(ids.tolist()) == set(range(1, int(out["instance_map"].max()) + 1))
+        for j in set(ids.tolist()):  # each region: its primary class first, the best-scored row
+            rows = (ids == j).nonzero()[:, 0]
+            assert len(set(out["labels"][rows].tolist())) == len(rows)  # one row per class
+            assert (out["boxes"][rows] == out["boxes"][rows[0]]).all()
         assert ((out["labels"] >= 1) & (out["labels"] <= 2)).all()
         assert (out["scores"][:-1] >= out["scores"][1:]).all()  # sorted by decreasing score
 
@@ -158,3 +163,25 @@ def test_images_without_objects_and_box_only_targets() -> None:
     assert set(losses) == LOSSES and all(torch.isfinite(v) for v in losses.values())
     with pytest.raises(DataError):
         model([torch.rand(3, 40, 40)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
+
+
+def test_rows_sharing_a_region_get_its_mask() -> None:
+    from maskkit.engine.postprocess import to_instances
+    from maskkit.inference.paste import Detections
+
+    imap = torch.zeros(6, 8, dtype=torch.int32)
+    imap[1:3, 1:4] = 1
+    imap[4:6, 5:8] = 2
+    out = {"boxes": torch.tensor([[1, 1, 4, 3], [5, 4, 8, 6], [1, 1, 4, 3]], dtype=torch.float32),
+           "labels": torch.tensor([1, 2, 2]), "scores": torch.tensor([0.9, 0.8, 0.1]),
+           "instance_ids": torch.tensor([1, 2, 1]), "instance_map": imap}
+    inst = to_instances(out, (6, 8), [10, 20])
+    bits = inst.masks.to_bitmaps().astype(bool)
+    assert list(inst.labels) == [10, 20, 20] and len(inst) == 3
+    assert (bits[0] == (imap.numpy() == 1)).all() and (bits[2] == bits[0]).all()
+    assert (bits[1] == (imap.numpy() == 2)).all()
+    det = Detections.from_output(out, (6, 8))
+    assert np.array_equal(det.masks.to_dense(0.5), bits)
+    del out["instance_ids"]  # without ids, row i is region i + 1
+    assert len(to_instances({**out, "labels": out["labels"][:2], "scores": out["scores"][:2],
+                             "boxes": out["boxes"][:2]}, (6, 8), [10, 20])) == 2

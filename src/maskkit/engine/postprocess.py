@@ -1,7 +1,9 @@
 """Model outputs -> :class:`~maskkit.structures.Instances` (dataset category ids, RLE masks).
 
 Mask R-CNN-style outputs carry ``masks`` (``N×1×H×W`` probabilities); dense models (semantic,
-bottom-up) carry an ``instance_map`` (``H×W``, ``i + 1`` where instance ``i`` is) instead.
+bottom-up) carry an ``instance_map`` (``H×W``, ``i + 1`` where instance ``i`` is) instead, and
+optionally ``instance_ids`` (row ``i``'s region id in the map, when several rows share a region:
+one per plausible class).
 """
 
 from __future__ import annotations
@@ -42,10 +44,20 @@ def to_instances(
         "scores": output["scores"].detach().float().cpu().numpy(),
     }
     if "instance_map" in output:
-        fields["masks"] = Masks.from_rles(instance_map_to_rles(output["instance_map"], len(labels)), h, w)
+        ids = region_ids(output, len(labels))
+        rles = instance_map_to_rles(output["instance_map"], int(ids.max(initial=0)))
+        fields["masks"] = Masks.from_rles([rles[i - 1] for i in ids.tolist()], h, w)
     elif "masks" in output:
         fields["masks"] = Masks.from_rles(masks_to_rles(output["masks"], mask_threshold), h, w)
     return Instances((h, w), **fields)
+
+
+def region_ids(output: dict[str, torch.Tensor], n: int) -> np.ndarray:
+    """Each output row's region id in ``instance_map`` (``instance_ids``, else ``1..n``), int64."""
+    ids = output.get("instance_ids")
+    if ids is None:
+        return np.arange(1, n + 1, dtype=np.int64)
+    return ids.detach().cpu().numpy().astype(np.int64).reshape(-1)
 
 
 def instance_map_to_rles(instance_map: torch.Tensor | np.ndarray, n: int) -> list[dict[str, Any]]:

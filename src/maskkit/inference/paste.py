@@ -202,7 +202,10 @@ class Detections:
         """A model-contract output dict (``masks`` probabilities or an ``instance_map``) as detections."""
         labels = output["labels"].detach().cpu().numpy().astype(np.int64)
         if "instance_map" in output:
-            masks = MaskCrops.from_instance_map(output["instance_map"], len(labels))
+            from maskkit.engine.postprocess import region_ids
+
+            ids = region_ids(output, len(labels))
+            masks = MaskCrops.from_instance_map(output["instance_map"], int(ids.max(initial=0))).take(ids - 1)
         elif "masks" in output:
             masks = MaskCrops.from_dense(output["masks"])
         else:  # boxes only: the box as a 0/1 mask

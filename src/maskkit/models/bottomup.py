@@ -12,11 +12,13 @@ Losses (each multiplied by its weight option): ``loss_semantic`` (cross-entropy 
 ``K + 1`` classes), ``loss_boundary`` (binary cross-entropy + Dice of the border map) and
 ``loss_distance`` (squared error of the sigmoid distance on foreground pixels).
 
-Eval output per image: ``instance_map`` (``H x W`` int32, ``i + 1`` = instance ``i``), ``labels``
-(majority class, ``1..K``), ``scores`` (mean probability of that class over the instance, damped for
-small instances by ``area / (area + 30)`` so that fragments rank last; this ranked best on the synthetic
-data, ahead of products with the peak distance or border probability), ``boxes`` (XYXY) and
-``sem_seg`` (class probabilities), all at the input size, sorted by decreasing score.
+Eval output per image: ``instance_map`` (``H x W`` int32, region ``j`` holds ``j``) and one row per
+(region, class) pair: ``instance_ids`` (the row's region), ``labels`` (``1..K``: the region's majority class,
+plus every other class with a mean probability of at least :data:`SECONDARY_CLASS_MIN`), ``scores`` (mean
+probability of that class over the region, damped for small regions by ``area / (area + 30)`` so that
+fragments rank last; this ranked best on the synthetic data, ahead of products with the peak distance or
+border probability), ``boxes`` (XYXY) and ``sem_seg`` (class probabilities), all at the input size, rows
+sorted by decreasing score.
 
 The post-processing thresholds (``fg_threshold``, ``seed_threshold``, ``boundary_threshold``,
 ``min_area``) are buffers: checkpoints carry them. The trainer tunes them on the val set through
@@ -56,6 +58,10 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
 }
 SCORE_HALF_AREA = 30.0
 """Instances of this many pixels get half the confidence of large ones: fragments rank last."""
+SECONDARY_CLASS_MIN = 0.01
+"""A region is also output as every other class whose mean probability over it reaches this (as Mask R-CNN
+outputs a box per class above its score threshold): an object of an ambiguous class still counts for AP
+when the first choice is wrong (+0.017 mask AP on the demo), at a low score that a ``--conf`` filter drops."""
 THRESHOLD_GRID: dict[str, list[float]] = {
     "fg_threshold": [0.4, 0.5, 0.6],
     "seed_threshold": [0.1, 0.3, 0.5],
@@ -160,17 +166,23 @@ class BottomUpSegmenter(nn.Module):
             class_map=fg_classes.argmax(0),
         )
         n = int(imap.max())
-        areas, means = instance_stats(imap, n, fg_classes)
-        labels = means.argmax(0) + 1 if n else np.zeros(0, dtype=np.int64)
-        scores = means.max(0) * areas / (areas + SCORE_HALF_AREA) if n else np.zeros(0)
-        boxes = instance_boxes(imap, n)
-        order = np.argsort(-scores, kind="stable")
+        areas, means = instance_stats(imap, n, fg_classes)  # means: K x n
+        primary = means.argmax(0) if n else np.zeros(0, dtype=np.int64)
+        best = means.max(0) if n else np.zeros(0)
+        order = np.argsort(-best, kind="stable")  # regions renumbered by their primary score
         remap = np.zeros(n + 1, dtype=np.int32)
         remap[order + 1] = np.arange(1, n + 1, dtype=np.int32)
+        # one row per (region, class) whose mean probability reaches SECONDARY_CLASS_MIN, plus the primary class
+        cls, reg = np.nonzero((means >= SECONDARY_CLASS_MIN) | (np.arange(len(means))[:, None] == primary[None]))
+        scores = means[cls, reg] * areas[reg] / (areas[reg] + SCORE_HALF_AREA)
+        rows = np.lexsort((cls, remap[reg + 1], -scores))  # by score, then region, then class
+        cls, reg, scores = cls[rows], reg[rows], scores[rows]
+        boxes = instance_boxes(imap, n)
         return {
-            "boxes": torch.from_numpy(boxes[order].reshape(-1, 4)),
-            "labels": torch.from_numpy(np.asarray(labels, dtype=np.int64)[order]),
-            "scores": torch.from_numpy(np.asarray(scores, dtype=np.float32)[order]),
+            "boxes": torch.from_numpy(boxes[reg].reshape(-1, 4)),
+            "labels": torch.from_numpy((cls + 1).astype(np.int64)),
+            "scores": torch.from_numpy(scores.astype(np.float32)),
+            "instance_ids": torch.from_numpy(remap[reg + 1].astype(np.int64)),
             "instance_map": torch.from_numpy(remap[imap]),
             "sem_seg": raw["sem_seg"],
         }
