@@ -11,10 +11,11 @@ Rows:
 
 * ``torchvision plain``: ``model.eval()``, ``torch.no_grad()``, one call per image, masks thresholded
   at 0.5 and encoded with ``pycocotools.mask.encode`` (the usual way);
-* ``maskkit: crop paste``: ``Predictor(optimize="exact")``, the Mask R-CNN path with masks pasted as
-  crops straight into RLE (``inference_mode``), network unchanged, one image per call;
-* ``maskkit: + BN fold, NHWC, fast RoIAlign``: the default Predictor optimisations (BatchNorm folded,
-  channels-last convolutions, :mod:`maskkit.inference.roi_align` on the NHWC features), one image per call;
+* ``maskkit exact: crop paste, fast RoIAlign``: ``Predictor(optimize="exact")``, the Mask R-CNN path with
+  masks pasted as crops straight into RLE and :mod:`maskkit.inference.roi_align` (both bit-identical to
+  torchvision), network unchanged, one image per call;
+* ``maskkit: + BN fold, NHWC``: the default Predictor (also BatchNorm folded into the convolutions and
+  channels-last convolutions: float rounding differences), one image per call;
 * ``maskkit: + batch N``: the default Predictor, ``predict(list)`` with ``batch_size=N``.
 
 Variants are timed round-robin (``--rounds`` rounds, median per variant) because the CPU is shared;
@@ -183,8 +184,8 @@ def main() -> None:
     ours, plain = build_models(args.min_size, args.max_size, args.score_thresh)
     variants: dict[str, Callable[[list[torch.Tensor]], list[Any]]] = {
         "torchvision plain": plain_predict(plain),
-        "maskkit: crop paste": predictor_variant(ours, optimize="exact", batch_size=1),
-        "maskkit: + BN fold, NHWC, fast RoIAlign": predictor_variant(ours, optimize=True, batch_size=1),
+        "maskkit exact: crop paste, fast RoIAlign": predictor_variant(ours, optimize="exact", batch_size=1),
+        "maskkit: + BN fold, NHWC": predictor_variant(ours, optimize=True, batch_size=1),
         f"maskkit: + batch {args.batch_size}": predictor_variant(ours, optimize=True, batch_size=args.batch_size),
     }
     print(f"maskrcnn_r50_fpn, random weights; {source}; resize min {args.min_size} max {args.max_size}; "
@@ -206,16 +207,16 @@ def main() -> None:
     base = statistics.median(times["torchvision plain"])
     print(f"\n{len(images)} images, median of {args.rounds} rounds; plain outputs: {dets:.1f} detections/image\n")
     cpu_base = statistics.median(cpu["torchvision plain"])
-    print(f"| {'variant':39s} | images/s | ms/image | speedup | CPU s/image (speedup) | mask AP vs plain | "
+    print(f"| {'variant':40s} | images/s | ms/image | speedup | CPU s/image (speedup) | mask AP vs plain | "
           "mask IoU mean / min | identical RLE |")
-    print(f"|{'-' * 41}|---------:|---------:|--------:|----------------------:|-----------------:|"
+    print(f"|{'-' * 42}|---------:|---------:|--------:|----------------------:|-----------------:|"
           "--------------------:|--------------:|")
     for name in variants:
         t = statistics.median(times[name])
         ex = exactness(ref, outputs[name]) if name != "torchvision plain" else {
             "ap": 1.0, "mean_iou": 1.0, "min_iou": 1.0, "identical": 1.0}
         c = statistics.median(cpu[name])
-        print(f"| {name:39s} | {len(images) / t:8.3f} | {1000 * t / len(images):8.0f} | {base / t:6.2f}x | "
+        print(f"| {name:40s} | {len(images) / t:8.3f} | {1000 * t / len(images):8.0f} | {base / t:6.2f}x | "
               f"{c / len(images):13.2f} ({cpu_base / c:4.2f}x) | {ex['ap']:16.4f} | "
               f"{ex['mean_iou']:.5f} / {ex['min_iou']:.3f} | {100 * ex['identical']:12.1f}% |")
 

@@ -158,7 +158,7 @@ def test_fast_path_matches_model_forward(checkpoint: Path) -> None:
     fast = Predictor(checkpoint, device="cpu")
     plain = Predictor(checkpoint, device="cpu", optimize=False)  # the model's own forward + to_instances
     assert fast.fast and not plain.fast
-    exact = _variant(plain, optimize="exact")  # crop pasting on the unchanged network: bit-identical masks
+    exact = _variant(plain, optimize="exact")  # crop pasting + fast RoIAlign, unchanged network: bit-identical
     assert exact.fast and not exact.channels_last
     image = _image(48, 80, 10)
     for thr in (None, 0.0):

@@ -10,8 +10,9 @@ head, masks pasted as crops straight into RLE (:mod:`maskkit.inference.paste`) i
 canvases (bit-identical to torchvision), plus BatchNorm folded into the convolutions and
 channels-last convolutions (float rounding differences only) whose NHWC features go straight to a
 fast RoIAlign (:mod:`maskkit.inference.roi_align`, bit-identical to torchvision's, ~20x faster on
-CPU). ``optimize="exact"`` keeps the first two only, ``optimize=False`` runs the model's own
-``forward``, as other models always do. A Predictor is not thread-safe (TTA scales the model's own
+CPU). ``optimize="exact"`` keeps the network unchanged (crop pasting and the fast RoIAlign only:
+outputs bit-identical to torchvision's), ``optimize=False`` runs the model's own ``forward``, as
+other models always do. A Predictor is not thread-safe (TTA scales the model's own
 resize for each view).
 """
 
@@ -294,8 +295,9 @@ class Predictor:
         if isinstance(features, torch.Tensor):
             features = OrderedDict([("0", features)])
         proposals, _ = model.rpn(ImageList(x, batch.image_sizes), features)
-        if not (self.channels_last and roi_align.available()):  # torchvision's RoIAlign reads NCHW
-            features = OrderedDict((k, v.contiguous()) for k, v in features.items())
+        # the fast RoIAlign (bit-identical to torchvision's) reads NHWC, torchvision's NCHW
+        layout = torch.channels_last if roi_align.available() and x.device.type == "cpu" else torch.contiguous_format
+        features = OrderedDict((k, v.contiguous(memory_format=layout)) for k, v in features.items())
         keep_labels = None if view else self._keep_labels()
         cap = rh.detections_per_img if view or self.max_det is None else self.max_det
         # torchvision's own post-processing with our thresholds (the model itself is left unchanged);
