@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
+from maskkit.engine.postprocess import region_ids
+
 RLE = dict[str, Any]
 
 
@@ -202,8 +204,6 @@ class Detections:
         """A model-contract output dict (``masks`` probabilities or an ``instance_map``) as detections."""
         labels = output["labels"].detach().cpu().numpy().astype(np.int64)
         if "instance_map" in output:
-            from maskkit.engine.postprocess import region_ids
-
             ids = region_ids(output, len(labels))
             masks = MaskCrops.from_instance_map(output["instance_map"], int(ids.max(initial=0))).take(ids - 1)
         elif "masks" in output:
