@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from maskkit.data.formats import formats, read_annotations
+from maskkit.data.formats import read_annotations
 from maskkit.errors import DataError
 from maskkit.evaluation import Evaluators, InstanceEvaluator, coco_evaluate
 from maskkit.evaluation.coco import STAT_KEYS, prepare_detections
@@ -143,16 +143,12 @@ def _gt_dict(aset: Any) -> dict[str, Any]:
 
 
 def test_equals_pycocotools_on_coco128_seg(shared_data: Path) -> None:
-    if "yolo" not in formats():
-        pytest.skip("no YOLO reader yet")
     aset = read_annotations(shared_data / "coco128-seg", format="yolo")
     aset.images = [r for r in aset.images if r.instances.has("masks")][:40]
     compare(_gt_dict(aset), aset, perturb(aset.images, seed=2))
 
 
 def test_equals_pycocotools_on_dsb_nuclei(shared_data: Path) -> None:
-    if "dsb" not in formats():
-        pytest.skip("no DSB reader yet")
     samples = sorted((shared_data / "dsb2018-stage1-train-subset" / "stage1_train").iterdir())[:2]
     for sample in samples:  # one sample folder each: reading all 60 would dominate the test time
         aset = read_annotations(sample, format="dsb")

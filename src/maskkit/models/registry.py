@@ -85,8 +85,31 @@ def model_info(name: str) -> ModelInfo:
         raise ConfigError(f"unknown model {name!r}; registered models: {known}") from None
 
 
+def _is_download_failure(exc: BaseException) -> bool:
+    """True for the errors torch.hub, smp and timm raise when weights cannot be fetched (offline, blocked)."""
+    from urllib.error import URLError
+
+    if isinstance(exc, URLError | ConnectionError | TimeoutError):
+        return True
+    return type(exc).__module__.split(".")[0] in {"huggingface_hub", "requests", "urllib3"}
+
+
 def create(name: str, num_classes: int, **kwargs: Any) -> Any:
-    """Build model ``name`` for ``num_classes`` foreground classes; kwargs go to its builder."""
+    """Build model ``name`` for ``num_classes`` foreground classes; kwargs go to its builder.
+
+    Weights that need a download (torchvision/smp ImageNet backbones, COCO weights) are opt-in: when the
+    download fails, a one-line ``ConfigError`` says how to go on offline.
+    """
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1 (foreground classes), got {num_classes}")
-    return model_info(name).builder(num_classes=num_classes, **kwargs)
+    info = model_info(name)
+    try:
+        return info.builder(num_classes=num_classes, **kwargs)
+    except Exception as exc:
+        if not _is_download_failure(exc):
+            raise
+        reason = str(getattr(exc, "reason", exc)).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"model {name!r}: pretrained weights could not be downloaded ({reason}); to go on offline use "
+            "--set model.pretrained_backbone=false, --weights FILE, or a model with offline weights (*_effl0*)"
+        ) from None
