@@ -25,12 +25,12 @@ demo: setup
 	$(BIN)/maskkit convert $(DEMO)/yolo $(DEMO)/roundtrip --to coco
 	@echo "demo outputs in $(DEMO)/"
 
-test: setup
-	$(BIN)/ruff check src tests benchmarks
+test: lint
 	$(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python benchmarks/data_io.py

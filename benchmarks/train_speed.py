@@ -60,7 +60,7 @@ OFFLINE_BACKBONES = ("maskrcnn_effl0_fpn",)
 # -- shared setup ------------------------------------------------------------------------------
 def base_config(spec: dict[str, Any]) -> Any:
     """The run's ``TrainConfig`` (both sides take model, augment, optim, batch size and seed from it)."""
-    from maskkit.engine.config import load_config
+    from maskkit.config import load_config
 
     overrides: dict[str, Any] = {
         "model.name": spec["model"], "model.pretrained_backbone": False, "model.weights": spec["init"],
@@ -104,8 +104,8 @@ def save_initial_weights(spec: dict[str, Any]) -> None:
     import torch
 
     from maskkit.engine.data import load_train_data
-    from maskkit.engine.model import build_model
     from maskkit.fileio import atomic_write_bytes
+    from maskkit.models.factory import build_model
 
     cfg = base_config({**spec, "init": None})
     torch.manual_seed(0)
@@ -190,8 +190,8 @@ def _plain_setup(spec: dict[str, Any]) -> Any:
 
     from maskkit.data.dataset import InstanceDataset, collate_fn
     from maskkit.engine.data import load_train_data
-    from maskkit.engine.model import build_model
     from maskkit.engine.schedule import build_optimizer, build_scheduler
+    from maskkit.models.factory import build_model
 
     torch.use_deterministic_algorithms(False)  # torch's default (an engine run before set it)
     torch.set_num_threads(spec["threads"])

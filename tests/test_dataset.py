@@ -12,9 +12,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from maskkit.config import AugmentConfig
 from maskkit.data.annotations import AnnotationSet, Category, ImageRecord, new_instances
 from maskkit.data.dataset import IGNORE_INDEX, InstanceDataset, collate_fn, normalise_image
-from maskkit.data.transforms import AugmentConfig, build_transforms
+from maskkit.data.transforms import build_transforms
 from maskkit.errors import ConfigError, DataError
 from maskkit.structures import BitMask, Masks, PolygonMask, RLEMask
 

@@ -75,7 +75,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_run_folder_contents(tiny: dict[str, Path]) -> None:
-    from maskkit.engine.checkpoint import load_checkpoint
+    from maskkit.models.checkpoint import load_checkpoint
 
     run = tiny["a"]
     for name in ("config.yaml", "classes.json", "versions.json", "results.csv", "steps.csv", "curves.png",
@@ -101,7 +101,7 @@ def test_run_folder_contents(tiny: dict[str, Path]) -> None:
 def test_sigkill_resume_reproduces_losses(tiny: dict[str, Path]) -> None:
     run_a, run_b = tiny["a"], tiny["b"]
     assert tiny["killed_rc"] == -signal.SIGKILL, "the run finished before it could be killed"
-    from maskkit.engine.checkpoint import load_checkpoint
+    from maskkit.models.checkpoint import load_checkpoint
 
     at = load_checkpoint(run_b / "last.pt")
     assert at["step"] < 8
@@ -132,8 +132,8 @@ def test_load_and_predict(tiny: dict[str, Path]) -> None:
 
 
 def test_weights_backbone_only_and_class_mismatch(tmp_path: Path) -> None:
-    from maskkit.engine.config import TrainConfig
-    from maskkit.engine.model import build_model, load_weights
+    from maskkit.config import TrainConfig
+    from maskkit.models.factory import build_model, load_weights
 
     cfg = TrainConfig.model_validate({**TINY, "data": {"path": "x"}})
     src = build_model(cfg, 5)
@@ -181,10 +181,10 @@ def test_nonfinite_loss_is_skipped_then_stops() -> None:
 def test_val_split_sampler_schedule_rng() -> None:
     import random
 
+    from maskkit.config import OptimConfig
     from maskkit.data.synth import generate
-    from maskkit.engine.checkpoint import rng_state, set_rng_state
-    from maskkit.engine.config import OptimConfig
     from maskkit.engine.data import EpochBatchSampler, random_val_split
+    from maskkit.engine.run_state import rng_state, set_rng_state
     from maskkit.engine.schedule import lr_factor
 
     aset = generate(10, size=32, seed=1)
@@ -220,7 +220,7 @@ def test_val_split_sampler_schedule_rng() -> None:
 
 
 def test_postprocess_to_instances() -> None:
-    from maskkit.engine.postprocess import to_instances
+    from maskkit.models.outputs import to_instances
 
     probs = torch.zeros(2, 1, 20, 30)
     probs[0, 0, 2:5, 3:9] = 0.9
@@ -234,7 +234,7 @@ def test_postprocess_to_instances() -> None:
 
 def test_postprocess_instance_map() -> None:
     """Dense models return an instance map; instances absent from it get empty masks."""
-    from maskkit.engine.postprocess import to_instances
+    from maskkit.models.outputs import to_instances
 
     imap = np.zeros((20, 30), np.int32)
     imap[2:5, 3:9] = 1
@@ -248,7 +248,7 @@ def test_postprocess_instance_map() -> None:
 def test_budget_cut_epoch_resumes_mid_epoch(tiny: dict[str, Path], tmp_path: Path) -> None:
     """A run stopped by its time budget mid-epoch records the epoch as unfinished; a resume continues it."""
     from maskkit.engine.api import train
-    from maskkit.engine.checkpoint import load_checkpoint
+    from maskkit.models.checkpoint import load_checkpoint
 
     cfg = yaml.safe_load(tiny["cfg"].read_text())
     cfg["schedule"] = {"epochs": 1, "val_loss": False}

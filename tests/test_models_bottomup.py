@@ -167,8 +167,8 @@ def test_images_without_objects_and_box_only_targets() -> None:
 
 
 def test_rows_sharing_a_region_get_its_mask() -> None:
-    from maskkit.engine.postprocess import to_instances
     from maskkit.inference.paste import Detections
+    from maskkit.models.outputs import to_instances
 
     imap = torch.zeros(6, 8, dtype=torch.int32)
     imap[1:3, 1:4] = 1

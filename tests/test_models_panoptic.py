@@ -185,7 +185,7 @@ def test_joint_loss_falls_when_overfitting_two_images() -> None:
 
 
 def test_backbone_freezing_and_maskrcnn_weights_load() -> None:
-    from maskkit.engine.model import freeze_backbone
+    from maskkit.models.factory import freeze_backbone
 
     model = _model(trainable_backbone_layers=0)
     assert model.backbone.body.conv_stem.weight.requires_grad is False

@@ -169,7 +169,7 @@ def test_instances_from_semantic() -> None:
 
 
 def test_outputs_convert_to_instances() -> None:
-    from maskkit.engine.postprocess import to_instances
+    from maskkit.models.outputs import to_instances
 
     probs = torch.zeros(2, 8, 8)
     probs[0] = 1

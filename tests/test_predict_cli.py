@@ -348,7 +348,7 @@ def test_one_line_errors(run: dict[str, Path], tmp_path: Path, monkeypatch: pyte
 
 def test_tta_flags_and_eval_on_the_runs_val_split(run: dict[str, Path], tmp_path: Path) -> None:
     from maskkit.cli.eval import _load_dataset
-    from maskkit.engine.config import TrainConfig
+    from maskkit.config import TrainConfig
 
     out = tmp_path / "tta"
     _cli("predict", "--model", run["ckpt"], run["images"], "--out", out, "--conf", "0", "--tta",

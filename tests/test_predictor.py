@@ -44,9 +44,9 @@ def _image(h: int, w: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint saved as the trainer saves one: random weights, trained-looking BatchNorm statistics."""
-    from maskkit.engine.checkpoint import save_checkpoint
-    from maskkit.engine.config import TrainConfig
-    from maskkit.engine.model import build_model
+    from maskkit.config import TrainConfig
+    from maskkit.models.checkpoint import save_checkpoint
+    from maskkit.models.factory import build_model
 
     torch.manual_seed(0)
     cfg = TrainConfig.model_validate({"model": TINY_MODEL, "data": {"path": "x"},

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from maskkit.engine.config import TrainConfig
+    from maskkit.config import TrainConfig
 
 DEMO_IMAGES = 250
 """Synthetic images (train + val) of the demo."""

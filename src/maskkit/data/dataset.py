@@ -1,7 +1,7 @@
 """``InstanceDataset``: a torch ``Dataset`` over any :class:`AnnotationSet`, for torchvision detection models.
 
 Each item is ``(image, target)``: ``image`` is a float32 ``C×H×W`` tensor in ``[0, 1]`` (any bit
-depth and channel count, see :data:`~maskkit.data.transforms.NormaliseMode`) and ``target`` holds
+depth and channel count, see :data:`~maskkit.config.NormaliseMode`) and ``target`` holds
 
 * ``boxes`` float32 ``N×4`` XYXY (pixel edges: a one-pixel mask at ``(x, y)`` has box ``x, y, x+1, y+1``)
 * ``labels`` int64 ``N``, contiguous ``1..K`` (0 is background); ``dataset.category_ids[label - 1]`` is
@@ -32,13 +32,12 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.ops import clip_boxes_to_image
 
+from maskkit.config import AugmentConfig, NormaliseMode
 from maskkit.data.annotations import AnnotationSet, ImageRecord
 from maskkit.data.images import decode_image_bytes, read_image
-from maskkit.data.transforms import AugmentConfig, NormaliseMode, build_transforms, from_tv_target, to_tv_target
+from maskkit.data.transforms import build_transforms, from_tv_target, to_tv_target
 from maskkit.errors import ConfigError, DataError
-
-IGNORE_INDEX = 255
-"""Value of ignored pixels (crowd regions) in the ``semantic`` map."""
+from maskkit.structures.labels import IGNORE_INDEX  # crowd regions in the ``semantic`` map
 
 Transform = Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
 

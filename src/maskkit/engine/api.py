@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from maskkit.engine.config import TrainConfig, load_config
+from maskkit.config import TrainConfig, load_config
 from maskkit.engine.trainer import TrainResult, fit, resume_path
 from maskkit.errors import ConfigError
 
@@ -27,7 +27,7 @@ def resolve_config(
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if resume is not None:
-        from maskkit.engine.checkpoint import load_checkpoint
+        from maskkit.models.checkpoint import load_checkpoint
 
         path = resume_path(resume)
         saved = load_checkpoint(path)["config"]

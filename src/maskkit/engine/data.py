@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from maskkit.config import TrainConfig
 from maskkit.data.annotations import AnnotationSet, Category
-from maskkit.engine.config import TrainConfig
 from maskkit.errors import ConfigError, DataError
 
 

@@ -18,14 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskkit.engine import checkpoint as ckpt_io
-from maskkit.engine.config import TrainConfig, save_config
+from maskkit.config import TrainConfig, save_config
+from maskkit.engine import run_state
 from maskkit.engine.data import EpochBatchSampler, TrainData, load_train_data, make_loader, steps_per_epoch
 from maskkit.engine.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
 from maskkit.engine.loop import EpochState, StepContext, metric_value, train_epoch, unwrap
 from maskkit.engine.validation import SUMMARY_METRICS, apply_tuning, evaluate, validation_loss
 from maskkit.errors import ConfigError
 from maskkit.fileio import atomic_write_json
+from maskkit.models.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger("maskkit.train")
 
@@ -62,14 +63,13 @@ class _Best:
         return False
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as torch understands it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available")
-    return device
+def validation_metric(cfg: TrainConfig) -> str:
+    """The metric picking ``best.pt``: the configured one, else mIoU for semantic models and mask AP otherwise."""
+    from maskkit.models import model_info
+
+    if cfg.schedule.metric:
+        return cfg.schedule.metric
+    return "semantic.miou" if model_info(cfg.model.name).task == "semantic" else "segm.AP"
 
 
 def seed_everything(seed: int, deterministic: bool, threads: int | None) -> None:
@@ -93,7 +93,7 @@ def _write_run_files(out: Path, cfg: TrainConfig, data: TrainData) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     atomic_write_json(out / "classes.json", {"names": data.class_names, "category_ids": data.category_ids}, indent=2)
-    atomic_write_json(out / "versions.json", {"versions": ckpt_io.package_versions(), "git": ckpt_io.git_commit()},
+    atomic_write_json(out / "versions.json", {"versions": run_state.package_versions(), "git": run_state.git_commit()},
                       indent=2)
     if data.val is not None:
         atomic_write_json(out / "val_images.json", {
@@ -109,8 +109,8 @@ class _Checkpointer:
     def __init__(self, out: Path, cfg: TrainConfig, data: TrainData, ctx: StepContext, dinfo: DistInfo) -> None:
         self.out, self.ctx, self.dinfo = out, ctx, dinfo
         self.meta = {"config": cfg.model_dump(mode="json"), "class_names": data.class_names,
-                     "category_ids": data.category_ids, "versions": ckpt_io.package_versions(),
-                     "git": ckpt_io.git_commit()}
+                     "category_ids": data.category_ids, "versions": run_state.package_versions(),
+                     "git": run_state.git_commit()}
 
     def state(self, st: EpochState, best: _Best, summary: dict[str, Any]) -> dict[str, Any]:
         c = self.ctx
@@ -120,7 +120,7 @@ class _Checkpointer:
             "scheduler": c.scheduler.state_dict(),
             "scaler": c.scaler.state_dict() if c.scaler is not None else None,
             "ema": c.ema.state_dict() if c.ema is not None else None,
-            "rng": ckpt_io.rng_state(),
+            "rng": run_state.rng_state(),
             "epoch": st.epoch, "batch": st.batch, "step": st.step, "bad_steps": st.bad_steps,
             "sums": dict(st.sums),
             "best": {"value": best.value, "epoch": best.epoch, "stale": best.stale},
@@ -132,9 +132,9 @@ class _Checkpointer:
         if not self.dinfo.is_main:
             return
         state = self.state(st, best, summary)
-        ckpt_io.save_checkpoint(self.out / "last.pt", state)
+        save_checkpoint(self.out / "last.pt", state)
         if is_best:
-            ckpt_io.save_checkpoint(self.out / "best.pt", state)
+            save_checkpoint(self.out / "best.pt", state)
 
 
 def _restore(ckpt: dict[str, Any], ctx: StepContext, st: EpochState, best: _Best) -> None:
@@ -198,9 +198,9 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
     """Train ``cfg`` (or continue the run whose ``last.pt``/folder is ``resume``); see the module docstring."""
     from maskkit.data.dataset import InstanceDataset
     from maskkit.engine.logging import EpochProgress, RunLogger, plot_curves
-    from maskkit.engine.model import build_model, load_weights, uses_semantic_targets, validation_metric
+    from maskkit.models.factory import build_model, load_weights, resolve_device, uses_semantic_targets
 
-    ckpt = ckpt_io.load_checkpoint(resume_path(resume)) if resume is not None else None
+    ckpt = load_checkpoint(resume_path(resume)) if resume is not None else None
     device = resolve_device(cfg.device)
     dinfo = init_distributed(device)
     seed_everything(cfg.seed, cfg.deterministic, cfg.threads)
@@ -231,7 +231,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
     if ckpt is None and dinfo.enabled:
         torch.manual_seed(cfg.seed + dinfo.rank)  # different augmentations per rank
     if ckpt is not None:
-        ckpt_io.set_rng_state(ckpt["rng"])
+        run_state.set_rng_state(ckpt["rng"])
 
     logger = None
     if dinfo.is_main:

@@ -22,6 +22,7 @@ from torch import nn
 
 from maskkit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sums
 from maskkit.engine.loop import to_device, weighted_total
+from maskkit.structures.labels import IGNORE_INDEX
 
 log = logging.getLogger("maskkit.train")
 
@@ -74,7 +75,7 @@ class _Semantic:
         from maskkit.evaluation.semantic import SemanticAccumulator
 
         names = ["background", *(c.name for c in categories)]
-        self.acc = SemanticAccumulator(len(names), ignore_index=255, class_names=names)
+        self.acc = SemanticAccumulator(len(names), ignore_index=IGNORE_INDEX, class_names=names)
         self.used = False
 
     def add(self, output: dict[str, Any], target: dict[str, Any]) -> None:
@@ -98,7 +99,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[list, list]], records: di
     COCO box/mask AP always; ``semantic`` metrics for models with ``sem_seg`` outputs; for tunable
     models the thresholds with the best mask AP are chosen first (``tuning`` in the result).
     """
-    from maskkit.engine.postprocess import to_instances
+    from maskkit.models.outputs import to_instances
 
     was_training = model.training
     model.eval()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
-from maskkit.engine.postprocess import region_ids
+from maskkit.models.outputs import region_ids
 
 RLE = dict[str, Any]
 

@@ -29,10 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskkit.engine.config import TrainConfig
+from maskkit.config import TrainConfig
 from maskkit.errors import ConfigError
 from maskkit.inference import roi_align
 from maskkit.inference.paste import Detections, paste_masks
+from maskkit.models.factory import model_from_checkpoint, resolve_device
+from maskkit.models.outputs import to_instances
 from maskkit.structures import Instances, Masks
 
 ImageLike = np.ndarray | str | Path | torch.Tensor
@@ -80,21 +82,10 @@ class Predictor:
         optimize: bool | str = True,
         threads: int | None = None,
     ) -> None:
-        from maskkit.engine.checkpoint import load_checkpoint
-        from maskkit.engine.model import build_model
-
-        path = Path(checkpoint)
-        if path.is_dir():
-            path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
-        ckpt = load_checkpoint(path)
-        config = TrainConfig.model_validate(ckpt["config"])
-        category_ids = [int(c) for c in ckpt["category_ids"]]
-        model = build_model(config, len(category_ids), pretrained=False)
-        state = ckpt["ema"]["module"] if ema and ckpt.get("ema") else ckpt["model"]
-        model.load_state_dict(state)
-        self._setup(model, config, list(ckpt["class_names"]), category_ids, device, score_threshold, classes,
-                    max_det, mask_threshold, dense_masks, batch_size, tta, tta_scales, tta_flips, tta_iou, optimize,
-                    threads)
+        loaded = model_from_checkpoint(checkpoint, ema=ema)
+        self._setup(loaded.model, loaded.config, loaded.class_names, loaded.category_ids, device, score_threshold,
+                    classes, max_det, mask_threshold, dense_masks, batch_size, tta, tta_scales, tta_flips, tta_iou,
+                    optimize, threads)
 
     @classmethod
     def from_model(
@@ -126,7 +117,6 @@ class Predictor:
                max_det: int | None, mask_threshold: float, dense_masks: bool, batch_size: int, tta: bool,
                tta_scales: Sequence[float] | None, tta_flips: Sequence[str] | None, tta_iou: float,
                optimize: bool | str, threads: int | None) -> None:
-        from maskkit.engine.trainer import resolve_device
         from maskkit.inference.tta import make_views
 
         if threads:
@@ -212,7 +202,6 @@ class Predictor:
     def _predict_same_size(self, batch: list[torch.Tensor], thr: float | None) -> list[Instances]:
         if self.fast:
             return [self._to_instances(d, thr) for d in self._rcnn_detect(batch, thr)]
-        from maskkit.engine.postprocess import to_instances
 
         outs = self.model(batch)
         return [self._filter(to_instances(o, tuple(x.shape[-2:]), self.category_ids, self.mask_threshold), thr)
@@ -223,7 +212,6 @@ class Predictor:
 
         assert self.views is not None
         if not self.fast and tta.has_raw_outputs(self.model):
-            from maskkit.engine.postprocess import to_instances
 
             out = tta.tta_raw_output(self.model, x, self.views)
             return self._filter(to_instances(out, tuple(x.shape[-2:]), self.category_ids, self.mask_threshold), thr)

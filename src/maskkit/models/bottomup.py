@@ -47,8 +47,8 @@ from maskkit.models.losses import cross_entropy, dice_loss, mse_loss
 from maskkit.models.registry import register_model
 from maskkit.models.targets import bottomup_targets, semantic_from_instances
 from maskkit.models.watershed import instance_boxes, instance_stats, seeded_watershed
+from maskkit.structures.labels import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 DEFAULT_DECODER_CHANNELS = (64, 32, 24, 16, 16)
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "fg_threshold": 0.5,

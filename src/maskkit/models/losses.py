@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from maskkit.errors import ConfigError
+from maskkit.structures.labels import IGNORE_INDEX
 
 _EPS = 1e-12
 
@@ -52,7 +53,10 @@ def _pixel_ce(logits: Tensor, safe: Tensor) -> Tensor:
 
 
 def cross_entropy(
-    logits: Tensor, target: Tensor, class_weights: Tensor | Sequence[float] | None = None, ignore_index: int = 255
+    logits: Tensor,
+    target: Tensor,
+    class_weights: Tensor | Sequence[float] | None = None,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
     """Cross-entropy (BCE for 1-channel logits), weighted mean over non-ignored pixels like torch's ``weight=``."""
     valid, safe = _valid(target, ignore_index)
@@ -63,7 +67,7 @@ def focal_loss(
     logits: Tensor,
     target: Tensor,
     gamma: float = 2.0,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     class_weights: Tensor | Sequence[float] | None = None,
 ) -> Tensor:
     """Focal loss (Lin et al.): cross-entropy scaled by (1 - p_t)^gamma, mean over non-ignored pixels."""
@@ -73,7 +77,7 @@ def focal_loss(
     return _weighted_mean(focal, _weights(valid, safe, class_weights, logits))
 
 
-def dice_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, eps: float = 1e-7) -> Tensor:
+def dice_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX, eps: float = 1e-7) -> Tensor:
     """1 - soft Dice, computed over the whole batch per class and averaged over the classes present in the target.
 
     Multi-class: softmax probabilities against one-hot targets. 1-channel logits: binary Dice of the
@@ -105,7 +109,7 @@ def mse_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor
     return _weighted_mean(err, w)
 
 
-def boundary_band(target: Tensor, ignore_index: int = 255, radius: int = 2) -> Tensor:
+def boundary_band(target: Tensor, ignore_index: int = IGNORE_INDEX, radius: int = 2) -> Tensor:
     """Bool B x H x W: valid pixels with another valid label within ``radius`` (Chebyshev) pixels."""
     valid = target != ignore_index
     t = target.unsqueeze(1).float()
@@ -119,7 +123,7 @@ def boundary_band(target: Tensor, ignore_index: int = 255, radius: int = 2) -> T
 def boundary_loss(
     logits: Tensor,
     target: Tensor,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     radius: int = 2,
     class_weights: Tensor | Sequence[float] | None = None,
 ) -> Tensor:
@@ -129,7 +133,7 @@ def boundary_loss(
     return _weighted_mean(_pixel_ce(logits, safe), _weights(band, safe, class_weights, logits))
 
 
-def brier_loss(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
+def brier_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Mean squared error between class probabilities and the one-hot target over non-ignored pixels."""
     valid, safe = _valid(target, ignore_index)
     if logits.shape[1] == 1:
@@ -156,7 +160,7 @@ class SegLoss:
         self,
         spec: Mapping[str, float],
         class_weights: Tensor | Sequence[float] | None = None,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         unknown = sorted(set(spec) - set(LOSS_TERMS))
         if unknown:

@@ -30,11 +30,11 @@ from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
-from maskkit.data.dataset import IGNORE_INDEX
 from maskkit.errors import ConfigError, DataError
 from maskkit.models import maskrcnn as mrcnn
 from maskkit.models.losses import SegLoss
 from maskkit.models.registry import register_model
+from maskkit.structures.labels import IGNORE_INDEX
 
 SEMANTIC_OPTIONS = ("semantic_weight", "semantic_loss", "semantic_channels", "semantic_class_weights")
 FEATURE_LEVELS = ("0", "1", "2", "3")  # FPN P2-P5 (strides 4-32) of the torchvision/timm FPN backbones

@@ -38,8 +38,8 @@ from maskkit.models.encoders import (
 from maskkit.models.losses import SegLoss
 from maskkit.models.registry import register_model
 from maskkit.models.targets import semantic_from_instances
+from maskkit.structures.labels import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 DEFAULT_LOSS: dict[str, float] = {"ce": 1.0, "dice": 1.0}
 
 # family -> (smp architecture or None for FCN, default extra smp kwargs, description)

@@ -9,10 +9,11 @@ import torch
 from torch import Tensor
 
 from maskkit.errors import DataError
+from maskkit.structures.labels import IGNORE_INDEX
 
 
 def semantic_from_instances(
-    target: Mapping[str, Tensor], size: tuple[int, int] | None = None, ignore_index: int = 255
+    target: Mapping[str, Tensor], size: tuple[int, int] | None = None, ignore_index: int = IGNORE_INDEX
 ) -> Tensor:
     """H x W int64 class map (0 background) painted from a target's ``masks`` (N x H x W) and ``labels`` (1..K).
 

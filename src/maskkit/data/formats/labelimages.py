@@ -30,7 +30,7 @@ import numpy as np
 
 from maskkit.data.annotations import AnnotationSet, ImageRecord, new_instances
 from maskkit.data.copyimages import place_images
-from maskkit.data.formats.base import ConversionReport, register_format
+from maskkit.data.formats.base import ConversionReport, register_format, write_annotations
 from maskkit.data.formats.maskfiles import (
     ClassMap,
     Names,
@@ -243,10 +243,8 @@ def write_label_images(aset: AnnotationSet, dst: str | Path, layout: str = "labe
     instance; fully hidden ones are counted and not written). ``layout="per-instance"`` writes
     the lossless one-PNG-per-instance layout instead (:func:`.dsb.write_instance_pngs`).
     """
-    if layout == "per-instance":
-        from maskkit.data.formats.dsb import write_instance_pngs
-
-        return write_instance_pngs(aset, dst)
+    if layout == "per-instance":  # the registered ``dsb`` writer (dsb.py imports this module, not the reverse)
+        return write_annotations(aset, dst, "dsb")
     if layout != "labels":
         raise DataError(f"unknown masks layout {layout!r} (use 'labels' or 'per-instance')", file=dst)
     dst = Path(dst)
@@ -323,5 +321,3 @@ register_format(
     write=write_masks,
     description="alias of labelimages (the --to masks writer)",
 )
-
-import maskkit.data.formats.dsb  # noqa: E402,F401  (registers the one-PNG-per-instance layout)

@@ -1,7 +1,7 @@
 """The typed training configuration: one pydantic model, saved with every run and checkpoint.
 
 ``maskkit train --config run.yaml`` loads it; command-line flags override single fields. A run is
-reproducible from its saved ``config.yaml`` and seed.
+reproducible from its saved ``config.yaml`` and seed. Pydantic only: loading a config imports no torch.
 """
 
 from __future__ import annotations
@@ -10,14 +10,66 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from maskkit.data.transforms import AugmentConfig
 from maskkit.errors import ConfigError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+NormaliseMode = Literal["dtype", "uint8", "minmax", "percentile", "fixed"]
+"""How raw pixel values become floats in ``[0, 1]``:
+
+* ``dtype`` – divide by the maximum of the image's integer dtype (uint8 /255, uint16 /65535); floats kept
+* ``uint8`` – divide by 255 whatever the dtype
+* ``minmax`` – per image ``(x - min) / (max - min)``
+* ``percentile`` – per image, the 0.5–99.5 percentiles map to 0–1 (robust to hot pixels)
+* ``fixed`` – divide by ``fixed_max`` (e.g. 4095 for 12-bit cameras)
+"""
+
+
+class AugmentConfig(BaseModel):
+    """Augmentation and image-loading options (embedded in the training config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_size: list[int] = Field(default_factory=lambda: [800])
+    """Shortest-edge sizes; training picks one at random per image (multi-scale), evaluation uses the largest.
+    An empty list disables resizing."""
+    max_size: int | None = 1333
+    """Cap on the longest edge after resizing."""
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    """Probability of a horizontal flip (training only)."""
+    vflip: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability of a vertical flip (training only)."""
+    transpose: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability of swapping the image axes (training only); with both flips at 0.5 this draws all eight
+    90-degree rotations and mirrorings, for data without a preferred orientation (cells, aerial, shapes)."""
+    crop: int | tuple[int, int] | None = None
+    """Random crop size (``size`` or ``(height, width)``) after resizing, training only; smaller images are
+    zero-padded. Instances are clipped and those left empty are dropped."""
+    color_jitter: float = Field(0.0, ge=0.0, le=1.0)
+    """Photometric strength ``s``: brightness, contrast and saturation factors in ``[1-s, 1+s]`` (training only)."""
+    hue: float = Field(0.0, ge=0.0, le=0.5)
+    """Hue shift ``±hue`` on RGB images (off by default: on CPU it costs ~4x the other jitters together)."""
+    normalise: NormaliseMode = "dtype"
+    fixed_max: float | None = None
+    """Divisor of the ``fixed`` normalisation mode."""
+    channels: int | None = None
+    """Channels fed to the model: ``None`` keeps each image's own; ``3`` repeats grey and drops alpha."""
+
+    @field_validator("min_size")
+    @classmethod
+    def _positive_sizes(cls, v: list[int]) -> list[int]:
+        if any(s <= 0 for s in v):
+            raise ValueError("min_size entries must be positive")
+        return v
+
+    def image_options(self) -> dict[str, Any]:
+        """The image-loading keyword arguments of :class:`~maskkit.data.dataset.InstanceDataset`."""
+        return {"normalise": self.normalise, "fixed_max": self.fixed_max, "channels": self.channels}
 
 
 class ModelConfig(_Strict):

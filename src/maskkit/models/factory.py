@@ -1,4 +1,5 @@
-"""Build the configured model, load ``--weights`` into it and freeze backbone parts."""
+"""Build the configured model (also from a checkpoint), load ``--weights`` into it, freeze backbone parts,
+resolve the device. Shared by training (``engine``) and prediction (``inference``)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskkit.engine.config import TrainConfig
+from maskkit.config import TrainConfig
 from maskkit.errors import ConfigError, DataError
+from maskkit.models.checkpoint import load_checkpoint
 
 log = logging.getLogger("maskkit.train")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as torch understands it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return device
 
 
 def inference_sizes(cfg: TrainConfig) -> tuple[int, int]:
@@ -32,15 +44,6 @@ def uses_semantic_targets(cfg: TrainConfig) -> bool:
     from maskkit.models import model_info
 
     return model_info(cfg.model.name).family != "maskrcnn"
-
-
-def validation_metric(cfg: TrainConfig) -> str:
-    """The metric picking ``best.pt``: the configured one, else mIoU for semantic models and mask AP otherwise."""
-    from maskkit.models import model_info
-
-    if cfg.schedule.metric:
-        return cfg.schedule.metric
-    return "semantic.miou" if model_info(cfg.model.name).task == "semantic" else "segm.AP"
 
 
 def build_model(cfg: TrainConfig, num_classes: int, pretrained: bool | None = None) -> nn.Module:
@@ -127,7 +130,7 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
     or without a ``module.`` prefix (DDP). Tensors whose shape differs (class heads of another
     class count) are skipped and reported.
     """
-    from maskkit.engine.checkpoint import load_checkpoint
+    from maskkit.models.checkpoint import load_checkpoint
 
     path = Path(path)
     src = _state_dict_of(load_checkpoint(path), path)
@@ -155,3 +158,29 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
     report.loaded = len(usable)
     report.missing = len(own) - len(usable)
     return report
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint, with what a predictor needs to map its outputs back."""
+
+    model: nn.Module
+    config: TrainConfig
+    class_names: list[str]
+    category_ids: list[int]
+
+
+def model_from_checkpoint(path: str | Path, ema: bool = True) -> LoadedModel:
+    """Rebuild the model of a checkpoint file or run folder (``best.pt``, else ``last.pt``), weights-only.
+
+    ``ema``: use the EMA weights when the checkpoint has them. No pretrained weights are fetched.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
+    ckpt = load_checkpoint(path)
+    config = TrainConfig.model_validate(ckpt["config"])
+    category_ids = [int(c) for c in ckpt["category_ids"]]
+    model = build_model(config, len(category_ids), pretrained=False)
+    model.load_state_dict(ckpt["ema"]["module"] if ema and ckpt.get("ema") else ckpt["model"])
+    return LoadedModel(model, config, list(ckpt["class_names"]), category_ids)
