@@ -9,7 +9,12 @@ and crowd uncompressed RLE; no image files) in a temporary folder and times
 * rasterising every annotation to RLE (pycocotools ``annToRLE`` vs ``Masks.to_rles``),
 * writing the set back as COCO and as YOLO (when those writers are registered).
 
-Usage: ``python benchmarks/data_io.py --images 5000 --per-image 10 [--repeat 3] [--profile] [--check]``.
+Every operation runs once untimed (warm-up: imports, allocator, file cache), then ``--repeats`` timed
+runs (default 3); the table gives the median and the min-max range, and ratios compare medians. Runs
+that would hit a cache filled by an earlier run get fresh inputs (made untimed): the mask rows
+rasterise a freshly read set, the writers write to a new folder.
+
+Usage: ``python benchmarks/data_io.py --images 5000 --per-image 10 [--repeats 3] [--profile] [--check]``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import cProfile
 import io
 import json
 import pstats
+import statistics
 import sys
 import tempfile
 import time
@@ -96,14 +102,21 @@ def make_coco(n_images: int, per_image: int, seed: int = 0, height: int = 480, w
     }
 
 
-def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Best wall time of ``repeat`` runs and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
+Times = list[float]
+"""Wall times of the timed runs of one operation (after its warm-up run)."""
+
+
+def timed(fn: Callable[..., Any], repeats: int, setup: Callable[[], tuple[Any, ...]] = tuple) -> tuple[Times, Any]:
+    """One untimed warm-up run of ``fn(*setup())``, then ``repeats`` timed runs; ``setup`` (fresh inputs
+    for each run) is called untimed. Returns the run times and the last result."""
+    fn(*setup())
+    times, result = [], None
+    for _ in range(max(repeats, 1)):
+        args = setup()
         t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+        result = fn(*args)
+        times.append(time.perf_counter() - t0)
+    return times, result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     from maskkit.data import read_annotations, write_annotations
     from maskkit.data.formats import formats
 
-    rows: list[tuple[str, float | None, str]] = []
+    rows: list[tuple[str, Times | None, str]] = []
+    n = args.repeats
     with tempfile.TemporaryDirectory(prefix="maskkit-bench-") as tmp:
         tmpdir = Path(tmp)
         path = tmpdir / "annotations.json"
@@ -138,47 +152,54 @@ def run(args: argparse.Namespace) -> int:
             with open(path, "rb") as f:
                 return json.load(f)
 
-        t_json, _ = timed(load_json, args.repeat)
+        t_json, _ = timed(load_json, n)
         rows.append(("json.load (floor)", t_json, ""))
-        t_ref, coco = timed(quiet(lambda: COCO(str(path))), args.repeat)
+        t_ref, coco = timed(quiet(lambda: COCO(str(path))), n)
         rows.append(("pycocotools COCO(path)", t_ref, "reference"))
         try:
             from faster_coco_eval import COCO as FasterCOCO
 
-            t_fast, _ = timed(quiet(lambda: FasterCOCO(str(path))), args.repeat)
+            t_fast, _ = timed(quiet(lambda: FasterCOCO(str(path))), n)
             rows.append(("faster-coco-eval COCO(path)", t_fast, ""))
         except ImportError:
             pass
 
         if "coco" not in formats():
             rows.append(("maskkit read_annotations(coco)", None, "COCO reader not available"))
-            _print_table(rows, t_ref)
+            _print_table(rows, t_ref, n)
             return 1
-        t_read, aset = timed(lambda: read_annotations(path, "coco"), args.repeat)
+        t_read, aset = timed(lambda: read_annotations(path, "coco"), n)
         rows.append(("maskkit read_annotations(coco)", t_read, f"{aset.num_instances()} instances"))
 
         if args.masks:
             anns = list(coco.anns.values())
-            t, _ = timed(lambda: [coco.annToRLE(a) for a in anns], 1)
+            t, _ = timed(lambda: [coco.annToRLE(a) for a in anns], n)
             rows.append(("pycocotools annToRLE (all)", t, ""))
-            t, _ = timed(lambda: [r.instances.masks.to_rles() for r in aset.images if r.instances.has("masks")], 1)
-            rows.append(("maskkit Masks.to_rles (all)", t, "cached afterwards"))
+
+            def rasterise(fresh: Any) -> list[Any]:
+                return [r.instances.masks.to_rles() for r in fresh.images if r.instances.has("masks")]
+
+            t, _ = timed(rasterise, n, lambda: (read_annotations(path, "coco"),))  # to_rles caches: fresh sets
+            rows.append(("maskkit Masks.to_rles (all)", t, "freshly read set each run"))
 
         for fmt in ("coco", "yolo"):
             spec = formats().get(fmt)
             if spec is None or spec.write is None:
                 rows.append((f"maskkit write {fmt}", None, "writer not available"))
                 continue
-            dst = tmpdir / f"out_{fmt}"
-            t, report = timed(lambda fmt=fmt, dst=dst: write_annotations(aset, dst, fmt), 1)
-            changed = ", ".join(f"{n} {reason}" for reason, n in sorted(report.changes.items())) or "lossless"
+            def new_dst(fmt: str = fmt, runs: Any = iter(range(1 << 30))) -> tuple[Path]:
+                return (tmpdir / f"out_{fmt}_{next(runs)}",)
+
+            t, report = timed(lambda dst, fmt=fmt: write_annotations(aset, dst, fmt), n, new_dst)
+            changed = ", ".join(f"{k} {reason}" for reason, k in sorted(report.changes.items())) or "lossless"
             rows.append((f"maskkit write {fmt}", t, changed))
-            if fmt == "coco" and (dst / "annotations.json").exists():
-                t, _ = timed(lambda dst=dst: read_annotations(dst / "annotations.json", "coco"), 1)
+            written = tmpdir / f"out_{fmt}_0" / "annotations.json"
+            if fmt == "coco" and written.exists():
+                t, _ = timed(lambda written=written: read_annotations(written, "coco"), n)
                 rows.append(("maskkit re-read written coco", t, ""))
 
-        _print_table(rows, t_ref)
-        ratio = t_read / t_ref
+        _print_table(rows, t_ref, n)
+        ratio = statistics.median(t_read) / statistics.median(t_ref)
         verdict = "OK" if ratio <= GOAL else "TOO SLOW"
         print(f"maskkit COCO read overhead: {ratio:.2f}x pycocotools (goal <= {GOAL:.0f}x): {verdict}")
 
@@ -195,23 +216,26 @@ def run(args: argparse.Namespace) -> int:
         return 1 if args.check and ratio > GOAL else 0
 
 
-def _print_table(rows: list[tuple[str, float | None, str]], ref: float) -> None:
+def _print_table(rows: list[tuple[str, Times | None, str]], ref: Times, repeats: int) -> None:
+    ref_median = statistics.median(ref)
     cells = [
-        (name, "-" if t is None else f"{t:.3f}", "-" if t is None else f"{t / ref:.2f}x", note)
+        (name, "-", "-", "-", note) if t is None else
+        (name, f"{statistics.median(t):.3f}", f"{min(t):.3f}-{max(t):.3f}",
+         f"{statistics.median(t) / ref_median:.2f}x", note)
         for name, t, note in rows
     ]
-    header = ("operation", "seconds", "vs pycocotools", "note")
+    header = ("operation", "median s", "min-max s", "vs pycocotools", "note")
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
-        widths = [max(len(r[i]) for r in [header, *cells]) for i in range(4)]
+        widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
         for r in [header, *cells]:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
         return
-    table = Table(title="annotation I/O")
+    table = Table(title=f"annotation I/O (median of {repeats} timed runs after one warm-up)")
     for i, h in enumerate(header):
-        table.add_column(h, justify="right" if i in (1, 2) else "left")
+        table.add_column(h, justify="right" if i in (1, 2, 3) else "left")
     for r in cells:
         table.add_row(*r)
     Console(width=None if sys.stdout.isatty() else 110).print(table)
@@ -221,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=5000, help="number of images (default 5000)")
     parser.add_argument("--per-image", type=int, default=10, help="annotations per image (default 10)")
-    parser.add_argument("--repeat", type=int, default=1, help="timed runs of the read operations (best kept)")
+    parser.add_argument("--repeats", "--repeat", dest="repeats", type=int, default=3,
+                        help="timed runs per operation after one untimed warm-up; the median is reported (default 3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-masks", dest="masks", action="store_false", help="skip the rasterise-to-RLE rows")
     parser.add_argument("--profile", action="store_true", help="cProfile maskkit's COCO read and print the top")

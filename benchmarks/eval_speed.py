@@ -15,7 +15,11 @@ and reports the largest absolute difference of the 12 COCO stats to pycocotools.
 reference (pycocotools ``COCOeval`` with every boundary computed on the full image per instance,
 as the original boundary-iou-api does) and faster-coco-eval's ``iouType="boundary"``.
 
-Run: ``python benchmarks/eval_speed.py [--images 5000] [--boundary-images 1000]``.
+Every path runs once untimed (warm-up: imports, allocator, caches), then ``--repeats`` timed runs
+(default 3); the table gives the median and the min-max range, and speed-ups compare medians. Each
+run gets its own copies of the annotation dicts (made untimed), as the evaluators annotate them.
+
+Run: ``python benchmarks/eval_speed.py [--images 5000] [--boundary-images 1000] [--repeats 3]``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ import argparse
 import contextlib
 import copy
 import io
+import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -184,7 +191,40 @@ def run_boundary(gt: dict[str, Any], results: list[dict[str, Any]]) -> np.ndarra
     return _stats(boundary_evaluate(gt, results).stats)
 
 
+@dataclass
+class Timing:
+    """Wall times of the timed runs of one path (after its warm-up run)."""
+
+    times: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    def cell(self) -> str:
+        return f"{self.median:8.2f} | {min(self.times):6.2f}-{max(self.times):<6.2f}"
+
+
+def _fresh(gt: dict[str, Any]) -> dict[str, Any]:
+    """A GT dict with its own annotation dicts (the evaluators add keys such as ``ignore`` to them)."""
+    return {**gt, "annotations": [dict(a) for a in gt["annotations"]]}
+
+
+def measure(fn: Callable[..., Any], args: Callable[[], tuple[Any, ...]], repeats: int) -> tuple[Timing, Any]:
+    """One untimed warm-up run of ``fn(*args())``, then ``repeats`` timed runs; ``args()`` (fresh inputs
+    for each run) is called untimed. Returns the timings and the last result."""
+    fn(*args())
+    times, out = [], None
+    for _ in range(max(repeats, 1)):
+        a = args()
+        t = time.perf_counter()
+        out = fn(*a)
+        times.append(time.perf_counter() - t)
+    return Timing(times), out
+
+
 def _timed(fn: Any, *args: Any) -> tuple[float, Any]:
+    """One untimed call's wall time and result (data generation only)."""
     t = time.perf_counter()
     out = fn(*args)
     return time.perf_counter() - t, out
@@ -196,12 +236,14 @@ def _subset(gt: dict[str, Any], results: list[dict[str, Any]], n: int) -> tuple[
             [r for r in results if r["image_id"] in ids])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--boundary-images", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs per path after one untimed warm-up; the median is reported (default 3)")
+    args = parser.parse_args(argv)
 
     import faster_coco_eval  # noqa: F401 - imports are not evaluation time
     import pycocotools.cocoeval  # noqa: F401
@@ -213,36 +255,49 @@ def main() -> None:
           f"({SIZE}x{SIZE}, RLE) in {t:.1f} s")
     inputs, outputs = instances_per_image(gt, results)
 
+    n = args.repeats
+
+    def fresh() -> tuple[Any, ...]:
+        return _fresh(gt), results
+
     rows = []
-    t_ref, ref = _timed(run_pycocotools, gt, results)
+    t_ref, ref = measure(run_pycocotools, fresh, n)
     rows.append(("pycocotools COCOeval (reference)", t_ref, ref))
-    rows.append(("faster-coco-eval COCOeval_faster", *_timed(run_faster, gt, results)))
-    rows.append(("maskkit coco_evaluate", *_timed(run_maskkit, gt, results)))
+    rows.append(("faster-coco-eval COCOeval_faster", *measure(run_faster, fresh, n)))
+    rows.append(("maskkit coco_evaluate", *measure(run_maskkit, fresh, n)))
     rows.append(("maskkit InstanceEvaluator (process+evaluate)",
-                 *_timed(run_evaluator, inputs, outputs, gt["categories"])))
+                 *measure(run_evaluator, lambda: (inputs, outputs, gt["categories"]), n)))
 
     if args.boundary_images > 0:
         bgt, bres = _subset(gt, results, args.boundary_images)
-        t_bref, bref = _timed(boundary_reference, bgt, bres)
+
+        def bfresh() -> tuple[Any, ...]:
+            return _fresh(bgt), bres
+
+        t_bref, bref = measure(boundary_reference, bfresh, n)
         brows = [("Boundary AP plain reference (pycocotools, full-image erosion)", t_bref, bref),
-                 ("Boundary AP faster-coco-eval iouType=boundary", *_timed(run_faster, bgt, bres, "boundary")),
-                 ("Boundary AP maskkit boundary_evaluate", *_timed(run_boundary, bgt, bres))]
+                 ("Boundary AP faster-coco-eval iouType=boundary",
+                  *measure(run_faster, lambda: (_fresh(bgt), bres, "boundary"), n)),
+                 ("Boundary AP maskkit boundary_evaluate", *measure(run_boundary, bfresh, n))]
     else:
         brows, bref = [], None
 
     print()
-    print(f"| {'mask AP on ' + str(args.images) + ' images':<62} | time (s) | speed-up | AP     | max |diff| |")
-    print(f"|{'-' * 64}|----------|----------|--------|-------------|")
-    for name, secs, stats in rows:
-        print(f"| {name:<62} | {secs:8.2f} | {t_ref / secs:7.1f}x | {stats[0]:.4f} | "
+    print(f"| {'mask AP on ' + str(args.images) + ' images':<62} | median s | min-max s     | speed-up | AP     "
+          f"| max |diff| |")
+    print(f"|{'-' * 64}|----------|---------------|----------|--------|-------------|")
+    for name, timing, stats in rows:
+        print(f"| {name:<62} | {timing.cell()} | {t_ref.median / timing.median:7.1f}x | {stats[0]:.4f} | "
               f"{np.abs(stats - ref).max():11.2e} |")
     if brows:
-        print(f"| {'Boundary AP on ' + str(args.boundary_images) + ' images':<62} |          |          |"
-              f"        |             |")
-        for name, secs, stats in brows:
-            print(f"| {name:<62} | {secs:8.2f} | {t_bref / secs:7.1f}x | {stats[0]:.4f} | "
+        print(f"| {'Boundary AP on ' + str(args.boundary_images) + ' images':<62} |          |               "
+              f"|          |        |             |")
+        for name, timing, stats in brows:
+            print(f"| {name:<62} | {timing.cell()} | {t_bref.median / timing.median:7.1f}x | {stats[0]:.4f} | "
                   f"{np.abs(stats - bref).max():11.2e} |")
-    print("\nmax |diff| = largest absolute difference of the 12 COCO stats to the reference row of its block.")
+    print(f"\nmedian of {n} timed runs after one untimed warm-up per path (min-max: their range); speed-up = "
+          "reference median / median.\nmax |diff| = largest absolute difference of the 12 COCO stats to the "
+          "reference row of its block.")
 
 
 if __name__ == "__main__":

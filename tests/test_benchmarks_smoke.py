@@ -1,18 +1,20 @@
-"""Smoke test of ``benchmarks/train_speed.py --quick`` (tiny synthetic data, one timed step per side)."""
+"""Smoke tests of the benchmark scripts on tiny sizes: ``train_speed.py --quick``, ``eval_speed.py``, ``data_io.py``."""
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("train_speed_bench", BENCH)
+def _load(name: str = "train_speed"):
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -27,3 +29,28 @@ def test_train_speed_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(rows) == 2
     assert "plain torchvision" in rows[0] and "maskkit.train" in rows[1]
     assert rows[1].rstrip(" |").endswith("%")  # the overhead column is filled
+
+
+def test_eval_speed_tiny(capsys: pytest.CaptureFixture[str]) -> None:
+    """Medians of warmed, repeated runs; every path gives pycocotools' stats (max |diff| 0)."""
+    bench = _load("eval_speed")
+    calls = []
+    original = bench.run_maskkit
+    bench.run_maskkit = lambda *a: calls.append(1) or original(*a)
+    bench.main(["--images", "6", "--boundary-images", "2", "--repeats", "2"])
+    assert len(calls) == 3  # one warm-up + 2 timed runs
+    out = capsys.readouterr().out
+    assert "median s" in out and "median of 2 timed runs after one untimed warm-up" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "e+00 |" in line]
+    assert len(rows) == 7
+    assert all(row.rstrip(" |").endswith(" 0.00e+00") for row in rows)
+
+
+def test_data_io_tiny(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("data_io")
+    assert bench.main(["--images", "8", "--per-image", "3", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "median of 2 timed runs after one warm-up" in out
+    ops = ("pycocotools COCO(path)", "maskkit read_annotations(coco)", "maskkit Masks.to_rles", "maskkit write coco")
+    for op in ops:
+        assert op in out

@@ -54,6 +54,7 @@ def command(
         raise ConfigError(f"--max-dets must be comma-separated integers, got {max_dets!r}") from None
     extras = ["matching", "panoptic", "confusion"]
     extras += (["boundary"] if boundary else []) + (["semantic"] if semantic else [])
+    areas = "detectron2"  # predictions' areas for the size buckets; a results file: as pycocotools reads it
 
     if chosen[0] == "--model/--data":
         from maskkit.cli.predict import parse_scales
@@ -62,11 +63,11 @@ def command(
         aset, predict, notes = _model_source(model, data, split, tta or scales is not None, scales)
         preds: Any = None
     elif chosen[0] == "--gt/--pred":
-        aset, preds, notes = _results_source(gt, pred)
+        aset, preds, notes, areas = _results_source(gt, pred)
     else:
         aset, preds, notes = _label_source(gt_labels, pred_labels)
     ev = InstanceEvaluator(aset.categories, max_dets=dets, extras=extras, score_threshold=score_threshold,
-                           backend=backend)
+                           backend=backend, detection_areas=areas)
     ev.notes += notes
     load_image = image_loader(aset)
     for rec in aset.images:
@@ -97,19 +98,12 @@ def _empty(rec: Any) -> Any:
     return Instances.empty((rec.height, rec.width), with_masks=rec.instances.has("masks"))
 
 
-def _results_source(gt: Path | None, pred: Path | None) -> tuple[Any, Any, list[str]]:
+def _results_source(gt: Path | None, pred: Path | None) -> tuple[Any, Any, list[str], str]:
     if gt is None or pred is None:
         raise ConfigError("--gt and --pred go together")
-    from maskkit.data.formats import read_annotations
-    from maskkit.evaluation.results import read_results, results_to_instances
+    from maskkit.evaluation.results import read_results_source
 
-    aset = read_annotations(gt)
-    sizes = {r.id: (r.height, r.width) for r in aset.images}
-    results = read_results(pred, sizes, [c.id for c in aset.categories])
-    preds, notes = results_to_instances(results, sizes)
-    if not results:
-        notes.append(f"{pred} holds no detections")
-    return aset, preds, notes
+    return read_results_source(gt, pred)
 
 
 def _label_source(gt_labels: Path | None, pred_labels: Path | None) -> tuple[Any, Any, list[str]]:

@@ -187,16 +187,18 @@ def boundary_evaluate(
     dilation_ratio: float = 0.02,
     max_dets: Iterable[int] | None = None,
     backend: str = "faster",
+    areas: str = "detectron2",
 ) -> CocoEvalResult:
     """Boundary AP evaluation with the conventions of :func:`maskkit.evaluation.coco.coco_evaluate`.
 
     Args:
         gt: COCO ground-truth dict (``images``, ``annotations`` with ``segmentation``, ``categories``).
         results: COCO results (``image_id``, ``category_id``, ``segmentation`` RLE, ``score``); they are
-            passed through ``coco.prepare_detections(results, "segm")``. Neither input is modified.
+            passed through ``coco.prepare_detections(results, "segm", areas)``. Neither input is modified.
         dilation_ratio: boundary width as a fraction of the image diagonal (0.02 as in the paper).
         max_dets: as in ``coco_evaluate`` (always includes 1, 10, 100).
         backend: ``"faster"`` (faster-coco-eval) or ``"pycocotools"``.
+        areas: the predictions' area convention for the size buckets (``coco.DETECTION_AREAS``).
 
     Returns a ``CocoEvalResult`` with ``iou_type="boundary"`` (``.stats``, ``.per_class()``, arrays).
     """
@@ -206,7 +208,7 @@ def boundary_evaluate(
         raise ValueError(f"backend must be 'faster' or 'pycocotools', got {backend!r}")
     mdets = coco.normalise_max_dets(max_dets)
     gt_dict = coco.gt_dataset(gt["images"], gt["categories"], gt["annotations"])
-    dt_dict = {**gt_dict, "annotations": coco.prepare_detections(list(results), "segm")}
+    dt_dict = {**gt_dict, "annotations": coco.prepare_detections(list(results), "segm", areas)}
     with contextlib.redirect_stdout(io.StringIO()):
         if backend == "faster":
             from faster_coco_eval import COCO, COCOeval_faster

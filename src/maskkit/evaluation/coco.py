@@ -2,7 +2,7 @@
 
 The evaluation works on COCO-format dicts whose masks are compressed RLE, built straight from
 :class:`~maskkit.structures.Instances` without dense masks. The numbers are those of
-pycocotools' ``COCOeval`` (tested to <= 1e-4); the stats are read from its accumulated
+pycocotools' ``COCOeval`` (tests: equal to 1e-12 on every stat); the stats are read from its accumulated
 ``precision``/``recall`` arrays exactly as ``COCOeval.summarize`` does, but with honest names:
 
 * ``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``ARs``, ``ARm``, ``ARl`` use the largest
@@ -14,10 +14,20 @@ pycocotools' ``COCOeval`` (tested to <= 1e-4); the stats are read from its accum
 
 pycocotools' ``-1`` ("no such objects") becomes ``None``.
 
-Two deliberate conventions (both Detectron2's): segm evaluation uses the mask area of a
-prediction for the area ranges (pycocotools' ``loadRes`` would use the box area when a result
-has a ``bbox``), and annotation ids are renumbered 1..N (pycocotools and faster-coco-eval treat
-id 0 as "unmatched").
+The area that puts a prediction into a size bucket (``APs``/``APm``/``APl``, ``ARs``/``ARm``/``ARl``)
+follows one of :data:`DETECTION_AREAS` (ground truth always uses its annotation's ``area``):
+
+* ``"detectron2"`` (the default for model outputs): the box area in bbox evaluation, the mask area
+  in segm and Boundary evaluation -- Detectron2's and MMDetection's convention (they drop the
+  ``bbox`` of segm results before ``loadRes``);
+* ``"box"``: the box area ``w * h`` in every evaluation -- pycocotools' ``loadRes`` when the first
+  result has a ``bbox`` (it then ignores the masks' areas, also for segm);
+* ``"mask"``: the mask area in every evaluation (box area for results without a mask) --
+  ``loadRes`` when the first result has only a ``segmentation``.
+
+:func:`loadres_areas` tells which of the last two pycocotools applies to a results list; scoring
+a results file with it gives pycocotools' numbers on every stat. Annotation ids are renumbered
+1..N (pycocotools and faster-coco-eval treat id 0 as "unmatched").
 """
 
 from __future__ import annotations
@@ -39,6 +49,8 @@ CLASS_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR")
 DEFAULT_MAX_DETS = (1, 10, 100)
 AREA_RANGES = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e5**2)}
 IOU_TYPES = ("bbox", "segm")
+DETECTION_AREAS = ("detectron2", "box", "mask")
+"""Conventions for a prediction's area in the size buckets (see the module docstring)."""
 
 
 def normalise_max_dets(max_dets: Iterable[int] | None = None) -> list[int]:
@@ -139,31 +151,52 @@ def detection_annotations(
     return out
 
 
-def prepare_detections(results: Sequence[dict[str, Any]], iou_type: str) -> list[dict[str, Any]]:
+def loadres_areas(results: Sequence[dict[str, Any]]) -> str:
+    """The :data:`DETECTION_AREAS` convention pycocotools' ``loadRes`` applies to ``results``.
+
+    ``loadRes`` looks at the first result only: with a (non-empty) ``bbox`` every result's area is
+    its box's ``w * h``, else its mask's pixel count.
+    """
+    return "box" if results and results[0].get("bbox") not in (None, []) else "mask"
+
+
+def prepare_detections(
+    results: Sequence[dict[str, Any]], iou_type: str, areas: str = "detectron2"
+) -> list[dict[str, Any]]:
     """Copies of COCO results ready for evaluation as ``iou_type`` (what ``loadRes`` would add).
 
-    Each copy gets ``id`` (1..N), ``iscrowd`` 0 and ``area``: the box area for ``bbox``, the mask
-    area for ``segm`` (whose box, when missing, is the mask's extent). Results lacking what the
-    type needs are skipped (callers check that beforehand).
+    Each copy gets ``id`` (1..N), ``iscrowd`` 0 and ``area`` by the ``areas`` convention
+    (:data:`DETECTION_AREAS`); a segm result without ``bbox`` gets its mask's extent. Results
+    lacking what the type needs are skipped (callers check that beforehand).
     """
+    if areas not in DETECTION_AREAS:
+        raise ValueError(f"areas must be one of {DETECTION_AREAS}, got {areas!r}")
     with gc_paused():
-        return _prepare(results, iou_type)
+        return _prepare(results, iou_type, areas)
 
 
-def _prepare(results: Sequence[dict[str, Any]], iou_type: str) -> list[dict[str, Any]]:
+def _prepare(results: Sequence[dict[str, Any]], iou_type: str, areas: str) -> list[dict[str, Any]]:
     key = "bbox" if iou_type == "bbox" else "segmentation"
     chosen = [r for r in results if key in r]
     out = [{k: v for k, v in r.items() if k in ("image_id", "category_id", "score", key)} for r in chosen]
-    if iou_type == "bbox":
-        for d in out:
-            d["area"] = float(d["bbox"][2]) * float(d["bbox"][3])
-    elif out:
-        rles = [d["segmentation"] for d in out]
-        areas = rle_areas(rles)
-        boxes = mask_utils.toBbox(rles)
-        for d, r, a, b in zip(out, chosen, areas.tolist(), boxes.tolist(), strict=True):
-            d["area"] = a
-            d["bbox"] = list(r["bbox"]) if "bbox" in r else b
+    if iou_type == "segm":
+        no_box = []
+        for i, (d, r) in enumerate(zip(out, chosen, strict=True)):
+            if "bbox" in r:
+                d["bbox"] = list(r["bbox"])
+            else:
+                no_box.append(i)
+        if no_box:
+            extents = mask_utils.toBbox([chosen[i]["segmentation"] for i in no_box]).tolist()
+            for i, b in zip(no_box, extents, strict=True):
+                out[i]["bbox"] = b
+    use_mask = areas == "mask" or (areas == "detectron2" and iou_type == "segm")
+    with_mask = [i for i, r in enumerate(chosen) if "segmentation" in r] if use_mask else []
+    for d in out:
+        d["area"] = float(d["bbox"][2]) * float(d["bbox"][3])
+    if with_mask:
+        for i, a in zip(with_mask, rle_areas([chosen[i]["segmentation"] for i in with_mask]).tolist(), strict=True):
+            out[i]["area"] = a
     for i, d in enumerate(out):
         d["id"] = i + 1
         d["iscrowd"] = 0

@@ -239,6 +239,10 @@ class InstanceEvaluator(DatasetEvaluator):
         backend: ``"faster"`` (faster-coco-eval) or ``"pycocotools"``.
         iou_types: the COCO evaluations to run, ``bbox`` and/or ``segm`` (``segm`` needs masks on
             both sides; it is skipped with a note otherwise).
+        detection_areas: which area puts a prediction into a size bucket, one of
+            :data:`coco.DETECTION_AREAS`: ``"detectron2"`` (box area for bbox, mask area for segm),
+            ``"box"`` or ``"mask"`` (that area everywhere: pycocotools' ``loadRes`` on a results
+            file, see :func:`coco.loadres_areas`).
     """
 
     def __init__(
@@ -250,6 +254,7 @@ class InstanceEvaluator(DatasetEvaluator):
         dilation_ratio: float = 0.02,
         backend: str = "faster",
         iou_types: Iterable[str] = coco.IOU_TYPES,
+        detection_areas: str = "detectron2",
     ) -> None:
         self.categories = [c if isinstance(c, dict) else {"id": c.id, "name": c.name} for c in categories or []]
         self.max_dets = coco.normalise_max_dets(max_dets)
@@ -263,6 +268,9 @@ class InstanceEvaluator(DatasetEvaluator):
         self.iou_types = tuple(iou_types)
         if not self.iou_types or set(self.iou_types) - set(coco.IOU_TYPES):
             raise ValueError(f"iou_types must be a non-empty subset of {coco.IOU_TYPES}, got {self.iou_types}")
+        if detection_areas not in coco.DETECTION_AREAS:
+            raise ValueError(f"detection_areas must be one of {coco.DETECTION_AREAS}, got {detection_areas!r}")
+        self.detection_areas = detection_areas
         self.notes: list[str] = []
         self.reset()
 
@@ -340,13 +348,13 @@ class InstanceEvaluator(DatasetEvaluator):
                               + " without masks")
         self.coco_results = {}
         for t in iou_types:
-            dets = coco.prepare_detections(results, t)
+            dets = coco.prepare_detections(results, t, self.detection_areas)
             self.coco_results[t] = coco.coco_evaluate(gt, dets, t, self.max_dets, self.backend, copy_detections=False)
         if "boundary" in self.extras and "segm" in iou_types:
             from maskkit.evaluation.boundary import boundary_evaluate
 
             self.coco_results["boundary"] = boundary_evaluate(gt, results, self.dilation_ratio, self.max_dets,
-                                                              self.backend)
+                                                              self.backend, self.detection_areas)
         return build_metrics(self, gt, self._streaming.result())
 
     def errors(self, k: int = 8, iou_type: str | None = None) -> dict[str, list[dict[str, Any]]]:

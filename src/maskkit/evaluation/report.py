@@ -80,6 +80,7 @@ def build_metrics(ev: InstanceEvaluator, gt: dict[str, Any], extra: dict[str, An
         "area_ranges": {k: list(v) for k, v in coco.AREA_RANGES.items()},
         "backend": coco.backend_name() if ev.backend == "faster" else "pycocotools",
         "score_threshold": ev.score_threshold,
+        "detection_areas": ev.detection_areas,
         "notes": ev.all_notes,
     }
     return jsonable(metrics)
@@ -88,7 +89,10 @@ def build_metrics(ev: InstanceEvaluator, gt: dict[str, Any], extra: dict[str, An
 def _sizes(ev: InstanceEvaluator, results: dict[str, coco.CocoEvalResult]) -> dict[str, Any]:
     """GT / prediction counts (``lo <= area < hi``, so each counts once) and AP per COCO area range."""
     gt_areas = np.concatenate([im.gt.areas[~im.gt.iscrowd] for im in ev.images]) if ev.images else np.zeros(0)
-    dt_areas = np.concatenate([im.dt.areas for im in ev.images]) if ev.images else np.zeros(0)
+    if ev.detection_areas == "box":  # the areas the evaluation used (see coco.DETECTION_AREAS)
+        dt_areas = np.concatenate([_box_areas(im.dt.boxes) for im in ev.images]) if ev.images else np.zeros(0)
+    else:
+        dt_areas = np.concatenate([im.dt.areas for im in ev.images]) if ev.images else np.zeros(0)
     out = {}
     for name, (lo, hi) in coco.AREA_RANGES.items():
         row: dict[str, Any] = {
@@ -100,6 +104,11 @@ def _sizes(ev: InstanceEvaluator, results: dict[str, coco.CocoEvalResult]) -> di
             row[f"{t}_AP"] = r.stats[SIZE_KEYS[name]]
         out[name] = row
     return out
+
+
+def _box_areas(xyxy: np.ndarray) -> np.ndarray:
+    """``w * h`` of XYXY boxes, as the COCO ``[x, y, w, h]`` the evaluation gets."""
+    return np.array([b[2] * b[3] for b in coco.xyxy_to_coco_boxes(xyxy)], dtype=np.float64)
 
 
 # -- files ----------------------------------------------------------------------------------------

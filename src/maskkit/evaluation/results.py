@@ -233,6 +233,31 @@ def results_to_instances(
     return out, notes
 
 
+def read_results_source(
+    gt: str | Path, pred: str | Path
+) -> tuple[Any, dict[int, Instances], list[str], str]:
+    """A ground truth (any annotation source) and a COCO results file, ready to evaluate as pycocotools would.
+
+    Returns the GT ``AnnotationSet``, predicted ``Instances`` by image id, notes, and the predictions'
+    area convention for the size buckets that pycocotools' ``loadRes`` applies to this file
+    (:func:`maskkit.evaluation.coco.loadres_areas`; pass it as ``InstanceEvaluator(detection_areas=...)``).
+    """
+    from maskkit.data.formats import read_annotations
+    from maskkit.evaluation.coco import loadres_areas
+
+    aset = read_annotations(gt)
+    sizes = {r.id: (r.height, r.width) for r in aset.images}
+    results = read_results(pred, sizes, [c.id for c in aset.categories])
+    preds, notes = results_to_instances(results, sizes)
+    if not results:
+        notes.append(f"{pred} holds no detections")
+    areas = loadres_areas(results)
+    if areas == "box" and any("segmentation" in r for r in results):
+        notes.append("size buckets (APs/APm/APl, ARs/ARm/ARl) use each result's bbox area, also for segm, "
+                     "as pycocotools' loadRes does for results with a bbox")
+    return aset, preds, notes, areas
+
+
 def instances_to_results(image_id: int, instances: Instances) -> list[dict[str, Any]]:
     """COCO results entries (JSON-safe: RLE ``counts`` as str) of one image's predictions."""
     n = len(instances)
