@@ -73,7 +73,7 @@ def _is_labelme_json(path: Path) -> bool:
             if b'"shapes"' not in head and path.stat().st_size > (32 << 20):
                 return False
             doc = json.loads(head + f.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         return False
     return isinstance(doc, dict) and "shapes" in doc and "imagePath" in doc
 
@@ -172,6 +172,8 @@ def _load_json(jf: Path) -> Any:
             return json.load(f)
     except ValueError as exc:
         raise DataError(f"malformed JSON ({exc})", file=jf) from None
+    except RecursionError:
+        raise DataError("malformed JSON (nested too deeply)", file=jf) from None
     except OSError as exc:
         raise DataError(f"cannot read ({exc})", file=jf) from None
 

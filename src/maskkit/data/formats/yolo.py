@@ -103,8 +103,8 @@ def load_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping (data.yaml / dataset.yaml); DataError naming the file otherwise."""
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise DataError(f"cannot read YAML ({exc})", file=path) from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+        raise DataError(f"cannot read YAML ({type(exc).__name__}: {exc})", file=path) from None
     if not isinstance(doc, dict):
         raise DataError("a dataset YAML must be a mapping", file=path)
     return doc
