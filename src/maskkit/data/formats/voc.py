@@ -221,12 +221,17 @@ def read(path: Path) -> AnnotationSet:
         xml = xmls.get(stem)
         png = seg_dir / f"{stem}.png"
         extra: dict[str, Any] = {}
+        problems: dict[str, str] = {}
         if xml:
             extra["voc"] = xml_extra(xml)
         if png.is_file():
             obj = read_index_png(png)
             cpng = cls_dir / f"{stem}.png"
             cls = read_index_png(cpng) if cpng.is_file() else None
+            if cls is None and cls_dir.is_dir():
+                problems["missing-class-png"] = (
+                    f"SegmentationClass/{stem}.png is missing: classes come from the XML only"
+                    f"{'' if xml else ' (there is none: the instances get no class)'}")
             h, w = obj.shape
             labels, items, boxes, extras = _segmented_instances(obj, cls, xml, cats, png)
             masks = Masks(items, h, w)
@@ -243,7 +248,7 @@ def read(path: Path) -> AnnotationSet:
             inst = _box_instances(h, w, xml["objects"] if xml else [], cats, ann_id)
             source = xf
         ann_id += len(inst)
-        images.append(ImageRecord(img_id, file_name, h, w, inst, extra=extra, source=str(source)))
+        images.append(ImageRecord(img_id, file_name, h, w, inst, extra=extra, source=str(source), problems=problems))
     return AnnotationSet(cats.categories(), images, image_root=root, source=Path(path), format=FORMAT)
 
 
