@@ -196,7 +196,7 @@ def _image_source(doc: dict[str, Any], jf: Path, root: Path) -> tuple[str, bytes
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
         except (binascii.Error, OSError, ValueError, TypeError) as exc:
-            raise DataError(f"imageData is not an image ({exc})", file=jf) from None
+            raise DataError(f"imageData is not an image ({type(exc).__name__})", file=jf) from None
         size = (h, w)
         name = Path(rel).name if rel and is_image_file(Path(rel)) else jf.stem + sniff_image_suffix(data)
         candidate = jf.parent / name

@@ -278,8 +278,8 @@ class InstanceView:
     def outside(self) -> str | None:
         """``"entirely"`` or ``"partly"`` when the coordinates leave the image (beyond the tolerance)."""
         ext, rec = self.extent, self.image.record
-        if ext is None:
-            return None
+        if ext is None or rec.height <= 0 or rec.width <= 0:
+            return None  # no image size: reported by image-size-mismatch / image-size-unknown
         x0, y0, x1, y1 = ext
         if x1 < 0 or y1 < 0 or x0 > rec.width or y0 > rec.height:
             return "entirely"
