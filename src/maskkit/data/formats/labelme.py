@@ -297,7 +297,11 @@ def _label_order(folders: list[Path], used: set[str]) -> list[str]:
     for folder in dict.fromkeys(folders):
         txt = folder / "labels.txt"
         if txt.is_file():
-            listed = [ln.strip() for ln in txt.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            try:
+                text = txt.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise DataError(f"cannot read the label list ({exc})", file=txt) from None
+            listed = [ln.strip() for ln in text.splitlines() if ln.strip()]
             if used <= set(listed):
                 names = list(dict.fromkeys(n for n in listed if not is_special_label(n) or n in used))
                 return [n for n in names if not is_special_label(n)] + [n for n in names if is_special_label(n)]
