@@ -41,6 +41,7 @@ READERS = {  # format -> (writer format, path read relative to the written folde
 }
 _BASE: dict[str, Path] = {}
 NEST = "@nest@"
+GARBAGE_LINES = ["0 nan 1 2", "x y z", "1 0.5", "-3 0 0 1 1 1 0", "<a><b>", "   ", "9" * 40]
 
 
 def _base(fmt: str) -> Path:
@@ -116,7 +117,7 @@ def _damage(root: Path, data: st.DataObject) -> Path:
         target.write_text(re.sub(f'"{NEST}(\\d+)"', lambda m: "[" * int(m[1]) + "0" + "]" * int(m[1]), text))
     else:
         lines = blob.decode("utf-8", errors="replace").splitlines()
-        garbage = data.draw(st.sampled_from(["0 nan 1 2", "x y z", "1 0.5", "-3 0 0 1 1 1 0", "<a><b>", "   ", "9" * 40]))
+        garbage = data.draw(st.sampled_from(GARBAGE_LINES))
         lines.insert(data.draw(st.integers(0, len(lines))), garbage)
         target.write_text("\n".join(lines))
     return target

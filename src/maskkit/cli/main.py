@@ -72,7 +72,7 @@ def main() -> None:
         where = f"{exc.filename}: " if exc.filename else ""
         typer.secho(f"error: {where}{exc.strerror or exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
-    except Exception as exc:  # noqa: BLE001 - reported with its cause and full traceback below
+    except Exception as exc:
         _internal_error(exc)
 
 
