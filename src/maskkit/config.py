@@ -108,6 +108,10 @@ class DataConfig(_Strict):
     workers: int = Field(0, ge=0)
     val_batch_size: int | None = None
     """Batch size of validation (None: ``batch_size``)."""
+    skip_bad_images: bool = False
+    """Images whose pixels fail to decode (cut off, corrupt): ``False`` stops with an error naming the file;
+    ``True`` drops them before training (every image is decoded once up front), counting them in the log
+    and listing them in ``skipped_images.json``."""
 
 
 class OptimConfig(_Strict):

@@ -47,6 +47,9 @@ class ImageRecord:
     data: bytes | None = None
     source: str | None = None
     """The annotation file this record came from (for error messages)."""
+    problems: dict[str, str] = field(default_factory=dict)
+    """What the reader had to ignore or guess, by validate check name (e.g. ``image-size-unknown``);
+    reported by ``maskkit validate``, never written."""
 
     def __post_init__(self) -> None:
         self.height = int(self.height)

@@ -57,6 +57,8 @@ class DatasetSplits:
     """The annotation source each split was read from."""
     aliases: dict[str, str] = field(default_factory=dict)
     """Splits that name the same source as an earlier split (``{"val": "train"}``): not loaded twice."""
+    problems: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    """Problems of the dataset itself for ``maskkit validate``, by check name: ``(message, file)``."""
 
 
 def _root(yaml_path: Path, doc: dict[str, Any]) -> Path:
@@ -166,11 +168,17 @@ def load_dataset(path: str | Path, format: str | None = None) -> DatasetSplits:
             continue
         seen[key] = split
         splits[split] = _read(src, format, names_doc)
+    problems: dict[str, tuple[str, str | None]] = {}
     if names_doc is not None:
         names = _names(parse_names(names_doc, yaml_path))
     else:
         names = _names(merge_categories(list(splits.values())))
-    return DatasetSplits(splits, names, root, yaml_path, sources, aliases)
+        if yaml_path is not None:
+            shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+            problems["dataset-yaml-without-names"] = (
+                f"no 'names' in the dataset YAML: the class names come from the annotations ({shown or 'none'})",
+                str(yaml_path))
+    return DatasetSplits(splits, names, root, yaml_path, sources, aliases, problems)
 
 
 def _names(categories: Sequence[Category]) -> list[str]:

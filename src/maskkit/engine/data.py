@@ -8,7 +8,7 @@ batches it has already seen and continues with exactly the same data order.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from maskkit.config import TrainConfig
-from maskkit.data.annotations import AnnotationSet, Category
+from maskkit.data.annotations import AnnotationSet, Category, ImageRecord
 from maskkit.errors import ConfigError, DataError
 
 
@@ -30,6 +30,8 @@ class TrainData:
     val_source: str
     """``"split"`` (the dataset's own val split), ``"random"`` or ``"interleaved"`` (carved from train, see
     ``DataConfig.val_split``) or ``"none"``."""
+    skipped: list[str] = field(default_factory=list)
+    """Images dropped because they fail to decode (``data.skip_bad_images``): ``"file: problem"``."""
 
     @property
     def class_names(self) -> list[str]:
@@ -86,7 +88,36 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
     if not categories:
         raise DataError("the dataset defines no categories", file=cfg.data.path)
     sets = [replace(s, categories=categories) for s in sets]
-    return TrainData(sets[0], sets[1] if val is not None else None, categories, source)
+    skipped: list[str] = []
+    if cfg.data.skip_bad_images:
+        sets = [drop_undecodable(s, skipped) for s in sets]
+        if not sets[0].images:
+            raise DataError("no train image decodes (data.skip_bad_images dropped them all)", file=cfg.data.path)
+    return TrainData(sets[0], sets[1] if val is not None else None, categories, source, skipped)
+
+
+def decode_problem(aset: AnnotationSet, record: ImageRecord) -> str | None:
+    """Why the record's image fails to decode as training reads it (``"file: problem"``), or ``None``."""
+    from maskkit.data.images import decode_image_bytes, read_image
+
+    try:
+        if record.data is not None:
+            decode_image_bytes(record.data, source=record.source)
+        else:
+            read_image(aset.image_path(record))
+    except DataError as exc:
+        return str(exc)
+    return None
+
+
+def drop_undecodable(aset: AnnotationSet, skipped: list[str]) -> AnnotationSet:
+    """``aset`` without the images that fail to decode; their problems are appended to ``skipped``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # OpenCV decodes without the GIL
+        problems = list(pool.map(lambda r: decode_problem(aset, r), aset.images))
+    skipped.extend(p for p in problems if p is not None)
+    return replace(aset, images=[r for r, p in zip(aset.images, problems, strict=True) if p is None])
 
 
 class EpochBatchSampler(Sampler[list[int]]):

@@ -95,6 +95,10 @@ def _write_run_files(out: Path, cfg: TrainConfig, data: TrainData) -> None:
     atomic_write_json(out / "classes.json", {"names": data.class_names, "category_ids": data.category_ids}, indent=2)
     atomic_write_json(out / "versions.json", {"versions": run_state.package_versions(), "git": run_state.git_commit()},
                       indent=2)
+    if data.skipped:
+        log.warning("skipped %d image(s) that fail to decode (data.skip_bad_images), e.g. %s; list in %s",
+                    len(data.skipped), data.skipped[0], out / "skipped_images.json")
+        atomic_write_json(out / "skipped_images.json", {"count": len(data.skipped), "images": data.skipped}, indent=2)
     if data.val is not None:
         atomic_write_json(out / "val_images.json", {
             "source": data.val_source, "seed": cfg.seed, "val_fraction": cfg.data.val_fraction,

@@ -108,7 +108,7 @@ def _h264_available() -> bool:
     try:
         av.codec.Codec("libx264", "w")
         return True
-    except Exception:  # av raises UnknownCodecError (a ValueError subclass in some versions)
+    except (ValueError, av.error.FFmpegError):  # UnknownCodecError is a ValueError: no H.264 encoder
         return False
 
 

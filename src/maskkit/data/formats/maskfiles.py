@@ -113,8 +113,8 @@ def load_class_map(root: Path, default_name: str, names: Names = None) -> ClassM
     if path is not None:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise DataError(f"cannot parse class map ({exc})", file=path) from None
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise DataError(f"cannot parse class map ({type(exc).__name__}: {exc})", file=path) from None
         if not isinstance(doc, dict):
             raise DataError("class map must be a JSON object", file=path)
     cats = _parse_categories(doc, path) or names_to_categories(names) or [Category(1, default_name)]
