@@ -113,6 +113,10 @@ def write_annotations(aset: AnnotationSet, dst: str | Path, format: str) -> Conv
     if spec is None or spec.write is None:
         writable = [n for n, s in formats().items() if s.write is not None]
         raise DataError(f"cannot write format {format!r}; writable: {', '.join(writable)}", file=dst)
+    for record in aset.images:  # a reader keeps unknown sizes (0) for validate; no writer can use them
+        if record.height <= 0 or record.width <= 0:
+            raise DataError("image size unknown (no width/height in the annotations and the image file cannot "
+                            "tell them)", file=record.source or record.file_name, image=record.file_name)
     return spec.write(aset, Path(dst))
 
 
