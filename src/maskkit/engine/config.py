@@ -56,6 +56,8 @@ class DataConfig(_Strict):
     workers: int = Field(0, ge=0)
     val_batch_size: int | None = None
     """Batch size of validation (None: ``batch_size``)."""
+    allow_outside_root: bool = False
+    """Accept image paths resolving outside the dataset root (``--allow-outside-root``; refused by default)."""
 
 
 class OptimConfig(_Strict):

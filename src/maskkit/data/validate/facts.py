@@ -13,6 +13,7 @@ from pathlib import Path
 
 from maskkit.data.annotations import AnnotationSet, ImageRecord
 from maskkit.data.images import image_size
+from maskkit.data.paths import is_inside
 from maskkit.data.validate.context import ImageFacts
 from maskkit.errors import DataError
 
@@ -29,6 +30,9 @@ def read_facts(aset: AnnotationSet, record: ImageRecord, hashes: bool, phash: bo
     else:
         path = aset.image_path(record)
         facts = ImageFacts(path=path)
+        if aset.root is not None and not is_inside(path, aset.root):
+            facts.outside_root = True  # reported by image-outside-root; nothing outside the root is read
+            return facts
         if not path.is_file():
             facts.exists = False
             return facts

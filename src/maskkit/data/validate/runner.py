@@ -19,7 +19,13 @@ PROGRESS_MIN_IMAGES = 200
 
 def all_checks() -> list[Check]:
     """Every registered check (plus the runner's ``invalid-annotation``), sorted by code number."""
-    from maskkit.data.validate import checks_annotations, checks_categories, checks_images, checks_splits  # noqa: F401
+    from maskkit.data.validate import (  # noqa: F401
+        checks_annotations,
+        checks_categories,
+        checks_images,
+        checks_paths,
+        checks_splits,
+    )
 
     return sorted([*CHECKS, INVALID], key=_code_number)
 
