@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from maskkit.data.paths import source_outside_root
 from maskkit.data.validate.context import ImageContext, SplitContext
@@ -15,7 +16,7 @@ from maskkit.data.validate.registry import Hit, check
 def image_outside_root(img: ImageContext) -> Iterator[Hit]:
     facts = img.facts
     if facts is not None and facts.outside_root:
-        root = img.split.aset.root
+        root = Path(img.split.aset.root or ".").resolve()
         yield Hit(f"image path {img.record.file_name!r} resolves to {facts.path}, outside the dataset root {root}",
                   file=img.annotation_file)
 
@@ -25,4 +26,5 @@ def image_outside_root(img: ImageContext) -> Iterator[Hit]:
 def split_outside_root(split: SplitContext) -> Iterator[Hit]:
     resolved = source_outside_root(split.aset)
     if resolved is not None:
-        yield Hit(f"split source resolves to {resolved}, outside the dataset root {split.aset.root}")
+        root = Path(split.aset.root or ".").resolve()
+        yield Hit(f"split source resolves to {resolved}, outside the dataset root {root}")

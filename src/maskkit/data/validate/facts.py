@@ -86,12 +86,14 @@ def perceptual_hash(blob: bytes, path: Path | None = None) -> int:
     import imagehash
     from PIL import Image
 
+    from maskkit.data.images import open_bounded
+
     if path is not None and path.suffix.lower() in (".tif", ".tiff"):
         from maskkit.data.images import read_image, to_rgb_uint8
 
         im = Image.fromarray(to_rgb_uint8(read_image(path)))
     else:
-        im = Image.open(io.BytesIO(blob))
+        im = open_bounded(io.BytesIO(blob), path)
         im.draft("L", (PHASH_DECODE_SIZE, PHASH_DECODE_SIZE))  # JPEG: decode at 1/2..1/8 scale
     im = im.convert("L")
     im.thumbnail((PHASH_DECODE_SIZE, PHASH_DECODE_SIZE))
