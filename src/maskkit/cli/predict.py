@@ -167,9 +167,13 @@ class _Predict:
 
     def file(self, path: Path) -> tuple[Any, Any]:
         """``(image or None, instances)`` of an image file; a large one is read tile by tile (image None)."""
-        from maskkit.data.images import image_size, read_image
+        from maskkit.data.images import TILED_TIFF_HINT, ImageTooLargeError, image_size, read_image
 
-        if self.tile is not None and self._tiled(image_size(path)):
+        try:
+            size = image_size(path)
+        except ImageTooLargeError as exc:
+            raise exc.with_hint(TILED_TIFF_HINT) if self.tile is not None else exc from None
+        if self.tile is not None and self._tiled(size):
             return None, self._finish(_tiling()(self.predictor, path, tile=self.tile, overlap=self.overlap))
         image = read_image(path)
         return image, self(image)

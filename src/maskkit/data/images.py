@@ -30,7 +30,23 @@ DEFAULT_MAX_TILED_PIXELS = 2**34
 MAX_PIXELS_ENV = "MASKKIT_MAX_IMAGE_PIXELS"
 MAX_TILED_PIXELS_ENV = "MASKKIT_MAX_TILED_PIXELS"
 
+TILED_TIFF_HINT = (
+    "; tiled prediction reads windows of tiled or striped TIFFs only: convert it to a tiled TIFF, e.g. "
+    "`vips tiffsave IN OUT.tif --tile --tile-width 512 --tile-height 512 --compression deflate --bigtiff` "
+    "(libvips streams it) or `python -c \"import tifffile; tifffile.imwrite('OUT.tif', tifffile.imread('IN'), "
+    "tile=(512, 512), compression='zlib', bigtiff=True)\"` (needs the memory to hold it once)"
+)
+"""How to make a too-large image windowable, for messages."""
+
 _limits: dict[str, int | None] = {"whole": None, "tiled": None}
+
+
+class ImageTooLargeError(DataError):
+    """An image whose header claims more pixels than the limit allows: refused before decoding."""
+
+    def with_hint(self, hint: str) -> ImageTooLargeError:
+        """The same error with ``hint`` appended to the problem."""
+        return ImageTooLargeError(self.problem + hint, self.file, self.image, self.annotation)
 
 
 def _limit(kind: str, env: str, default: int) -> int:
@@ -64,15 +80,15 @@ def set_max_image_pixels(whole: int | None = None, tiled: int | None = None) -> 
 
 
 def check_pixels(height: int, width: int, file: str | Path | None, limit: int | None = None,
-                 planes: int = 1, hint: str = "") -> None:
-    """DataError naming ``file`` when ``height x width (x planes)`` exceeds ``limit`` (default: whole-image)."""
+                 planes: int = 1, hint: str = "", env: str = MAX_PIXELS_ENV) -> None:
+    """ImageTooLargeError naming ``file`` when ``height x width (x planes)`` exceeds ``limit`` (default: whole)."""
     limit = max_image_pixels() if limit is None else limit
     pixels = int(height) * int(width) * max(int(planes), 1)
     if pixels > limit:
         stack = f" x {planes} planes" if planes > 1 else ""
-        raise DataError(
+        raise ImageTooLargeError(
             f"image is {width}x{height}{stack} (WxH) = {pixels:,} pixels, above the limit of {limit:,} "
-            f"(raise it with {MAX_PIXELS_ENV}=N if you trust the file){hint}",
+            f"(raise it with {env}=N if you trust the file){hint}",
             file=file,
         )
 
@@ -94,8 +110,8 @@ def _pil_open(source: str | Path | io.BytesIO, file: str | Path | None) -> Any:
     try:
         return Image.open(source)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise DataError(f"{str(exc).split(', could be')[0]} (raise it with {MAX_PIXELS_ENV}=N if you trust "
-                        "the file)", file=file) from None
+        raise ImageTooLargeError(f"{str(exc).split(', could be')[0]} (raise it with {MAX_PIXELS_ENV}=N if you "
+                                 "trust the file)", file=file) from None
 
 
 def _tiff_dims(tif: Any) -> tuple[int, int, int]:
