@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,10 @@ def _pil_open(source: str | Path | io.BytesIO, file: str | Path | None) -> Any:
     try:
         return Image.open(source)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageTooLargeError(f"{str(exc).split(', could be')[0]} (raise it with {MAX_PIXELS_ENV}=N if you "
-                                 "trust the file)", file=file) from None
+        found = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow names the pixel count, not the size
+        pixels = f"{int(found.group(1)):,} pixels" if found else "more pixels"
+        raise ImageTooLargeError(f"image header claims {pixels}, above the limit of {max_image_pixels():,} "
+                                 f"(raise it with {MAX_PIXELS_ENV}=N if you trust the file)", file=file) from None
 
 
 def _tiff_dims(tif: Any) -> tuple[int, int, int]:
