@@ -265,3 +265,17 @@ def test_tiled_windows_beyond_whole_limit(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("MASKKIT_MAX_TILED_PIXELS", "5000")
     with pytest.raises(ImageTooLargeError, match="MASKKIT_MAX_TILED_PIXELS"):
         open_image_windows(tiled)
+
+
+def test_train_data_refuses_unless_config_allows(tmp_path: Path) -> None:
+    from maskkit.engine.api import resolve_config
+    from maskkit.engine.data import load_train_data
+
+    outside = _png(tmp_path / "outside.png")
+    folder = _coco(tmp_path / "ds", str(outside))
+    cfg = resolve_config(None, {"data.path": str(folder), "data.val_fraction": 0.5})
+    with pytest.raises(DataError, match="outside the dataset root"):
+        load_train_data(cfg)
+    cfg = resolve_config(None, {"data.path": str(folder), "data.val_fraction": 0.5, "data.allow_outside_root": True})
+    data = load_train_data(cfg)  # what `maskkit train --allow-outside-root` sets
+    assert len(data.train.images) + len(data.val.images) == 2
