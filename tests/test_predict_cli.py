@@ -129,7 +129,9 @@ def test_writers_labels_labelme_overlay(tmp_path: Path) -> None:
     assert [s["label"] for s in doc["shapes"]] == ["cat", "dog", "cat", "cat"]
     assert doc["shapes"][2]["group_id"] == doc["shapes"][3]["group_id"] == 3  # one object in two parts
     assert doc["shapes"][0]["description"] == "score=0.900"
-    aset = read_annotations(out / "labelme")  # maskkit's own LabelMe reader
+    with pytest.raises(DataError, match="outside the dataset root"):  # the image lies outside labelme/
+        read_annotations(out / "labelme")
+    aset = read_annotations(out / "labelme", allow_outside_root=True)  # maskkit's own LabelMe reader
     assert aset.format == "labelme" and aset.class_names == ["cat", "dog"]  # labels.txt keeps the model's order
     rec = aset.images[0]
     assert aset.image_path(rec) == image_path.resolve() and len(rec.instances) == 3
@@ -186,7 +188,7 @@ def test_coco_round_trip_through_eval(run: dict[str, Path], tmp_path: Path) -> N
          "--gallery", "0")
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["segm"]["AP"] == pytest.approx(1.0) and metrics["bbox"]["AP"] == pytest.approx(1.0)
-    images_json = read_annotations(out / "images.json")  # the image list is a COCO file too
+    images_json = read_annotations(out / "images.json", allow_outside_root=True)  # a COCO file too (images: ../)
     assert [r.id for r in images_json.images] == sorted(ids.values())
     assert images_json.image_path(images_json.images[0]).is_file()
 
@@ -244,7 +246,8 @@ def test_cli_tiff16_glob_and_max_det(run: dict[str, Path], tmp_path: Path) -> No
     assert (out / "overlays" / "deep.jpg").is_file() and (out / "labels" / "deep.png").is_file()
     images = json.loads((out / "images.json").read_text())["images"]
     assert [(i["id"], Path(i["file_name"]).name) for i in images] == [(1, "deep.tif")]
-    _cli("eval", "--gt", out / "images.json", "--pred", out / "predictions.json", "--no-boundary")
+    _cli("eval", "--gt", out / "images.json", "--pred", out / "predictions.json", "--no-boundary",
+         "--allow-outside-root")  # images.json names the source images, outside OUT
 
 
 def _write_disc_video(path: Path, frames: int = 10, size: int = 64, fps: float = 10.0) -> None:

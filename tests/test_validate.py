@@ -157,6 +157,8 @@ CASES: dict[str, Callable[[Splits], object]] = {
     "E401": lambda s: shutil.copy(_path(s, 0), _path(s, 0, "val")),
     "W402": _near_duplicate,
     "W403": lambda s: {"dataset-yaml-without-names": ("no 'names' in the dataset YAML", "dataset.yaml")},
+    "E501": lambda s: setattr(s["train"], "root", s["train"].image_root) or setattr(_img(s), "file_name", "../x.png"),
+    "E502": lambda s: setattr(s["train"], "root", s["train"].image_root / "sub"),
 }
 
 
@@ -176,7 +178,7 @@ def test_check_fires_on_bad_data(clean: Splits, code: str) -> None:
     f = hits[0]
     assert f.message and f.name and f.severity in ("error", "warning", "info")
     assert f.split in ("train", "val")
-    if code not in ("W302", "E303", "E304", "W403"):  # category checks are about the split, not an image
+    if code not in ("W302", "E303", "E304", "W403", "E502"):  # category/split checks are about the split
         assert f.image_id is not None and f.image is not None and f.file
     assert report.exit_code == (3 if code == "E000" else 1 if report.counts["error"] else 0)
 
@@ -275,7 +277,7 @@ def fake_loader(monkeypatch: pytest.MonkeyPatch) -> Callable[[Splits], None]:
 
     def install(splits: Splits) -> None:
         module = types.ModuleType("maskkit.data.splits")
-        module.load_dataset = lambda path: types.SimpleNamespace(splits=splits, names=None, root=Path(path))
+        module.load_dataset = lambda path, **kw: types.SimpleNamespace(splits=splits, names=None, root=Path(path))
         monkeypatch.setitem(sys.modules, "maskkit.data.splits", module)
 
     return install
@@ -329,7 +331,7 @@ def test_cli_exit_2_on_loader_error(fake_loader: Callable[[Splits], None], monke
 
     fake_loader({})
 
-    def boom(path: object) -> None:
+    def boom(path: object, **kw: object) -> None:
         raise DataError("not valid JSON (line 1)", file=path)
 
     monkeypatch.setattr(sys.modules["maskkit.data.splits"], "load_dataset", boom)

@@ -112,6 +112,8 @@ class DataConfig(_Strict):
     """Images whose pixels fail to decode (cut off, corrupt): ``False`` stops with an error naming the file;
     ``True`` drops them before training (every image is decoded once up front), counting them in the log
     and listing them in ``skipped_images.json``."""
+    allow_outside_root: bool = False
+    """Accept image paths resolving outside the dataset root (``--allow-outside-root``; refused by default)."""
 
 
 class OptimConfig(_Strict):

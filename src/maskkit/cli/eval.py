@@ -34,6 +34,8 @@ def command(
     tta: bool = typer.Option(False, "--tta", help="With --model: test-time augmentation over flips, merged at "
                              "mask level."),
     tta_scales: str | None = typer.Option(None, "--tta-scales", help="With --model: TTA scales, e.g. 0.75,1,1.25."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Accept image paths of --data/--gt "
+                                            "that resolve outside the dataset root."),
 ) -> None:
     """Evaluate instance predictions: COCO box/mask AP, matching F1/AJI, PQ, Boundary AP."""
     from maskkit.evaluation import InstanceEvaluator
@@ -60,10 +62,11 @@ def command(
         from maskkit.cli.predict import parse_scales
 
         scales = parse_scales(tta_scales)
-        aset, predict, notes = _model_source(model, data, split, tta or scales is not None, scales)
+        aset, predict, notes = _model_source(model, data, split, tta or scales is not None, scales,
+                                             allow_outside_root)
         preds: Any = None
     elif chosen[0] == "--gt/--pred":
-        aset, preds, notes, areas = _results_source(gt, pred)
+        aset, preds, notes, areas = _results_source(gt, pred, allow_outside_root)
     else:
         aset, preds, notes = _label_source(gt_labels, pred_labels)
     ev = InstanceEvaluator(aset.categories, max_dets=dets, extras=extras, score_threshold=score_threshold,
@@ -98,12 +101,13 @@ def _empty(rec: Any) -> Any:
     return Instances.empty((rec.height, rec.width), with_masks=rec.instances.has("masks"))
 
 
-def _results_source(gt: Path | None, pred: Path | None) -> tuple[Any, Any, list[str], str]:
+def _results_source(gt: Path | None, pred: Path | None, allow_outside_root: bool = False
+                    ) -> tuple[Any, Any, list[str], str]:
     if gt is None or pred is None:
         raise ConfigError("--gt and --pred go together")
     from maskkit.evaluation.results import read_results_source
 
-    return read_results_source(gt, pred)
+    return read_results_source(gt, pred, allow_outside_root)
 
 
 def _label_source(gt_labels: Path | None, pred_labels: Path | None) -> tuple[Any, Any, list[str]]:
@@ -115,7 +119,7 @@ def _label_source(gt_labels: Path | None, pred_labels: Path | None) -> tuple[Any
 
 
 def _model_source(model: Path | None, data: Path | None, split: str, tta: bool,
-                  tta_scales: list[float] | None) -> tuple[Any, Any, list[str]]:
+                  tta_scales: list[float] | None, allow_outside_root: bool = False) -> tuple[Any, Any, list[str]]:
     """The dataset, a ``predict(image) -> Instances`` (labels = dataset category ids) and notes."""
     if model is None or data is None:
         raise ConfigError("--model and --data go together")
@@ -126,11 +130,12 @@ def _model_source(model: Path | None, data: Path | None, split: str, tta: bool,
     if tta:
         options = {"tta": True, "tta_scales": tta_scales, "tta_flips": FLIPS}
     predictor = maskkit.inference.Predictor(model, **options)
-    aset, notes = _load_dataset(data, split, getattr(predictor, "config", None))
+    aset, notes = _load_dataset(data, split, getattr(predictor, "config", None), allow_outside_root)
     return aset, predictor.predict, notes
 
 
-def _load_dataset(data: Path, split: str, config: Any = None) -> tuple[Any, list[str]]:
+def _load_dataset(data: Path, split: str, config: Any = None, allow_outside_root: bool = False
+                  ) -> tuple[Any, list[str]]:
     """The ``split`` of a dataset (YAML, split folders or a single source: its only split) and notes.
 
     A source without a val split that the checkpoint's run (``config``) trained on gets the run's own
@@ -138,7 +143,7 @@ def _load_dataset(data: Path, split: str, config: Any = None) -> tuple[Any, list
     """
     from maskkit.data.splits import load_dataset
 
-    ds = load_dataset(data)
+    ds = load_dataset(data, allow_outside_root=allow_outside_root)
     name = ds.aliases.get(split, split)
     if name in ds.splits:
         return ds.splits[name], []

@@ -36,6 +36,8 @@ def command(
     data: Path | None = typer.Option(None, "--data", help="Dataset the images belong to: take image ids (and "
                                      "category ids, by class name) from it so `maskkit eval --gt` can score."),
     split: str = typer.Option("val", "--split", help="Split of a multi-split --data."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Accept --data image paths that "
+                                            "resolve outside its dataset root."),
     video_max_gap: int = typer.Option(15, "--video-max-gap", help="Frames a track may be missed and keep its id."),
     track_iou: float = typer.Option(0.3, "--track-iou", help="Minimum mask IoU to continue a track."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs exist (default: skip)."),
@@ -72,7 +74,8 @@ def command(
                 "video_max_gap": video_max_gap}
     if tta or scales:
         settings["tta"] = scales or True
-    ids, categories, cat_map = _image_ids(items, data, split, predictor) if save_json else ({}, [], {})
+    ids, categories, cat_map = (_image_ids(items, data, split, predictor, allow_outside_root) if save_json
+                                else ({}, [], {}))
     from maskkit.inference.writers import check_settings
 
     out.mkdir(parents=True, exist_ok=True)
@@ -164,9 +167,13 @@ class _Predict:
 
     def file(self, path: Path) -> tuple[Any, Any]:
         """``(image or None, instances)`` of an image file; a large one is read tile by tile (image None)."""
-        from maskkit.data.images import image_size, read_image
+        from maskkit.data.images import TILED_TIFF_HINT, ImageTooLargeError, image_size, read_image
 
-        if self.tile is not None and self._tiled(image_size(path)):
+        try:
+            size = image_size(path)
+        except ImageTooLargeError as exc:
+            raise exc.with_hint(TILED_TIFF_HINT) if self.tile is not None else exc from None
+        if self.tile is not None and self._tiled(size):
             return None, self._finish(_tiling()(self.predictor, path, tile=self.tile, overlap=self.overlap))
         image = read_image(path)
         return image, self(image)
@@ -182,7 +189,7 @@ class _Predict:
         return inst[idx[np.argsort(-scores[idx], kind="stable")][: self.max_det]]
 
 
-def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any
+def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any, allow_outside_root: bool = False
                ) -> tuple[dict[str, int], list[dict[str, Any]], dict[int, int]]:
     """Image ids, categories for images.json and the model -> dataset category map."""
     from maskkit.inference.sources import category_id_map, dataset_image_ids, sequential_ids
@@ -193,7 +200,7 @@ def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any
         return sequential_ids(list(keys)), cats, {}
     from maskkit.cli.eval import _load_dataset  # the same split choice as `maskkit eval --data`
 
-    aset, _ = _load_dataset(data, split)
+    aset, _ = _load_dataset(data, split, allow_outside_root=allow_outside_root)
     ids, missing = dataset_image_ids(keys, aset)
     cat_map, notes = category_id_map(predictor.category_ids, predictor.class_names, aset.categories)
     for note in notes:

@@ -66,6 +66,9 @@ class AnnotationSet:
     source: Path | None = None
     format: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None
+    """The dataset root the user passed: image files must resolve inside it (:mod:`maskkit.data.paths`).
+    ``None`` (a set built in code): not confined."""
 
     def __len__(self) -> int:
         return len(self.images)

@@ -69,7 +69,7 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
 
     if not cfg.data.path:
         raise ConfigError("no training data: set data.path in the config or pass --data")
-    ds = load_dataset(Path(cfg.data.path))
+    ds = load_dataset(Path(cfg.data.path), allow_outside_root=cfg.data.allow_outside_root)
     train = ds.splits.get("train")
     if train is None:
         raise DataError("the dataset has no train split", file=cfg.data.path)

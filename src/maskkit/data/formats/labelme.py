@@ -123,16 +123,18 @@ def circle_polygon(points: np.ndarray) -> np.ndarray:
 
 def _decode_mask_shape(shape: dict[str, Any], pts: np.ndarray, h: int, w: int, jf: Path, index: int) -> np.ndarray:
     """Full-size bool mask of a ``mask`` shape (base64 PNG of the region between its 2 points)."""
-    from PIL import Image
+    from maskkit.data.images import open_bounded
 
     where = {"file": jf, "annotation": f"shape {index}"}
     if len(pts) != 2 or not isinstance(shape.get("mask"), str):
         raise DataError("a mask shape needs 2 points and a base64 PNG 'mask'", **where)
     try:
-        with Image.open(io.BytesIO(base64.b64decode(shape["mask"], validate=False))) as im:
+        with open_bounded(io.BytesIO(base64.b64decode(shape["mask"], validate=False)), jf) as im:
             crop = np.array(im).astype(bool)
     except (binascii.Error, OSError, ValueError) as exc:
         raise DataError(f"bad base64 PNG mask ({exc})", **where) from None
+    except DataError as exc:  # above the pixel limit
+        raise DataError(exc.problem, **where) from None
     if crop.ndim == 3:
         crop = crop.any(axis=2)
     (x1, y1), (x2, y2) = pts.astype(int)
@@ -182,7 +184,7 @@ def _load_json(jf: Path) -> Any:
 
 def _image_source(doc: dict[str, Any], jf: Path, root: Path) -> tuple[str, bytes | None, tuple[int, int] | None]:
     """``(file_name relative to root, embedded bytes or None, (h, w) from the image or None)``."""
-    from PIL import Image
+    from maskkit.data.images import open_bounded
 
     rel = str(doc.get("imagePath") or "").replace("\\", "/")
     candidate = jf.parent / rel if rel else None
@@ -193,7 +195,7 @@ def _image_source(doc: dict[str, Any], jf: Path, root: Path) -> tuple[str, bytes
     if doc.get("imageData"):
         try:
             data = base64.b64decode(doc["imageData"])
-            with Image.open(io.BytesIO(data)) as im:
+            with open_bounded(io.BytesIO(data), jf) as im:
                 w, h = im.size
         except (binascii.Error, OSError, ValueError, TypeError) as exc:
             raise DataError(f"imageData is not an image ({type(exc).__name__})", file=jf) from None

@@ -257,7 +257,7 @@ def read(path: Path) -> AnnotationSet:
             source = xf
         ann_id += len(inst)
         images.append(ImageRecord(img_id, file_name, h, w, inst, extra=extra, source=str(source), problems=problems))
-    return AnnotationSet(cats.categories(), images, image_root=root, source=Path(path), format=FORMAT)
+    return AnnotationSet(cats.categories(), images, image_root=root, source=Path(path), format=FORMAT, root=root)
 
 
 def _size(xml: dict[str, Any] | None, image: Path, xf: Path) -> tuple[int, int]:

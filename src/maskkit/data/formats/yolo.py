@@ -246,7 +246,8 @@ def read_yolo(path: str | Path, names: Sequence[str] | dict[int, str] | None = N
         records.append(ImageRecord(k + 1, rel, h, w, inst, source=str(label_path(img))))
     seen = {c for *_, lines in parsed for c, _, _ in lines}
     cats = parse_names(names) if names is not None else _categories(src, seen)
-    return AnnotationSet(cats, records, src.images_dir, source=src.yaml_path or src.root, format="yolo")
+    return AnnotationSet(cats, records, src.images_dir, source=src.yaml_path or src.root, format="yolo",
+                         root=src.root if path.is_file() else None)  # a data YAML: its ``path:`` folder
 
 
 def find_orphan_labels(aset: AnnotationSet) -> list[Path]:

@@ -69,6 +69,8 @@ class ImageFacts:
     error: str | None = None
     """Why the header or pixels could not be read."""
     truncated: str | None = None
+    outside_root: bool = False
+    """The file resolves outside the dataset root: it was not read at all."""
     sha1: str | None = None
     phash: int | None = None
     crash: str | None = None

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from maskkit.data.annotations import AnnotationSet, ImageRecord
 from maskkit.data.images import image_size
+from maskkit.data.paths import is_inside
 from maskkit.data.validate.context import ImageFacts
 from maskkit.errors import DataError
 
@@ -34,6 +35,9 @@ def read_facts(aset: AnnotationSet, record: ImageRecord, hashes: bool, phash: bo
     else:
         path = aset.image_path(record)
         facts = ImageFacts(path=path)
+        if aset.root is not None and not is_inside(path, aset.root):
+            facts.outside_root = True  # reported by image-outside-root; nothing outside the root is read
+            return facts
         if not path.is_file():
             facts.exists = False
             return facts
@@ -89,11 +93,13 @@ def decode_pixels(blob: bytes, path: Path | None = None) -> Image.Image:
     the cost); raises on a cut-off or corrupt file. Returns the (downsized) decoded image."""
     from PIL import Image
 
+    from maskkit.data.images import open_bounded
+
     if path is not None and path.suffix.lower() in (".tif", ".tiff"):
         from maskkit.data.images import read_image, to_rgb_uint8
 
         return Image.fromarray(to_rgb_uint8(read_image(path)))
-    im = Image.open(io.BytesIO(blob))
+    im = open_bounded(io.BytesIO(blob), path)
     im.draft("RGB" if im.mode in ("RGB", "YCbCr", "CMYK") else im.mode, (PHASH_DECODE_SIZE, PHASH_DECODE_SIZE))
     im.load()
     return im

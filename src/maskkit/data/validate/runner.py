@@ -30,6 +30,7 @@ def all_checks() -> list[Check]:
         checks_annotations,
         checks_categories,
         checks_images,
+        checks_paths,
         checks_reader,
         checks_splits,
     )
