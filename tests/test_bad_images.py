@@ -78,7 +78,7 @@ def test_skip_bad_images_drops_and_counts(synth_truncated: tuple[Path, Path]) ->
 def _crashing_loader(monkeypatch: pytest.MonkeyPatch) -> None:
     module = types.ModuleType("maskkit.data.splits")
 
-    def boom(path: object) -> None:
+    def boom(path: object, **kwargs: object) -> None:
         raise ZeroDivisionError("a bug")
 
     module.load_dataset = boom  # type: ignore[attr-defined]
