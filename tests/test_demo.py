@@ -36,22 +36,34 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_demo_tiny_run(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    result = run_demo(out=out, images=8, size=64, config=copy.deepcopy(TINY), progress=False, overlays=2)
+    result = run_demo(out=out, images=8, size=64, config=copy.deepcopy(TINY), progress=False, overlays=2,
+                      test_images=3)
     metrics = json.loads((out / "metrics.json").read_text())
     assert "AP" in metrics["segm"] and "AP" in metrics["bbox"]
     for name in ("overlays.png", "curves.png", "per_class.csv", "best.pt", "data/dataset.yaml"):
         assert (out / name).is_file(), name
     assert result.files["overlays"] == out / "overlays.png"
-    assert (result.train_images, result.val_images, result.epochs) == (6, 2, 1)
+    assert (result.train_images, result.val_images, result.test_images, result.epochs) == (6, 2, 3, 1)
     assert result.checkpoint == out / "best.pt"
+    # metrics.json reports the test split (used for no choice); val is beside it, labelled
+    assert metrics["split"] == "test" and metrics["counts"]["images"] == 3
+    assert metrics["val"]["tuned_on"] is True and "AP" in metrics["val"]["segm"]
+    assert yaml.safe_load((out / "data" / "dataset.yaml").read_text())["test"] == "test"
+    tests = {p.name for p in (out / "data" / "test" / "images").iterdir()}
+    trains = {p.name for p in (out / "data" / "train" / "images").iterdir()}
+    assert len(tests) == 3 and not tests & trains
+    from maskkit.engine.checkpoint import load_checkpoint
+
+    assert metrics["val"]["segm"]["AP"] == load_checkpoint(out / "best.pt")["metrics"]["segm.AP"]
 
     from rich.console import Console
 
     console = Console(file=io.StringIO(), width=120)
     print_summary(result, console)
     text = console.file.getvalue()
-    for word in ("images", "epochs", "train time", "mask AP", "AP50", "box AP", "overlays.png", "curves.png"):
-        assert word in text
+    for word in ("images", "3 test", "epochs", "train time", "mask AP (test)", "AP50 (test)", "box AP (test)",
+                 "mask AP (val, tuned on)", "overlays.png", "curves.png"):
+        assert word in text, word
 
 
 def test_demo_recipes_match_configs_files() -> None:
