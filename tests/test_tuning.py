@@ -90,3 +90,23 @@ def test_train_slice_makes_the_choices_and_tuning_csv(tmp_path: Path) -> None:
     assert {r["split"] for r in rows} == {"train_slice"}
     assert {"fg_threshold", "seed_threshold", "boundary_threshold", "segm.AP", "step"} <= set(rows[0])
     assert result.best_metric == max(float(r["segm.AP"]) for r in rows if r["epoch"] == str(result.best_epoch))
+
+
+def test_nuclei_recipes_never_choose_on_the_reported_val_images(shared_data: Path) -> None:
+    """configs/dsb2018*.yaml: the 12 reported val images (every 5th id) are disjoint from the 8 held-back images
+    that make the choices, and from the training images."""
+    from maskkit.engine.config import load_config
+    from maskkit.engine.data import load_train_data
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    data = shared_data / "dsb2018-stage1-train-subset" / "stage1_train"
+    for name in ("dsb2018.yaml", "dsb2018-bottomup.yaml"):
+        cfg = load_config(root / name, {"data.path": str(data)})
+        assert (cfg.tune.split, cfg.tune.images) == ("train_slice", 8), name
+        d = load_train_data(cfg)
+        assert d.val is not None and d.tune is not None
+        val, tune, train = ({r.file_name for r in s.images} for s in (d.val, d.tune, d.train))
+        assert (len(val), len(tune), len(train)) == (12, 8, 40), name
+        assert not (val & tune) and not (val & train) and not (tune & train)
+        everything = sorted(val | tune | train)
+        assert sorted(val) == everything[::5]  # the peer-baseline split, untouched

@@ -193,7 +193,7 @@ def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any
         return sequential_ids(list(keys)), cats, {}
     from maskkit.cli.eval import _load_dataset  # the same split choice as `maskkit eval --data`
 
-    aset, _ = _load_dataset(data, split)
+    aset = _load_dataset(data, split)
     ids, missing = dataset_image_ids(keys, aset)
     cat_map, notes = category_id_map(predictor.category_ids, predictor.class_names, aset.categories)
     for note in notes:
