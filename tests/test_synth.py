@@ -185,3 +185,7 @@ def test_cli(tmp_path) -> None:
     assert res.exit_code == 0, res.output
     assert "lossless" in res.output
     assert (tmp_path / "d" / "dataset.yaml").is_file()
+    res = CliRunner().invoke(app, ["synth", str(tmp_path / "t"), "--images", "10", "--size", "48", "--val-fraction",
+                                   "0.2", "--test-fraction", "0.2", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "[test]" in res.output and len(list((tmp_path / "t" / "test" / "images").iterdir())) == 2
