@@ -110,3 +110,19 @@ def test_nuclei_recipes_never_choose_on_the_reported_val_images(shared_data: Pat
         assert not (val & tune) and not (val & train) and not (tune & train)
         everything = sorted(val | tune | train)
         assert sorted(val) == everything[::5]  # the peer-baseline split, untouched
+
+
+def test_tuning_csv_appends_and_a_resume_truncates(tmp_path: Path) -> None:
+    from maskkit.engine.logging import RunLogger
+
+    grid = [{"fg_threshold": 0.4, "segm.AP": 0.25}, {"fg_threshold": 0.5, "segm.AP": 0.5}]
+    logger = RunLogger(tmp_path, tensorboard=False)
+    logger.log_tuning(grid, epoch=0, step=4, split="val")
+    logger.log_tuning(grid, epoch=1, step=8, split="val")
+    with (tmp_path / "tuning.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], r["fg_threshold"], r["segm.AP"]) for r in rows] == [
+        ("0", "0.4", "0.25"), ("0", "0.5", "0.5"), ("1", "0.4", "0.25"), ("1", "0.5", "0.5")]
+    RunLogger(tmp_path, tensorboard=False).truncate(step=4, epochs_done=1)  # resuming after epoch 0
+    with (tmp_path / "tuning.csv").open() as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "0"]

@@ -155,7 +155,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[list, list]], records: di
     return metrics
 
 
-def apply_tuning(models: Iterable[nn.Module], metrics: dict[str, Any], dinfo: DistInfo | None = None) -> None:
+def apply_tuning(models: Iterable[nn.Module | None], metrics: dict[str, Any], dinfo: DistInfo | None = None) -> None:
     """Set the tuned thresholds (rank 0's choice) on every given model that has them."""
     from maskkit.engine.distributed import broadcast_object
 
