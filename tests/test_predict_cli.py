@@ -38,13 +38,13 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """4 synthetic 64 px images (COCO layout) and a checkpoint trained for one step."""
+    """4 synthetic 64 px images (COCO layout) and a checkpoint trained for one step on 3 of them (1 val)."""
     import maskkit
     from maskkit.data.synth import write_synthetic
 
     root = tmp_path_factory.mktemp("predict")
     write_synthetic(root / "data", images=4, size=64, seed=1, workers=1)
-    cfg = {**TINY, "data": {**TINY["data"], "path": str(root / "data")},
+    cfg = {**TINY, "data": {**TINY["data"], "path": str(root / "data"), "val_fraction": 0.25},
            "output": {**TINY["output"], "out": str(root / "run")}}
     maskkit.train(cfg)
     return {"root": root, "data": root / "data", "images": root / "data" / "images", "ckpt": root / "run"}
@@ -350,8 +350,7 @@ def test_one_line_errors(run: dict[str, Path], tmp_path: Path, monkeypatch: pyte
 
 
 def test_tta_flags_and_eval_on_the_runs_val_split(run: dict[str, Path], tmp_path: Path) -> None:
-    from maskkit.cli.eval import _load_dataset
-    from maskkit.config import TrainConfig
+    from maskkit.cli.eval import eval_images
 
     out = tmp_path / "tta"
     _cli("predict", "--model", run["ckpt"], run["images"], "--out", out, "--conf", "0", "--tta",
@@ -362,11 +361,8 @@ def test_tta_flags_and_eval_on_the_runs_val_split(run: dict[str, Path], tmp_path
     text = _cli("eval", "--model", run["ckpt"], "--data", run["data"], "--tta", "--no-boundary")
     assert "AP" in text
 
-    # a source without a val split: `--split val` takes the checkpoint run's own carved split
-    cfg = TrainConfig.model_validate({"data": {"path": str(run["data"]), "val_fraction": 0.5,
-                                               "val_split": "interleaved"}})
-    val, notes = _load_dataset(run["data"], "val", cfg)
-    assert [r.file_name for r in val.images] == ["synth_000000.png", "synth_000002.png"]
-    assert "carved as in training" in notes[0]
-    other = TrainConfig.model_validate({"data": {"path": str(tmp_path), "val_fraction": 0.5}})
-    assert len(_load_dataset(run["data"], "val", other)[0].images) == 4  # another run's data: all images
+    # the run's training source: only the val images its run carved (val_images.json) are scored
+    val, notes, contains_training = eval_images(run["data"], "val", run["ckpt"])
+    listed = json.loads((run["ckpt"] / "val_images.json").read_text())["images"]
+    assert [r.file_name for r in val.images] == [e["file_name"] for e in listed] and len(listed) == 1
+    assert not contains_training and "val images listed in" in notes[0]

@@ -3,6 +3,11 @@
 Three sources of predictions: a COCO results file (``--gt`` + ``--pred``), instance-label image
 folders (``--gt-labels`` + ``--pred-labels``), or a checkpoint run on a dataset (``--model`` +
 ``--data``). The logic lives in :mod:`maskkit.evaluation`.
+
+``--model`` never scores training images silently: when the data holds images the run trained (or chose)
+on, only the run's val images (``val_images.json``, matched by resolved file path) are scored; when the run
+folder does not say what it trained on, stderr and ``metrics.json`` (``"contains_training_images": true``)
+say so.
 """
 
 from __future__ import annotations
@@ -62,8 +67,8 @@ def command(
         from maskkit.cli.predict import parse_scales
 
         scales = parse_scales(tta_scales)
-        aset, predict, notes = _model_source(model, data, split, tta or scales is not None, scales,
-                                             allow_outside_root)
+        aset, predict, notes, contains_training = _model_source(model, data, split, tta or scales is not None,
+                                                                scales, allow_outside_root)
         preds: Any = None
     elif chosen[0] == "--gt/--pred":
         aset, preds, notes, areas = _results_source(gt, pred, allow_outside_root)
@@ -87,6 +92,8 @@ def command(
         ev.notes.append(f"{crowded} images have more than {ev.max_dets[-1]} predictions: COCO AP keeps the "
                         f"{ev.max_dets[-1]} best; use --max-dets 1,10,100,1000 for dense objects")
     metrics = ev.evaluate()
+    if chosen[0] == "--model/--data":
+        metrics["contains_training_images"] = contains_training
     if out is not None:
         plain_labels = gt_labels is not None and not (gt_labels / "images").is_dir()  # no image files at all
         paths = write_outputs(out, metrics, ev, None if plain_labels else load_image, gallery_size=gallery)
@@ -119,8 +126,10 @@ def _label_source(gt_labels: Path | None, pred_labels: Path | None) -> tuple[Any
 
 
 def _model_source(model: Path | None, data: Path | None, split: str, tta: bool,
-                  tta_scales: list[float] | None, allow_outside_root: bool = False) -> tuple[Any, Any, list[str]]:
-    """The dataset, a ``predict(image) -> Instances`` (labels = dataset category ids) and notes."""
+                  tta_scales: list[float] | None, allow_outside_root: bool = False
+                  ) -> tuple[Any, Any, list[str], bool]:
+    """The images to score, a ``predict(image) -> Instances`` (labels = dataset category ids), notes and whether
+    the images may include training images (see the module docstring)."""
     if model is None or data is None:
         raise ConfigError("--model and --data go together")
     import maskkit.inference
@@ -130,40 +139,33 @@ def _model_source(model: Path | None, data: Path | None, split: str, tta: bool,
     if tta:
         options = {"tta": True, "tta_scales": tta_scales, "tta_flips": FLIPS}
     predictor = maskkit.inference.Predictor(model, **options)
-    aset, notes = _load_dataset(data, split, getattr(predictor, "config", None), allow_outside_root)
-    return aset, predictor.predict, notes
+    aset, notes, contains_training = eval_images(data, split, model, allow_outside_root)
+    return aset, predictor.predict, notes, contains_training
 
 
-def _load_dataset(data: Path, split: str, config: Any = None, allow_outside_root: bool = False
-                  ) -> tuple[Any, list[str]]:
-    """The ``split`` of a dataset (YAML, split folders or a single source: its only split) and notes.
+def eval_images(data: Path, split: str, model: Path, allow_outside_root: bool = False
+                ) -> tuple[Any, list[str], bool]:
+    """The images of ``data`` (its ``split``, or its only split) to score the run of ``model`` (a run folder or a
+    checkpoint in one) on, notes, and whether they may include training images (then also said on stderr).
 
-    A source without a val split that the checkpoint's run (``config``) trained on gets the run's own
-    deterministic val split for ``--split val`` (``data.val_fraction``, ``data.val_split``, ``seed``).
-    """
+    Data holding images the run trained or chose on is cut to the run's val images
+    (:func:`maskkit.engine.data.held_out`)."""
+    from maskkit.engine.data import held_out
+
+    kept = held_out(_load_dataset(data, split, allow_outside_root), model if model.is_dir() else model.parent)
+    if kept.contains_training_images:
+        typer.echo(f"warning: {kept.note}", err=True)
+    return kept.images, [kept.note] if kept.note else [], kept.contains_training_images
+
+
+def _load_dataset(data: Path, split: str, allow_outside_root: bool = False) -> Any:
+    """The ``split`` of a dataset (YAML, split folders) or the only split of a single source."""
     from maskkit.data.splits import load_dataset
 
     ds = load_dataset(data, allow_outside_root=allow_outside_root)
     name = ds.aliases.get(split, split)
     if name in ds.splits:
-        return ds.splits[name], []
+        return ds.splits[name]
     if len(ds.splits) == 1:
-        only = next(iter(ds.splits.values()))
-        if split == "val" and config is not None and _same_source(data, config.data.path) \
-                and config.data.val_fraction > 0:
-            from maskkit.engine.data import random_val_split
-
-            d = config.data
-            val = random_val_split(only, d.val_fraction, config.seed, d.val_split)[1]
-            return val, [f"val split carved as in training ({d.val_split}, val_fraction {d.val_fraction}, "
-                         f"seed {config.seed}): {len(val.images)} of {len(only.images)} images"]
-        return only, []
+        return next(iter(ds.splits.values()))
     raise DataError(f"the dataset has no {split!r} split (it has {', '.join(ds.splits)})", file=data)
-
-
-def _same_source(data: Path, trained_on: str) -> bool:
-    """Whether ``data`` is the path the run trained on (compared resolved)."""
-    try:
-        return bool(trained_on) and Path(trained_on).resolve() == data.resolve()
-    except OSError:
-        return False

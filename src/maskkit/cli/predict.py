@@ -200,7 +200,7 @@ def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any, 
         return sequential_ids(list(keys)), cats, {}
     from maskkit.cli.eval import _load_dataset  # the same split choice as `maskkit eval --data`
 
-    aset, _ = _load_dataset(data, split, allow_outside_root=allow_outside_root)
+    aset = _load_dataset(data, split, allow_outside_root)
     ids, missing = dataset_image_ids(keys, aset)
     cat_map, notes = category_id_map(predictor.category_ids, predictor.class_names, aset.categories)
     for note in notes:
