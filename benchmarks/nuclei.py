@@ -66,14 +66,15 @@ def train_rate(run: Path) -> float:
 
 def score(run: Path, tta: bool) -> dict[str, float]:
     """Mask AP / AP50 (maxDets 1000), Boundary AP and F1@0.5 of ``run/best.pt`` on the run's val split."""
-    from maskkit.cli.eval import eval_images
+    from maskkit.engine.data import images_to_score
     from maskkit.evaluation import InstanceEvaluator
     from maskkit.evaluation.results import image_loader
     from maskkit.inference.predictor import Predictor
     from maskkit.inference.tta import FLIPS
 
     predictor = Predictor(run, device="cpu", tta=tta, tta_flips=FLIPS if tta else None)
-    val, _, contains_training = eval_images(DATA, "val", run)
+    kept = images_to_score(DATA, "val", run)
+    val, contains_training = kept.images, kept.contains_training_images
     if contains_training:
         sys.exit(f"{run}: cannot tell which images it trained on (no val_images.json listing them)")
     ev = InstanceEvaluator(val.categories, max_dets=[1, 100, 1000], extras=("matching", "boundary"))

@@ -350,7 +350,7 @@ def test_one_line_errors(run: dict[str, Path], tmp_path: Path, monkeypatch: pyte
 
 
 def test_tta_flags_and_eval_on_the_runs_val_split(run: dict[str, Path], tmp_path: Path) -> None:
-    from maskkit.cli.eval import eval_images
+    from maskkit.engine.data import images_to_score
 
     out = tmp_path / "tta"
     _cli("predict", "--model", run["ckpt"], run["images"], "--out", out, "--conf", "0", "--tta",
@@ -362,7 +362,8 @@ def test_tta_flags_and_eval_on_the_runs_val_split(run: dict[str, Path], tmp_path
     assert "AP" in text
 
     # the run's training source: only the val images its run carved (val_images.json) are scored
-    val, notes, contains_training = eval_images(run["data"], "val", run["ckpt"])
+    kept = images_to_score(run["data"], "val", run["ckpt"])
+    val, notes, contains_training = kept.images, [kept.note], kept.contains_training_images
     listed = json.loads((run["ckpt"] / "val_images.json").read_text())["images"]
     assert [r.file_name for r in val.images] == [e["file_name"] for e in listed] and len(listed) == 1
     assert not contains_training and "val images listed in" in notes[0]

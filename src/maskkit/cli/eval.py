@@ -64,7 +64,7 @@ def command(
     areas = "detectron2"  # predictions' areas for the size buckets; a results file: as pycocotools reads it
 
     if chosen[0] == "--model/--data":
-        from maskkit.cli.predict import parse_scales
+        from maskkit.inference.tta import parse_scales
 
         scales = parse_scales(tta_scales)
         aset, predict, notes, contains_training = _model_source(model, data, split, tta or scales is not None,
@@ -139,33 +139,9 @@ def _model_source(model: Path | None, data: Path | None, split: str, tta: bool,
     if tta:
         options = {"tta": True, "tta_scales": tta_scales, "tta_flips": FLIPS}
     predictor = maskkit.inference.Predictor(model, **options)
-    aset, notes, contains_training = eval_images(data, split, model, allow_outside_root)
-    return aset, predictor.predict, notes, contains_training
+    from maskkit.engine.data import images_to_score
 
-
-def eval_images(data: Path, split: str, model: Path, allow_outside_root: bool = False
-                ) -> tuple[Any, list[str], bool]:
-    """The images of ``data`` (its ``split``, or its only split) to score the run of ``model`` (a run folder or a
-    checkpoint in one) on, notes, and whether they may include training images (then also said on stderr).
-
-    Data holding images the run trained or chose on is cut to the run's val images
-    (:func:`maskkit.engine.data.held_out`)."""
-    from maskkit.engine.data import held_out
-
-    kept = held_out(_load_dataset(data, split, allow_outside_root), model if model.is_dir() else model.parent)
+    kept = images_to_score(data, split, model, allow_outside_root)
     if kept.contains_training_images:
         typer.echo(f"warning: {kept.note}", err=True)
-    return kept.images, [kept.note] if kept.note else [], kept.contains_training_images
-
-
-def _load_dataset(data: Path, split: str, allow_outside_root: bool = False) -> Any:
-    """The ``split`` of a dataset (YAML, split folders) or the only split of a single source."""
-    from maskkit.data.splits import load_dataset
-
-    ds = load_dataset(data, allow_outside_root=allow_outside_root)
-    name = ds.aliases.get(split, split)
-    if name in ds.splits:
-        return ds.splits[name]
-    if len(ds.splits) == 1:
-        return next(iter(ds.splits.values()))
-    raise DataError(f"the dataset has no {split!r} split (it has {', '.join(ds.splits)})", file=data)
+    return kept.images, predictor.predict, [kept.note] if kept.note else [], kept.contains_training_images

@@ -47,6 +47,7 @@ def command(
 ) -> None:
     """Predict instance masks on images and videos; write overlays, COCO results, label images, LabelMe JSON."""
     from maskkit.inference.sources import collect_sources
+    from maskkit.inference.tta import parse_scales
     from maskkit.inference.writers import OutputOptions
 
     if not 0.0 <= conf <= 1.0:
@@ -91,19 +92,6 @@ def _tiling() -> Any:
     except ImportError as exc:
         raise ConfigError(f"--tile needs maskkit.inference.tiling, which cannot be imported ({exc})") from None
     return predict_tiled
-
-
-def parse_scales(text: str | None) -> list[float] | None:
-    """``--tta-scales`` (``0.75,1,1.25``) as floats; None when not given."""
-    if text is None:
-        return None
-    try:
-        scales = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"--tta-scales must be comma-separated numbers, got {text!r}") from None
-    if not scales or any(not 0.1 <= s <= 10 for s in scales):
-        raise ConfigError(f"--tta-scales must be numbers between 0.1 and 10, got {text!r}")
-    return scales
 
 
 def _load_predictor(model: Path, device: str, conf: float | None, tta: bool = False,
@@ -198,9 +186,9 @@ def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any, 
     if data is None:
         cats = [{"id": i, "name": n} for i, n in zip(predictor.category_ids, predictor.class_names, strict=True)]
         return sequential_ids(list(keys)), cats, {}
-    from maskkit.cli.eval import _load_dataset  # the same split choice as `maskkit eval --data`
+    from maskkit.data.splits import load_split  # the same split choice as `maskkit eval --data`
 
-    aset = _load_dataset(data, split, allow_outside_root)
+    aset = load_split(data, split, allow_outside_root=allow_outside_root)
     ids, missing = dataset_image_ids(keys, aset)
     cat_map, notes = category_id_map(predictor.category_ids, predictor.class_names, aset.categories)
     for note in notes:

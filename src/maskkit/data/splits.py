@@ -62,6 +62,18 @@ class DatasetSplits:
     """Problems of the dataset itself for ``maskkit validate``, by check name: ``(message, file)``."""
 
 
+def load_split(path: str | Path, split: str, *, allow_outside_root: bool = False) -> AnnotationSet:
+    """The ``split`` of a dataset (YAML, split folders; aliases honoured) or the only split of a single source."""
+    ds = load_dataset(path, allow_outside_root=allow_outside_root)
+    name = ds.aliases.get(split, split)
+    if name in ds.splits:
+        return ds.splits[name]
+    if len(ds.splits) == 1:
+        return next(iter(ds.splits.values()))
+    raise DataError(f"the dataset has no {split!r} split (it has {', '.join(ds.splits)})", file=path)
+
+
+
 def _root(yaml_path: Path, doc: dict[str, Any]) -> Path:
     root = yaml_root(yaml_path, doc)
     if not root.is_dir() and doc.get("path") and Path(str(doc["path"])).is_dir():

@@ -177,6 +177,16 @@ class HeldOut:
     note: str | None
 
 
+def images_to_score(data: str | Path, split: str, model: str | Path, allow_outside_root: bool = False) -> HeldOut:
+    """The images of ``data`` (its ``split``, or its only split) to score the run of ``model`` (a run folder or a
+    checkpoint in one) on: :func:`held_out` of them."""
+    from maskkit.data.splits import load_split
+
+    model = Path(model)
+    return held_out(load_split(data, split, allow_outside_root=allow_outside_root),
+                    model if model.is_dir() else model.parent)
+
+
 def held_out(aset: AnnotationSet, run_dir: Path) -> HeldOut:
     """The images of ``aset`` a run may be scored on: when ``aset`` holds images the run (``run_dir``) trained or
     chose on, exactly the run's val images (``val_images.json``), matched by resolved file path; otherwise all
