@@ -41,8 +41,8 @@ class DenseDecoder(Protocol):
     def activate(self, logits: Tensor) -> Any:
         """The raw maps (probabilities) of ``M x H x W`` logits."""
 
-    def __call__(self, raw: Any, **params: Any) -> dict[str, Tensor]:
-        """The eval output dict of raw maps; ``params`` tune the post-processing."""
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        """``(raw, **params)``: the eval output dict of raw maps; ``params`` (if any) tune the post-processing."""
 
 
 def semantic_batch(targets: Targets, sizes: list[tuple[int, int]], num_classes: int, like: Tensor) -> Tensor:
