@@ -70,9 +70,9 @@ def bench_model(name: str, size: int, batch: int, num_classes: int, repeats: int
 
     info = model_info(name)
     kwargs: dict[str, Any] = {"pretrained_backbone": False, "min_size": size, "max_size": size}
+    if info.capabilities.resizes_internally:
+        kwargs["train_resize"] = False
     model = create(name, num_classes, **kwargs)
-    if hasattr(model, "transform"):
-        model.transform._skip_resize = True
     params = sum(p.numel() for p in model.parameters())
     images, targets = synthetic_batch(size, batch, num_classes)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

@@ -7,6 +7,7 @@ import torch
 
 from maskkit.errors import ConfigError, DataError
 from maskkit.models import create, list_models
+from maskkit.models.maskrcnn import set_train_resize
 from maskkit.models.panoptic import PanopticFPN, SemanticFPNHead, batch_semantic_targets
 
 DETECTION_LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
@@ -65,9 +66,8 @@ def _model(name: str = "panoptic_fpn_effl0", **kwargs) -> PanopticFPN:
     kwargs.update(FAST)
     if name == "panoptic_fpn_effl0":
         kwargs.setdefault("fpn_channels", 64)  # a quarter of the mask-head FLOPs of the default 128
-    model = create(name, num_classes=2, min_size=96, max_size=128, **kwargs)
-    model.transform._skip_resize = True  # as the engine does when the data pipeline resizes
-    return model
+    # train_resize=False: as the engine builds it when the data pipeline resizes
+    return create(name, num_classes=2, min_size=96, max_size=128, train_resize=False, **kwargs)
 
 
 def test_registered_as_instance_models_of_the_panoptic_family() -> None:
@@ -117,7 +117,7 @@ def test_semantic_targets_follow_resize_and_padding() -> None:
     assert (out[1, :3, :1] == 1).all() and (out[1, 3:] == 255).all() and (out[1, :, 1:] == 255).all()
     # With the model's own train-mode resize (not skipped) the loss still runs, on the resized map.
     model = _model()
-    model.transform._skip_resize = False
+    set_train_resize(model, True)  # the model resizes in train mode too
     model.transform.min_size = (128,)
     losses = model.train()(*_batch())
     assert torch.isfinite(losses["loss_semantic"])

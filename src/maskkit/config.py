@@ -6,6 +6,8 @@ reproducible from its saved ``config.yaml`` and seed. Pydantic only: loading a c
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -209,30 +211,51 @@ class TrainConfig(_Strict):
     """CPU threads of torch (None: torch's default)."""
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Load a YAML config (or the defaults) and apply dotted overrides like ``{"schedule.epochs": 3}``."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: a config must be a mapping of sections")
+def merge_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A copy of the config dict ``data`` with dotted ``overrides`` (``{"schedule.epochs": 3}``) merged in.
+
+    Intermediate sections are created as needed; ``None`` values are skipped (an unset flag). ``data`` is
+    not modified.
+    """
+    merged = copy.deepcopy(dict(data))
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
-        node = data
+        node = merged
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"cannot set {dotted!r}: {key!r} is not a section")
         node[leaf] = value
+    return merged
+
+
+def validate_config(data: Mapping[str, Any], source: str | Path | None = None) -> TrainConfig:
+    """The :class:`TrainConfig` of a config dict; a ``ConfigError`` (naming ``source``) lists what is invalid."""
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        where = f"{path}: " if path else ""
+        where = f"{source}: " if source else ""
         raise ConfigError(f"{where}invalid config:\n{exc}") from None
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The mapping of sections in the YAML file ``path``, unvalidated."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Load a YAML config (or the defaults) and apply dotted overrides like ``{"schedule.epochs": 3}``."""
+    data = read_config(path) if path is not None else {}
+    return validate_config(merge_overrides(data, overrides), path)
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:

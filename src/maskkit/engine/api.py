@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from maskkit.config import TrainConfig, load_config
+from maskkit.config import TrainConfig, load_config, merge_overrides, validate_config
 from maskkit.engine.trainer import TrainResult, fit, resume_path
 from maskkit.errors import ConfigError
+from maskkit.models.checkpoint import load_checkpoint
 
 RESUME_OVERRIDABLE = ("schedule.epochs", "schedule.max_minutes", "device", "data.workers", "output.progress",
                       "threads")
@@ -27,14 +29,10 @@ def resolve_config(
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if resume is not None:
-        from maskkit.models.checkpoint import load_checkpoint
-
         path = resume_path(resume)
         saved = load_checkpoint(path)["config"]
         ignored = sorted(set(overrides) - set(RESUME_OVERRIDABLE))
         if ignored:
-            import logging
-
             logging.getLogger("maskkit.train").warning("resume: ignoring %s (taken from the checkpoint)", ignored)
         cfg = _apply(saved, {k: v for k, v in overrides.items() if k in RESUME_OVERRIDABLE})
         cfg.output.out = str(path.parent)
@@ -49,15 +47,8 @@ def resolve_config(
 
 
 def _apply(data: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
-    import tempfile
-
-    import yaml
-
-    # load_config validates and applies overrides; go through it so that errors read the same.
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.yaml"
-        path.write_text(yaml.safe_dump(data))
-        return load_config(path, overrides)
+    """``data`` with the dotted ``overrides`` merged in, validated once."""
+    return validate_config(merge_overrides(data, overrides))
 
 
 def train(

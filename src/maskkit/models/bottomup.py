@@ -20,16 +20,17 @@ fragments rank last; this ranked best on the synthetic data, ahead of products w
 border probability), ``boxes`` (XYXY) and ``sem_seg`` (class probabilities), all at the input size, rows
 sorted by decreasing score.
 
-The post-processing thresholds (``fg_threshold``, ``seed_threshold``, ``boundary_threshold``,
-``min_area``) are buffers: checkpoints carry them. The trainer tunes them on the val set through
-:meth:`BottomUpSegmenter.threshold_grid` / ``predict_raw`` / ``postprocess`` / ``set_thresholds``.
+The model is a :class:`~maskkit.models.dense.DenseSegmentationModel` with :class:`BottomUpLoss` and
+:class:`WatershedInstances` as its loss and decoder. The post-processing thresholds (``fg_threshold``,
+``seed_threshold``, ``boundary_threshold``, ``min_area``) are buffers of the model: checkpoints carry them.
+The trainer tunes them on the val set through :meth:`BottomUpSegmenter.threshold_grid` / ``predict_raw`` /
+``postprocess`` / ``set_thresholds``.
 
 Builder options (besides ``pretrained_backbone``, ``in_channels``, ``min_size``, ``max_size``):
 ``encoder`` (override the name's encoder), ``decoder_channels`` (default ``(64, 32, 24, 16, 16)``,
 light for CPUs), ``semantic_weight``/``boundary_weight``/``distance_weight``, the four thresholds,
 ``trainable_encoder_stages`` (freeze the stem and all but the last N encoder stages: EfficientNet-Lite
 blocks, 7 in all, or ResNet layers, 4; None trains everything); anything else goes to smp's ``Unet``.
-``mask_resolution`` is ignored.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ import torch
 from torch import Tensor, nn
 
 from maskkit.errors import ConfigError, DataError
-from maskkit.models.encoders import ENCODERS, DenseInput, build_smp, encoder_norm, encoder_stride, pad_batch
+from maskkit.models.backbones import freeze_timm_stages
+from maskkit.models.dense import DenseSegmentationModel, Targets
+from maskkit.models.encoders import ENCODERS, DenseInput, build_smp, encoder_norm, encoder_stride, pad_to
 from maskkit.models.losses import cross_entropy, dice_loss, mse_loss
-from maskkit.models.registry import register_model
-from maskkit.models.targets import bottomup_targets, semantic_from_instances
+from maskkit.models.registry import InputSpec, register_model
+from maskkit.models.targets import bottomup_targets, checked_semantic_target
 from maskkit.models.watershed import instance_boxes, instance_stats, seeded_watershed
 from maskkit.structures.labels import IGNORE_INDEX
 
@@ -76,93 +79,81 @@ ENCODER_NAMES = {
 }
 
 
-class BottomUpSegmenter(nn.Module):
-    """Semantic + border + distance maps from one U-Net, instances by seeded watershed (see the module docstring)."""
+class BottomUpLoss:
+    """``loss_semantic``, ``loss_boundary``, ``loss_distance`` (each times its weight) of ``K + 3`` logit maps."""
 
     def __init__(
-        self,
-        net: nn.Module,
-        num_classes: int,
-        encoder: str,
-        in_channels: int = 3,
-        min_size: int | None = None,
-        max_size: int | None = None,
-        semantic_weight: float = 1.0,
-        boundary_weight: float = 1.0,
-        distance_weight: float = 1.0,
-        **thresholds: float,
+        self, num_classes: int, semantic_weight: float = 1.0, boundary_weight: float = 1.0, distance_weight: float = 1.0
     ) -> None:
-        super().__init__()
-        self.net = net
         self.num_classes = num_classes
-        self.input = DenseInput(*encoder_norm(encoder, in_channels), encoder_stride(net), min_size, max_size)
         self.weights = {"semantic": float(semantic_weight), "boundary": float(boundary_weight),
                         "distance": float(distance_weight)}
-        for name, value in DEFAULT_THRESHOLDS.items():
-            self.register_buffer(name, torch.tensor(float(value)))
-        self.set_thresholds(**thresholds)
 
-    @property
-    def encoder(self) -> nn.Module:
-        """The U-Net's encoder (so ``freeze_backbone`` finds it)."""
-        return self.net.encoder
+    def __call__(self, logits: Tensor, targets: Targets, sizes: list[tuple[int, int]]) -> dict[str, Tensor]:
+        k = self.num_classes + 1
+        sem, bnd, dist = self.targets(targets, sizes, logits)
+        fg = ((sem > 0) & (sem != IGNORE_INDEX)).unsqueeze(1)
+        sem_logits, bnd_logits = logits[:, :k], logits[:, k : k + 1]
+        out = {
+            "loss_semantic": cross_entropy(sem_logits, sem) + dice_loss(sem_logits, sem),
+            "loss_boundary": cross_entropy(bnd_logits, bnd) + dice_loss(bnd_logits, bnd),
+            "loss_distance": mse_loss(logits[:, k + 1 : k + 2].sigmoid(), dist.unsqueeze(1), fg),
+        }
+        return {name: self.weights[name[5:]] * value for name, value in out.items()}
 
-    # -- thresholds ------------------------------------------------------------------------------
-    @property
-    def thresholds(self) -> dict[str, float]:
-        """The current post-processing thresholds (buffer values)."""
-        return {name: round(float(getattr(self, name)), 6) for name in DEFAULT_THRESHOLDS}
+    def targets(self, targets: Targets, sizes: list[tuple[int, int]], logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Semantic (int64, 255 ignore), border (int64 0/1, 255 ignore) and distance (float) targets, padded to
+        the size of ``logits``."""
+        if len(targets) != len(sizes):
+            raise DataError(f"{len(sizes)} images but {len(targets)} targets")
+        padded = (int(logits.shape[-2]), int(logits.shape[-1]))
+        sems, bnds, dists = [], [], []
+        for t, size in zip(targets, sizes, strict=True):
+            sem = checked_semantic_target(t, size, self.num_classes)
+            masks = t.get("masks")
+            if masks is None:
+                raise DataError("bottom-up models need instance masks in the targets")
+            if tuple(masks.shape[-2:]) != size:
+                raise DataError(f"instance masks are {tuple(masks.shape[-2:])} but the image is {size[0]}x{size[1]}")
+            border, distance = bottomup_targets(masks.detach().cpu())
+            sem = sem.to(device=logits.device, dtype=torch.int64)
+            border_t = torch.from_numpy(border).to(device=logits.device, dtype=torch.int64)
+            sems.append(sem[None])
+            bnds.append(torch.where(sem == IGNORE_INDEX, IGNORE_INDEX, border_t)[None])
+            dists.append(torch.from_numpy(distance).to(logits.device)[None])
+        sem_t = pad_to(sems, padded, fill=IGNORE_INDEX)[:, 0]
+        return sem_t, pad_to(bnds, padded, fill=IGNORE_INDEX)[:, 0], pad_to(dists, padded)[:, 0]
 
-    def set_thresholds(self, **values: float) -> None:
-        """Set some of ``fg_threshold``, ``seed_threshold``, ``boundary_threshold``, ``min_area``."""
-        unknown = sorted(set(values) - set(DEFAULT_THRESHOLDS))
-        if unknown:
-            raise ConfigError(f"unknown threshold(s) {unknown}; known: {list(DEFAULT_THRESHOLDS)}")
-        for name, value in values.items():
-            getattr(self, name).fill_(float(value))
 
-    def threshold_grid(self) -> dict[str, list[float]]:
-        """Candidate values per threshold for tuning on a val set (27 combinations)."""
-        return {k: list(v) for k, v in THRESHOLD_GRID.items()}
+class WatershedInstances:
+    """Decoder of the ``K + 3`` maps: class probabilities, border and distance maps, then instances by seeded
+    watershed with the given thresholds (see the module docstring for the output)."""
 
-    # -- forward -----------------------------------------------------------------------------------
-    def forward(
-        self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """Loss terms (train mode, ``targets`` required) or one prediction dict per image (eval mode)."""
-        if self.training:
-            if targets is None:
-                raise ValueError("targets are required in train mode")
-            batch = self.input(images)
-            return self.losses(self.net(_channels_last(batch.tensor)), targets, batch.sizes)
-        return [self.postprocess(raw) for raw in self.predict_raw(images)]
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
 
-    @torch.no_grad()
-    def predict_raw(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
-        """Per image, the network's maps at the input size (CPU float32): ``sem_seg`` ((K+1) x H x W class
-        probabilities), ``boundary`` and ``distance`` (H x W, sigmoid)."""
-        batch = self.input(images)
-        out = []
-        for logits in batch.unpad(self.net(_channels_last(batch.tensor))):
-            k = self.num_classes + 1
-            out.append({
-                "sem_seg": logits[:k].float().softmax(0).cpu(),
-                "boundary": logits[k].float().sigmoid().cpu(),
-                "distance": logits[k + 1].float().sigmoid().cpu(),
-            })
-        return out
+    def activate(self, logits: Tensor) -> dict[str, Tensor]:
+        """``sem_seg`` ((K+1) x H x W class probabilities), ``boundary`` and ``distance`` (H x W, sigmoid),
+        CPU float32."""
+        k = self.num_classes + 1
+        return {
+            "sem_seg": logits[:k].float().softmax(0).cpu(),
+            "boundary": logits[k].float().sigmoid().cpu(),
+            "distance": logits[k + 1].float().sigmoid().cpu(),
+        }
 
-    def postprocess(self, raw: Mapping[str, Tensor], **thresholds: float) -> dict[str, Tensor]:
-        """The eval output dict of one image's :meth:`predict_raw` maps; ``thresholds`` override the buffers."""
-        thr = {**self.thresholds, **thresholds}
+    def __call__(
+        self, raw: Mapping[str, Tensor], *, fg_threshold: float, seed_threshold: float, boundary_threshold: float,
+        min_area: float,
+    ) -> dict[str, Tensor]:
         probs = raw["sem_seg"].detach().float().cpu().numpy()
         dist = raw["distance"].detach().float().cpu().numpy()
         bnd = raw["boundary"].detach().float().cpu().numpy()
         fg_classes = probs[1:]
         imap = seeded_watershed(
             1.0 - probs[0], dist, bnd,
-            fg_threshold=thr["fg_threshold"], seed_threshold=thr["seed_threshold"],
-            boundary_threshold=thr["boundary_threshold"], min_area=round(thr["min_area"]),
+            fg_threshold=fg_threshold, seed_threshold=seed_threshold,
+            boundary_threshold=boundary_threshold, min_area=round(min_area),
             class_map=fg_classes.argmax(0),
         )
         n = int(imap.max())
@@ -187,58 +178,68 @@ class BottomUpSegmenter(nn.Module):
             "sem_seg": raw["sem_seg"],
         }
 
-    # -- training ----------------------------------------------------------------------------------
-    def losses(
-        self, logits: Tensor, targets: Sequence[Mapping[str, Tensor]], sizes: list[tuple[int, int]]
-    ) -> dict[str, Tensor]:
+
+class BottomUpSegmenter(DenseSegmentationModel):
+    """Semantic + border + distance maps from one U-Net, instances by seeded watershed (see the module docstring)."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        input: DenseInput,
+        criterion: BottomUpLoss,
+        decoder: WatershedInstances,
+        **thresholds: float,
+    ) -> None:
+        super().__init__(net, num_classes, input, criterion, decoder)
+        for name, value in DEFAULT_THRESHOLDS.items():
+            self.register_buffer(name, torch.tensor(float(value)))
+        self.set_thresholds(**thresholds)
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The U-Net's encoder."""
+        return self.net.encoder
+
+    # -- thresholds ------------------------------------------------------------------------------
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The current post-processing thresholds (buffer values)."""
+        return {name: round(float(getattr(self, name)), 6) for name in DEFAULT_THRESHOLDS}
+
+    def set_thresholds(self, **values: float) -> None:
+        """Set some of ``fg_threshold``, ``seed_threshold``, ``boundary_threshold``, ``min_area``."""
+        unknown = sorted(set(values) - set(DEFAULT_THRESHOLDS))
+        if unknown:
+            raise ConfigError(f"unknown threshold(s) {unknown}; known: {list(DEFAULT_THRESHOLDS)}")
+        for name, value in values.items():
+            getattr(self, name).fill_(float(value))
+
+    def threshold_grid(self) -> dict[str, list[float]]:
+        """Candidate values per threshold for tuning on a val set (27 combinations)."""
+        return {k: list(v) for k, v in THRESHOLD_GRID.items()}
+
+    # -- inference -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_raw(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        """Per image, the network's maps at the input size (CPU float32): ``sem_seg`` ((K+1) x H x W class
+        probabilities), ``boundary`` and ``distance`` (H x W, sigmoid)."""
+        return super()._raw(images)
+
+    def _raw(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        return self.predict_raw(images)  # eval forward without autograd, as predict_raw
+
+    def postprocess(self, raw: Mapping[str, Tensor], **thresholds: float) -> dict[str, Tensor]:
+        """The eval output dict of one image's :meth:`predict_raw` maps; ``thresholds`` override the buffers."""
+        return self.decoder(raw, **{**self.thresholds, **thresholds})
+
+    def _decode(self, raw: Any) -> dict[str, Tensor]:
+        return self.postprocess(raw)
+
+    # -- training --------------------------------------------------------------------------------
+    def losses(self, logits: Tensor, targets: Targets, sizes: list[tuple[int, int]]) -> dict[str, Tensor]:
         """``loss_semantic``, ``loss_boundary``, ``loss_distance`` (weighted) of padded ``B x (K+3) x H x W`` logits."""
-        k = self.num_classes + 1
-        sem, bnd, dist = self._targets(targets, sizes, logits.device)
-        fg = ((sem > 0) & (sem != IGNORE_INDEX)).unsqueeze(1)
-        sem_logits, bnd_logits = logits[:, :k], logits[:, k : k + 1]
-        out = {
-            "loss_semantic": cross_entropy(sem_logits, sem) + dice_loss(sem_logits, sem),
-            "loss_boundary": cross_entropy(bnd_logits, bnd) + dice_loss(bnd_logits, bnd),
-            "loss_distance": mse_loss(logits[:, k + 1 : k + 2].sigmoid(), dist.unsqueeze(1), fg),
-        }
-        return {name: self.weights[name[5:]] * value for name, value in out.items()}
-
-    def _targets(
-        self, targets: Sequence[Mapping[str, Tensor]], sizes: list[tuple[int, int]], device: torch.device
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Padded semantic (int64, 255 ignore), border (int64 0/1, 255 ignore) and distance (float) targets."""
-        if len(targets) != len(sizes):
-            raise DataError(f"{len(sizes)} images but {len(targets)} targets")
-        sems, bnds, dists = [], [], []
-        for t, size in zip(targets, sizes, strict=True):
-            sem = t.get("semantic")
-            sem = semantic_from_instances(t, size, IGNORE_INDEX) if sem is None else torch.as_tensor(sem)
-            if sem.dim() != 2 or tuple(sem.shape) != size:
-                raise DataError(f"semantic target has shape {tuple(sem.shape)} but the image is {size[0]}x{size[1]}")
-            bad = (sem < 0) | ((sem > self.num_classes) & (sem != IGNORE_INDEX))
-            if bool(bad.any()):
-                raise DataError(f"semantic target holds class {int(sem[bad][0])}; expected 0..{self.num_classes} "
-                                "or 255")
-            masks = t.get("masks")
-            if masks is None:
-                raise DataError("bottom-up models need instance masks in the targets")
-            if tuple(masks.shape[-2:]) != size:
-                raise DataError(f"instance masks are {tuple(masks.shape[-2:])} but the image is {size[0]}x{size[1]}")
-            border, distance = bottomup_targets(masks.detach().cpu())
-            sem = sem.to(device=device, dtype=torch.int64)
-            ignore = sem == IGNORE_INDEX
-            border_t = torch.from_numpy(border).to(device=device, dtype=torch.int64)
-            sems.append(sem[None])
-            bnds.append(torch.where(ignore, IGNORE_INDEX, border_t)[None])
-            dists.append(torch.from_numpy(distance).to(device)[None])
-        stride = self.input.stride
-        sem_t = pad_batch(sems, stride, fill=IGNORE_INDEX)[0][:, 0]
-        return sem_t, pad_batch(bnds, stride, fill=IGNORE_INDEX)[0][:, 0], pad_batch(dists, stride)[0][:, 0]
-
-
-def _channels_last(x: Tensor) -> Tensor:
-    """NHWC memory layout: ~25% faster convolutions on CPU (the network's weights use it too)."""
-    return x.contiguous(memory_format=torch.channels_last)
+        return self.criterion(logits, targets, sizes)
 
 
 def freeze_encoder_stages(encoder: nn.Module, trainable: int) -> int:
@@ -247,8 +248,6 @@ def freeze_encoder_stages(encoder: nn.Module, trainable: int) -> int:
     Stages are EfficientNet-Lite's 7 blocks (timm) or ResNet's 4 layers; the early, high-resolution stages
     cost the most backward time and change least when fine-tuning, so freezing them speeds up CPU training.
     """
-    from maskkit.models.backbones import freeze_timm_stages
-
     body = getattr(encoder, "model", encoder)
     if hasattr(body, "blocks") and hasattr(body, "conv_stem"):
         before = sum(not p.requires_grad for p in body.parameters())
@@ -280,11 +279,9 @@ def build_bottomup(
     boundary_threshold: float = DEFAULT_THRESHOLDS["boundary_threshold"],
     min_area: float = DEFAULT_THRESHOLDS["min_area"],
     trainable_encoder_stages: int | None = None,
-    mask_resolution: int | None = None,
     **options: Any,
 ) -> BottomUpSegmenter:
     """A :class:`BottomUpSegmenter` on ``encoder`` (see the module docstring for the options)."""
-    del mask_resolution  # a Mask R-CNN option, meaningless here
     channels = tuple(int(c) for c in decoder_channels)
     if not 1 <= len(channels) <= 5 or min(channels) < 1:
         raise ConfigError(f"decoder_channels needs 1 to 5 positive widths (one per U-Net stage), got {list(channels)}")
@@ -294,9 +291,13 @@ def build_bottomup(
     if trainable_encoder_stages is not None:
         freeze_encoder_stages(net.encoder, int(trainable_encoder_stages))
     net = net.to(memory_format=torch.channels_last)
+    # NHWC inputs too: ~25% faster convolutions on CPU with the channels-last weights
+    dense_input = DenseInput(*encoder_norm(encoder, in_channels), encoder_stride(net), min_size, max_size,
+                             channels_last=True)
     return BottomUpSegmenter(
-        net, num_classes, encoder, in_channels, min_size, max_size,
-        semantic_weight=semantic_weight, boundary_weight=boundary_weight, distance_weight=distance_weight,
+        net, num_classes, dense_input,
+        BottomUpLoss(num_classes, semantic_weight, boundary_weight, distance_weight),
+        WatershedInstances(num_classes),
         fg_threshold=fg_threshold, seed_threshold=seed_threshold, boundary_threshold=boundary_threshold,
         min_area=min_area,
     )
@@ -328,5 +329,15 @@ def _make_builder(encoder: str) -> Callable[..., BottomUpSegmenter]:
     return builder
 
 
+OPTIONS = ("min_size", "max_size", "pretrained_backbone", "in_channels", "encoder", "decoder_channels",
+           "semantic_weight", "boundary_weight", "distance_weight", *DEFAULT_THRESHOLDS, "trainable_encoder_stages")
+"""Named options of every bottom-up builder (anything else goes to smp's ``Unet``)."""
+CAPABILITIES: dict[str, Any] = {
+    "options": OPTIONS,
+    "backbone": "net.encoder",
+    "semantic_targets": True,
+    "input": InputSpec(channels=None),
+}
+
 for _encoder in ENCODERS:
-    register_model(task="instance", family="bottomup")(_make_builder(_encoder))
+    register_model(task="instance", family="bottomup", **CAPABILITIES)(_make_builder(_encoder))

@@ -156,11 +156,16 @@ def pad_batch(images: Sequence[Tensor], stride: int, fill: float = 0.0) -> tuple
     sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
     h = -(-max(s[0] for s in sizes) // stride) * stride
     w = -(-max(s[1] for s in sizes) // stride) * stride
+    return pad_to(images, (h, w), fill), sizes
+
+
+def pad_to(images: Sequence[Tensor], size: tuple[int, int], fill: float = 0.0) -> Tensor:
+    """Stack C x h x w maps into B x C x H x W (``size``), padding bottom/right with ``fill``."""
     first = images[0]
-    batch = first.new_full((len(images), first.shape[0], h, w), fill)
+    batch = first.new_full((len(images), first.shape[0], *size), fill)
     for i, im in enumerate(images):
         batch[i, :, : im.shape[-2], : im.shape[-1]] = im
-    return batch, sizes
+    return batch
 
 
 def crop_batch(outputs: Tensor, sizes: Sequence[tuple[int, int]]) -> list[Tensor]:
@@ -206,7 +211,11 @@ class PaddedBatch:
 
 
 class DenseInput(nn.Module):
-    """Normalise [0, 1] images, resize them in eval mode (``min_size``/``max_size``) and pad to ``stride``."""
+    """Normalise [0, 1] images, resize them in eval mode (``min_size``/``max_size``) and pad to ``stride``.
+
+    ``channels_last``: hand the batch over in NHWC memory layout (faster convolutions on CPU for networks
+    whose weights use it too).
+    """
 
     def __init__(
         self,
@@ -215,6 +224,7 @@ class DenseInput(nn.Module):
         stride: int = 32,
         min_size: int | None = None,
         max_size: int | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
@@ -222,6 +232,7 @@ class DenseInput(nn.Module):
         self.stride = stride
         self.min_size = min_size
         self.max_size = max_size
+        self.channels_last = channels_last
 
     def forward(self, images: Sequence[Tensor]) -> PaddedBatch:
         channels = self.mean.shape[0]
@@ -236,4 +247,6 @@ class DenseInput(nn.Module):
                 x = resize_map(x, resized_size(h, w, self.min_size, self.max_size))
             prepared.append(x)
         tensor, sizes = pad_batch(prepared, self.stride)
+        if self.channels_last:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
         return PaddedBatch(tensor, sizes, input_sizes)

@@ -14,6 +14,7 @@ from torch import nn
 from maskkit.config import TrainConfig
 from maskkit.errors import ConfigError, DataError
 from maskkit.models.checkpoint import load_checkpoint
+from maskkit.models.registry import create, model_info
 
 log = logging.getLogger("maskkit.train")
 
@@ -35,59 +36,52 @@ def inference_sizes(cfg: TrainConfig) -> tuple[int, int]:
     return int(min_size), int(max_size)
 
 
-DETECTION_FAMILIES = ("maskrcnn", "panoptic")
-"""Families built on torchvision's Mask R-CNN (anchors, mask head resolution, RoI options)."""
-
-
 def uses_semantic_targets(cfg: TrainConfig) -> bool:
-    """Whether the model trains on per-pixel class maps (every family except plain Mask R-CNN)."""
-    from maskkit.models import model_info
-
-    return model_info(cfg.model.name).family != "maskrcnn"
+    """Whether the model trains on per-pixel class maps (its registry entry's ``semantic_targets``)."""
+    return model_info(cfg.model.name).capabilities.semantic_targets
 
 
 def build_model(cfg: TrainConfig, num_classes: int, pretrained: bool | None = None) -> nn.Module:
     """Create ``cfg.model.name`` for ``num_classes`` foreground classes.
 
-    Training resizes images in the data pipeline (multi-scale), so the model's own resize is skipped
-    in train mode; in eval mode it resizes to :func:`inference_sizes` and maps outputs back.
-    Detection families get the anchor/mask-head options; every model gets ``in_channels``.
+    The config fields go to the builder as its registry entry's capabilities say: ``anchor_sizes``,
+    ``mask_resolution`` and ``trainable_backbone_layers`` to models taking them, ``in_channels`` (from
+    ``augment.channels``) to models of any channel count. Models that resize internally skip that resize in
+    train mode when the data pipeline resizes (multi-scale ``augment.min_size``); in eval mode they resize
+    to :func:`inference_sizes` and map outputs back.
     """
-    from maskkit.models import create, model_info
-
     m = cfg.model
+    caps = model_info(m.name).capabilities
     min_size, max_size = inference_sizes(cfg)
     kwargs: dict[str, Any] = dict(m.options)
     kwargs.update(min_size=min_size, max_size=max_size,
                   pretrained_backbone=m.pretrained_backbone if pretrained is None else pretrained)
-    if model_info(m.name).family in DETECTION_FAMILIES:
+    if caps.accepts("mask_resolution"):
         kwargs["mask_resolution"] = m.mask_resolution
-        if m.anchor_sizes is not None:
-            kwargs["anchor_sizes"] = m.anchor_sizes
-        if m.trainable_backbone_layers is not None:
-            kwargs["trainable_backbone_layers"] = m.trainable_backbone_layers
-    else:
-        kwargs.setdefault("in_channels", cfg.augment.channels or 3)
-        if m.trainable_backbone_layers is not None:
+    if m.anchor_sizes is not None and caps.accepts("anchor_sizes"):
+        kwargs["anchor_sizes"] = m.anchor_sizes
+    if m.trainable_backbone_layers is not None:
+        if not caps.accepts("trainable_backbone_layers"):
             raise ConfigError(f"{m.name}: trainable_backbone_layers applies to detection models; use "
                               "freeze_backbone to freeze the encoder")
+        kwargs["trainable_backbone_layers"] = m.trainable_backbone_layers
+    if caps.input.channels is None:
+        kwargs.setdefault("in_channels", cfg.augment.channels or 3)
+    if caps.resizes_internally:
+        kwargs["train_resize"] = not cfg.augment.min_size
     model = create(m.name, num_classes, **kwargs)
-    if hasattr(model, "transform"):
-        model.transform._skip_resize = bool(cfg.augment.min_size)
     if m.freeze_backbone:
-        freeze_backbone(model)
+        freeze_backbone(model, caps.backbone)
     return model
 
 
-def freeze_backbone(model: nn.Module) -> int:
-    """Stop gradients through the backbone body (the FPN still trains); returns the frozen parameter count."""
-    net = getattr(model, "net", None)
-    body = (getattr(getattr(model, "backbone", None), "body", None) or getattr(model, "backbone", None)
-            or getattr(model, "encoder", None) or getattr(net, "encoder", None))
-    if body is None:
-        return 0
+def freeze_backbone(model: nn.Module, backbone: str | None = "backbone.body") -> int:
+    """Stop gradients through the backbone body at the dotted path ``backbone`` (the FPN and heads still train);
+    returns the frozen parameter count. ``backbone`` is the registry entry's ``capabilities.backbone``."""
+    if backbone is None:
+        raise ConfigError(f"{type(model).__name__} has no backbone that can be frozen")
     n = 0
-    for p in body.parameters():
+    for p in model.get_submodule(backbone).parameters():
         p.requires_grad_(False)
         n += p.numel()
     return n
@@ -130,8 +124,6 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
     or without a ``module.`` prefix (DDP). Tensors whose shape differs (class heads of another
     class count) are skipped and reported.
     """
-    from maskkit.models.checkpoint import load_checkpoint
-
     path = Path(path)
     src = _state_dict_of(load_checkpoint(path), path)
     own = model.state_dict()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from maskkit.data.formats.labelimages import label_image_to_rles
 from maskkit.structures import Instances, Masks
 
 
@@ -62,8 +63,6 @@ def region_ids(output: dict[str, torch.Tensor], n: int) -> np.ndarray:
 
 def instance_map_to_rles(instance_map: torch.Tensor | np.ndarray, n: int) -> list[dict[str, Any]]:
     """Compressed RLEs of instances ``0..n-1`` of an ``H×W`` map holding ``i + 1`` (empty RLE if absent)."""
-    from maskkit.data.formats.labelimages import label_image_to_rles
-
     imap = instance_map.detach().cpu().numpy() if isinstance(instance_map, torch.Tensor) else np.asarray(instance_map)
     h, w = imap.shape
     rles, ids = label_image_to_rles(imap.astype(np.int32, copy=False))

@@ -30,10 +30,11 @@ from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
-from maskkit.errors import ConfigError, DataError
+from maskkit.errors import ConfigError
 from maskkit.models import maskrcnn as mrcnn
 from maskkit.models.losses import SegLoss
 from maskkit.models.registry import register_model
+from maskkit.models.targets import checked_semantic_target
 from maskkit.structures.labels import IGNORE_INDEX
 
 SEMANTIC_OPTIONS = ("semantic_weight", "semantic_loss", "semantic_channels", "semantic_class_weights")
@@ -143,7 +144,8 @@ class PanopticFPN(MaskRCNN):
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         semantics = None
         if self.training:
-            semantics = [self._semantic_target(t, size) for t, size in zip(targets, original_sizes, strict=True)]
+            semantics = [checked_semantic_target(t, size, self.num_classes)
+                         for t, size in zip(targets, original_sizes, strict=True)]
         image_list, targets = self.transform(images, targets)
         features = self.backbone(image_list.tensors)
         proposals, proposal_losses = self.rpn(image_list, features, targets)
@@ -164,19 +166,6 @@ class PanopticFPN(MaskRCNN):
             det["sem_seg"] = crop[0].softmax(0)
         return detections
 
-    def _semantic_target(self, target: Mapping[str, Tensor], size: tuple[int, int]) -> Tensor:
-        sem = target.get("semantic")
-        if sem is None:
-            from maskkit.models.targets import semantic_from_instances
-
-            sem = semantic_from_instances(target, size, IGNORE_INDEX)
-        sem = torch.as_tensor(sem)
-        if sem.ndim != 2 or tuple(sem.shape) != size:
-            raise DataError(f"semantic target has shape {tuple(sem.shape)} but the image is {size[0]}x{size[1]}")
-        bad = (sem < 0) | ((sem > self.num_classes) & (sem != IGNORE_INDEX))
-        if bool(bad.any()):
-            raise DataError(f"semantic target holds class {int(sem[bad][0])}; expected 0..{self.num_classes} or 255")
-        return sem
 
 
 def _semantic_options(
@@ -206,19 +195,26 @@ def _panoptic(build_detector: Callable[..., MaskRCNN], num_classes: int, options
     return PanopticFPN(build_detector(num_classes, **options), num_classes, **semantic)
 
 
-@register_model(task="instance", family="panoptic")
+def _register(variant: str) -> Callable[[Callable], Callable]:
+    """Registered as an instance model with the Mask R-CNN ``variant``'s capabilities plus the semantic options."""
+    options = {*mrcnn.VARIANTS[variant].options(), *SEMANTIC_OPTIONS}
+    return register_model(task="instance", family="panoptic", options=options, semantic_targets=True,
+                          **mrcnn.MASKRCNN_CAPABILITIES)
+
+
+@_register("maskrcnn_effl0_fpn")
 def panoptic_fpn_effl0(num_classes: int, **options: Any) -> PanopticFPN:
     """Panoptic FPN, EfficientNet-Lite0 Mask R-CNN + semantic FPN head; ImageNet backbone offline."""
     return _panoptic(mrcnn.maskrcnn_effl0_fpn, num_classes, options)
 
 
-@register_model(task="instance", family="panoptic")
+@_register("maskrcnn_r50_fpn")
 def panoptic_fpn_r50(num_classes: int, **options: Any) -> PanopticFPN:
     """Panoptic FPN, ResNet-50 Mask R-CNN (torchvision, optional COCO weights) + semantic FPN head."""
     return _panoptic(mrcnn.maskrcnn_r50_fpn, num_classes, options)
 
 
-@register_model(task="instance", family="panoptic")
+@_register("maskrcnn_r18_fpn")
 def panoptic_fpn_r18(num_classes: int, **options: Any) -> PanopticFPN:
     """Panoptic FPN, ResNet-18 Mask R-CNN + semantic FPN head: light, for CPUs and small data."""
     return _panoptic(mrcnn.maskrcnn_r18_fpn, num_classes, options)

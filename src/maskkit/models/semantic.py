@@ -2,17 +2,17 @@
 
 U-Net, DeepLabV3, DeepLabV3+ and PSPNet are segmentation-models-pytorch architectures; FCN is
 torchvision's ``FCNHead`` on the encoder's deepest (dilated, stride 16) features. Every network is
-wrapped in :class:`SemanticSegmenter`, which follows the model contract: it normalises, pads to the
-network's stride and crops back; train mode returns :class:`~maskkit.models.losses.SegLoss` terms; eval
-mode returns ``sem_seg`` plus instances made of the connected components of each foreground class,
-so instance evaluation works for semantic models too.
+wrapped in :class:`SemanticSegmenter`, a :class:`~maskkit.models.dense.DenseSegmentationModel` that
+normalises, pads to the network's stride and crops back; train mode returns :class:`SemanticLoss` terms
+(:class:`~maskkit.models.losses.SegLoss` on class maps); eval mode returns ``sem_seg`` plus instances made of
+the connected components of each foreground class (:class:`ComponentInstances`), so instance evaluation
+works for semantic models too.
 
 Builder options (besides the common ``pretrained_backbone``, ``in_channels``, ``min_size``, ``max_size``):
 ``encoder`` (override the name's encoder), ``loss`` (term -> weight, default ``{"ce": 1, "dice": 1}``),
 ``class_weights`` (K + 1 values, background first), ``min_area`` (smallest component kept as an
 instance, default 4 px); anything else goes to the smp architecture (e.g. ``decoder_channels``,
-``encoder_output_stride``; FCN takes ``encoder_output_stride`` 8, 16 or 32). ``mask_resolution`` (a Mask
-R-CNN option the trainer passes to every builder) is ignored.
+``encoder_output_stride``; FCN takes ``encoder_output_stride`` 8, 16 or 32).
 """
 
 from __future__ import annotations
@@ -24,20 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.segmentation.fcn import FCNHead
 
-from maskkit.errors import ConfigError, DataError
-from maskkit.models.encoders import (
-    ENCODERS,
-    DenseInput,
-    build_encoder,
-    build_smp,
-    encoder_norm,
-    encoder_stride,
-    pad_batch,
-)
+from maskkit.errors import ConfigError
+from maskkit.models.dense import DenseSegmentationModel, Targets, semantic_batch
+from maskkit.models.encoders import ENCODERS, DenseInput, build_encoder, build_smp, encoder_norm, encoder_stride
 from maskkit.models.losses import SegLoss
-from maskkit.models.registry import register_model
-from maskkit.models.targets import semantic_from_instances
+from maskkit.models.registry import InputSpec, register_model
 from maskkit.structures.labels import IGNORE_INDEX
 
 DEFAULT_LOSS: dict[str, float] = {"ce": 1.0, "dice": 1.0}
@@ -65,8 +58,6 @@ class FCN(nn.Module):
     def __init__(
         self, encoder: str, classes: int, in_channels: int = 3, pretrained: bool = True, encoder_output_stride: int = 16
     ) -> None:
-        from torchvision.models.segmentation.fcn import FCNHead
-
         super().__init__()
         if encoder_output_stride not in (8, 16, 32):
             raise ConfigError(f"encoder_output_stride must be 8, 16 or 32, got {encoder_output_stride}")
@@ -119,61 +110,39 @@ def instances_from_semantic(probs: Tensor, min_area: int = 4) -> dict[str, Tenso
     }
 
 
-class SemanticSegmenter(nn.Module):
-    """A per-pixel classifier over K + 1 classes (0 background) following the maskkit model contract."""
+class SemanticLoss:
+    """:class:`~maskkit.models.losses.SegLoss` terms (``loss`` term -> weight) of the targets' class maps
+    (``semantic``, painted from the instances when absent), ``IGNORE_INDEX`` ignored."""
 
     def __init__(
-        self,
-        net: nn.Module,
-        num_classes: int,
-        encoder: str,
-        in_channels: int = 3,
-        min_size: int | None = None,
-        max_size: int | None = None,
-        loss: Mapping[str, float] | None = None,
-        class_weights: Sequence[float] | None = None,
-        min_area: int = 4,
+        self, num_classes: int, loss: Mapping[str, float] | None = None, class_weights: Sequence[float] | None = None
     ) -> None:
-        super().__init__()
         if class_weights is not None and len(class_weights) != num_classes + 1:
             n = len(class_weights)
             raise ConfigError(f"class_weights needs {num_classes + 1} values (background first), got {n}")
-        self.net = net
         self.num_classes = num_classes
-        self.input = DenseInput(*encoder_norm(encoder, in_channels), encoder_stride(net), min_size, max_size)
-        self.criterion = SegLoss(loss or DEFAULT_LOSS, class_weights, IGNORE_INDEX)
+        self.seg = SegLoss(loss or DEFAULT_LOSS, class_weights, IGNORE_INDEX)
+
+    def __call__(self, logits: Tensor, targets: Targets, sizes: list[tuple[int, int]]) -> dict[str, Tensor]:
+        return self.seg(logits, semantic_batch(targets, sizes, self.num_classes, logits))
+
+
+class ComponentInstances:
+    """Decoder of class logits: ``sem_seg`` probabilities plus instances from :func:`instances_from_semantic`."""
+
+    def __init__(self, min_area: int = 4) -> None:
         self.min_area = int(min_area)
 
-    def forward(
-        self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """Loss terms (train mode, ``targets`` required) or one prediction dict per image (eval mode)."""
-        if self.training and targets is None:
-            raise ValueError("targets are required in train mode")
-        batch = self.input(images)
-        logits = self.net(batch.tensor)
-        if self.training:
-            assert targets is not None
-            return self.criterion(logits, self._targets(targets, batch.sizes))
-        outputs = []
-        for logit in batch.unpad(logits):
-            probs = logit.softmax(0)
-            outputs.append({**instances_from_semantic(probs, self.min_area), "sem_seg": probs})
-        return outputs
+    def activate(self, logits: Tensor) -> Tensor:
+        return logits.softmax(0)
 
-    def _targets(self, targets: Sequence[Mapping[str, Tensor]], sizes: list[tuple[int, int]]) -> Tensor:
-        maps = []
-        for t, size in zip(targets, sizes, strict=True):
-            sem = t.get("semantic")
-            sem = semantic_from_instances(t, size, IGNORE_INDEX) if sem is None else torch.as_tensor(sem)
-            if sem.dim() != 2 or tuple(sem.shape) != size:
-                raise DataError(f"semantic target has shape {tuple(sem.shape)} but the image is {size[0]}x{size[1]}")
-            bad = (sem < 0) | ((sem > self.num_classes) & (sem != IGNORE_INDEX))
-            if bool(bad.any()):
-                value = int(sem[bad][0])
-                raise DataError(f"semantic target holds class {value}; expected 0..{self.num_classes} or 255")
-            maps.append(sem.to(torch.int64)[None])
-        return pad_batch(maps, self.input.stride, fill=IGNORE_INDEX)[0][:, 0]
+    def __call__(self, probs: Tensor) -> dict[str, Tensor]:
+        return {**instances_from_semantic(probs, self.min_area), "sem_seg": probs}
+
+
+class SemanticSegmenter(DenseSegmentationModel):
+    """A per-pixel classifier over K + 1 classes (0 background): a dense model with :class:`SemanticLoss` and
+    :class:`ComponentInstances`."""
 
 
 def build_semantic(
@@ -188,11 +157,9 @@ def build_semantic(
     loss: Mapping[str, float] | None = None,
     class_weights: Sequence[float] | None = None,
     min_area: int = 4,
-    mask_resolution: int | None = None,
     **options: Any,
 ) -> SemanticSegmenter:
     """A :class:`SemanticSegmenter` of ``family`` on ``encoder`` (see the module docstring for options)."""
-    del mask_resolution  # a Mask R-CNN option, meaningless here
     if family not in FAMILIES:
         raise ConfigError(f"unknown semantic family {family!r}; known: {', '.join(FAMILIES)}")
     arch, defaults, _ = FAMILIES[family]
@@ -205,7 +172,9 @@ def build_semantic(
         net: nn.Module = FCN(encoder, classes, in_channels, pretrained_backbone, **kwargs)
     else:
         net = build_smp(arch, encoder, classes, in_channels, pretrained_backbone, **kwargs)
-    return SemanticSegmenter(net, num_classes, encoder, in_channels, min_size, max_size, loss, class_weights, min_area)
+    criterion = SemanticLoss(num_classes, loss, class_weights)
+    dense_input = DenseInput(*encoder_norm(encoder, in_channels), encoder_stride(net), min_size, max_size)
+    return SemanticSegmenter(net, num_classes, dense_input, criterion, ComponentInstances(min_area))
 
 
 def _make_builder(family: str, encoder: str) -> Callable[..., SemanticSegmenter]:
@@ -234,6 +203,15 @@ def _make_builder(family: str, encoder: str) -> Callable[..., SemanticSegmenter]
     return builder
 
 
+OPTIONS = ("min_size", "max_size", "pretrained_backbone", "in_channels", "encoder", "loss", "class_weights", "min_area")
+"""Named options of every semantic builder (anything else goes to the smp architecture)."""
+CAPABILITIES: dict[str, Any] = {
+    "options": OPTIONS,
+    "backbone": "net.encoder",
+    "semantic_targets": True,
+    "input": InputSpec(channels=None),
+}
+
 for _family in FAMILIES:
     for _encoder in ENCODERS:
-        register_model(task="semantic", family=_family)(_make_builder(_family, _encoder))
+        register_model(task="semantic", family=_family, **CAPABILITIES)(_make_builder(_family, _encoder))

@@ -42,6 +42,21 @@ def semantic_from_instances(
 # -- bottom-up targets: instance borders and per-instance normalised distance --------------------------
 
 
+def checked_semantic_target(
+    target: Mapping[str, Tensor], size: tuple[int, int], num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
+    """A target's ``semantic`` class map (painted from its instances when absent), checked against the image
+    ``size`` (h, w) and the classes ``0..num_classes`` plus ``ignore_index``; a ``DataError`` says what is wrong."""
+    sem = target.get("semantic")
+    sem = semantic_from_instances(target, size, ignore_index) if sem is None else torch.as_tensor(sem)
+    if sem.dim() != 2 or tuple(sem.shape) != tuple(size):
+        raise DataError(f"semantic target has shape {tuple(sem.shape)} but the image is {size[0]}x{size[1]}")
+    bad = (sem < 0) | ((sem > num_classes) & (sem != ignore_index))
+    if bool(bad.any()):
+        raise DataError(f"semantic target holds class {int(sem[bad][0])}; expected 0..{num_classes} or {ignore_index}")
+    return sem
+
+
 def instance_id_map(masks: Tensor | np.ndarray) -> np.ndarray:
     """``H x W`` int32 map of ``N x H x W`` masks: ``i + 1`` where mask ``i`` is, 0 elsewhere.
 

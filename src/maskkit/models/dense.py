@@ -1,0 +1,86 @@
+"""The base of the dense (per-pixel) models: a network plus its input pipeline, loss and post-processing.
+
+:class:`DenseSegmentationModel` follows the model contract (train mode: a dict of loss terms; eval mode:
+one prediction dict per image at the input size). Like torchvision's detectors take their heads, it takes
+its parts by constructor injection:
+
+* ``net``: ``B x C x H x W`` batch -> ``B x M x H x W`` logits (the only part with weights: its state-dict
+  keys are ``net.*``);
+* ``input``: a :class:`~maskkit.models.encoders.DenseInput` (normalise, eval resize, pad to the stride);
+* ``criterion``: a :class:`DenseLoss`, ``(logits, targets, sizes) -> {"loss_*": value}``;
+* ``decoder``: a :class:`DenseDecoder`, per image ``activate(logits) -> raw maps`` then ``raw -> outputs``.
+
+The semantic models (:mod:`maskkit.models.semantic`) and the bottom-up instance model
+(:mod:`maskkit.models.bottomup`) are this class with different parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from maskkit.models.encoders import DenseInput, pad_to
+from maskkit.models.targets import checked_semantic_target
+from maskkit.structures.labels import IGNORE_INDEX
+
+Targets = Sequence[Mapping[str, Tensor]]
+
+
+class DenseLoss(Protocol):
+    """Loss terms of padded ``B x M x H x W`` logits for the model contract's target dicts."""
+
+    def __call__(self, logits: Tensor, targets: Targets, sizes: list[tuple[int, int]]) -> dict[str, Tensor]: ...
+
+
+class DenseDecoder(Protocol):
+    """Post-processing of one image's logits (already cropped and resized to the input size)."""
+
+    def activate(self, logits: Tensor) -> Any:
+        """The raw maps (probabilities) of ``M x H x W`` logits."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        """``(raw, **params)``: the eval output dict of raw maps; ``params`` (if any) tune the post-processing."""
+
+
+def semantic_batch(targets: Targets, sizes: list[tuple[int, int]], num_classes: int, like: Tensor) -> Tensor:
+    """``B x H x W`` int64 class maps of ``targets`` (checked, painted from instances when absent), padded with
+    ``IGNORE_INDEX`` to the spatial size of ``like`` (the padded logits)."""
+    maps = [checked_semantic_target(t, size, num_classes).to(torch.int64)[None]
+            for t, size in zip(targets, sizes, strict=True)]
+    return pad_to(maps, (int(like.shape[-2]), int(like.shape[-1])), fill=IGNORE_INDEX)[:, 0]
+
+
+class DenseSegmentationModel(nn.Module):
+    """A per-pixel network over ``num_classes`` foreground classes with injected input, loss and decoder."""
+
+    def __init__(
+        self, net: nn.Module, num_classes: int, input: DenseInput, criterion: DenseLoss, decoder: DenseDecoder
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.num_classes = num_classes
+        self.input = input
+        self.criterion = criterion
+        self.decoder = decoder
+
+    def forward(
+        self, images: Sequence[Tensor], targets: Targets | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Loss terms (train mode, ``targets`` required) or one prediction dict per image (eval mode)."""
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in train mode")
+            batch = self.input(images)
+            return self.criterion(self.net(batch.tensor), targets, batch.sizes)
+        return [self._decode(raw) for raw in self._raw(images)]
+
+    def _raw(self, images: Sequence[Tensor]) -> list[Any]:
+        """Per image, the decoder's raw maps at the input size."""
+        batch = self.input(images)
+        return [self.decoder.activate(logits) for logits in batch.unpad(self.net(batch.tensor))]
+
+    def _decode(self, raw: Any) -> dict[str, Tensor]:
+        return self.decoder(raw)
