@@ -1,15 +1,61 @@
-"""Shared fixtures and the CI rule that a skipped test is a failed test."""
+"""Shared fixtures (real datasets, one thread, tiny run configs) and the CI rule that a skip is a failure."""
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 IN_CI = bool(os.environ.get("CI"))
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""Environment of the maskkit subprocesses tests start: one thread each (the machine has two cores)."""
+
+TINY_MASKRCNN: dict[str, Any] = {
+    "model": {
+        "name": "maskrcnn_r18_fpn",
+        "pretrained_backbone": False,
+        "anchor_sizes": [8, 16, 32, 64, 128],
+        "options": {"box_batch_size_per_image": 16, "rpn_batch_size_per_image": 16, "rpn_pre_nms_top_n_train": 100,
+                    "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20,
+                    "box_detections_per_img": 10},
+    },
+    "data": {"batch_size": 4},
+    "augment": {"min_size": [64], "max_size": None},
+    "optim": {"lr": 5e-4, "warmup_steps": 1},
+    "schedule": {"epochs": 1, "val_loss": False},
+    "output": {"tensorboard": False, "plots": False, "progress": False},
+    "threads": 1,
+}
+"""A Mask R-CNN R18 run config that trains in seconds on 64 px synthetic images (random weights)."""
+
+
+def tiny_config(base: dict[str, Any] | None = None, **sections: dict[str, Any] | Any) -> dict[str, Any]:
+    """A deep copy of ``base`` (default :data:`TINY_MASKRCNN`) with each given section merged in (dict sections
+    update key by key, other values replace), e.g. ``tiny_config(data={"path": p}, output={"out": o})``."""
+    cfg = copy.deepcopy(TINY_MASKRCNN if base is None else base)
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **copy.deepcopy(value)}
+        else:
+            cfg[key] = copy.deepcopy(value)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine they cost a lot."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def pytest_configure(config: pytest.Config) -> None:
