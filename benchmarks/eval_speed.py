@@ -296,9 +296,10 @@ def whole_process(args: argparse.Namespace) -> None:
             "faster-coco-eval script (bbox + segm)": [sys.executable, script, gt_path, pred_path],
         }
         if args.pycocotools:
-            commands["pycocotools script (bbox + segm)"] = [sys.executable, "-c", FASTER_SCRIPT.replace(
-                "from faster_coco_eval import COCO, COCOeval_faster", "from pycocotools.coco import COCO\n"
-                "from pycocotools.cocoeval import COCOeval as COCOeval_faster")] + [gt_path, pred_path]
+            plain = FASTER_SCRIPT.replace("from faster_coco_eval import COCO, COCOeval_faster",
+                                          "from pycocotools.coco import COCO\n"
+                                          "from pycocotools.cocoeval import COCOeval as COCOeval_faster")
+            commands["pycocotools script (bbox + segm)"] = [sys.executable, "-c", plain, gt_path, pred_path]
         times: dict[str, list[float]] = {k: [] for k in commands}
         for round_ in range(max(args.repeats, 1) + 1):  # round 0: untimed warm-up (file cache, .pyc)
             for name, cmd in commands.items():
