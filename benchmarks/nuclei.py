@@ -10,6 +10,11 @@ Each recipe trains in its own ``maskkit train`` process (``--minutes``; validati
 budget is spent training), then its ``best.pt`` is scored on the val split. ``--skip-train`` scores runs
 that already exist in ``--out``.
 
+What is chosen where: the recipes hold back ``tune.images`` training images (``tune.split: train_slice``),
+which make every choice of the run (post-processing thresholds, ``best.pt``, early stopping); the 12 val
+images are only scored (``score`` takes exactly the run's ``val_images.json`` images). The table's "chosen
+on" column says, per row, what was tuned and on which images (from the run's ``metrics.json``).
+
 Run: ``python benchmarks/nuclei.py [--minutes 20] [--recipes dsb2018,dsb2018-bottomup] [--out runs/bench-nuclei]``
 """
 
@@ -61,14 +66,17 @@ def train_rate(run: Path) -> float:
 
 def score(run: Path, tta: bool) -> dict[str, float]:
     """Mask AP / AP50 (maxDets 1000), Boundary AP and F1@0.5 of ``run/best.pt`` on the run's val split."""
-    from maskkit.cli.eval import _load_dataset
+    from maskkit.engine.data import images_to_score
     from maskkit.evaluation import InstanceEvaluator
     from maskkit.evaluation.results import image_loader
     from maskkit.inference.predictor import Predictor
     from maskkit.inference.tta import FLIPS
 
     predictor = Predictor(run, device="cpu", tta=tta, tta_flips=FLIPS if tta else None)
-    val, _ = _load_dataset(DATA, "val", predictor.config)
+    kept = images_to_score(DATA, "val", run)
+    val, contains_training = kept.images, kept.contains_training_images
+    if contains_training:
+        sys.exit(f"{run}: cannot tell which images it trained on (no val_images.json listing them)")
     ev = InstanceEvaluator(val.categories, max_dets=[1, 100, 1000], extras=("matching", "boundary"))
     load = image_loader(val)
     t0 = time.perf_counter()
@@ -78,6 +86,21 @@ def score(run: Path, tta: bool) -> dict[str, float]:
     m = ev.evaluate()
     return {"AP": m["segm"]["AP"], "AP50": m["segm"]["AP50"], "boundary_AP": m["boundary"]["AP"],
             "F1@0.5": m["matching"]["f1@0.50"], "images": len(val.images), "s/image": seconds / len(val.images)}
+
+
+def chosen_on(run: Path) -> str:
+    """What the run tuned and on which images (its ``metrics.json`` and ``val_images.json``)."""
+    import json
+
+    tuning = json.loads((run / "metrics.json").read_text()).get("tuning")
+    split = json.loads((run / "val_images.json").read_text())
+    if not tuning:
+        return "nothing tuned (validation only at the end: best.pt = last)"
+    if tuning.get("split") == "train_slice":
+        where = f"{len(split['tune_images'])} held-back train images"
+    else:  # runs before tune.split: the reported val images themselves
+        where = f"the {len(split['images'])} reported val images"
+    return f"watershed thresholds ({tuning['combinations']} combinations) on {where}"
 
 
 def main() -> None:
@@ -90,7 +113,7 @@ def main() -> None:
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"the shared nuclei data is missing: {DATA}")
-    rows: list[tuple[str, float, dict[str, Any], dict[str, Any] | None]] = []
+    rows: list[tuple[str, float, dict[str, Any], dict[str, Any] | None, str]] = []
     for recipe in args.recipes.split(","):
         run = args.out / recipe
         if not args.skip_train:
@@ -98,18 +121,19 @@ def main() -> None:
         name = yaml.safe_load((run / "config.yaml").read_text())["model"]["name"]
         plain = score(run, tta=False)
         tta = None if args.no_tta else score(run, tta=True)
-        rows.append((f"maskkit {name} ({recipe}.yaml)", train_rate(run), plain, tta))
+        rows.append((f"maskkit {name} ({recipe}.yaml)", train_rate(run), plain, tta, chosen_on(run)))
         print(f"{recipe}: {plain} | TTA {tta}", flush=True)
 
     print(f"\nDSB 2018 nuclei val (12 images, 510 nuclei), {args.minutes:g} CPU minutes of training each\n")
-    print("| model | train img/s | mask AP (maxDets 1000) | AP50 | Boundary AP | F1@0.5 | with TTA: AP / F1@0.5 |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | train img/s | mask AP (maxDets 1000) | AP50 | Boundary AP | F1@0.5 | with TTA: AP / F1@0.5 "
+          "| chosen on |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     for name, rate, ap_, ap50 in PEERS:
-        print(f"| {name} (peer) | {rate:.2f} | {ap_:.3f} | {ap50:.3f} | – | – | – |")
-    for name, rate, m, t in rows:
+        print(f"| {name} (peer) | {rate:.2f} | {ap_:.3f} | {ap50:.3f} | – | – | – | see peer notes |")
+    for name, rate, m, t, where in rows:
         tta_cell = f"{t['AP']:.3f} / {t['F1@0.5']:.3f}" if t else "–"
         print(f"| {name} | {rate:.2f} | {m['AP']:.3f} | {m['AP50']:.3f} | {m['boundary_AP']:.3f} | "
-              f"{m['F1@0.5']:.3f} | {tta_cell} |")
+              f"{m['F1@0.5']:.3f} | {tta_cell} | {where} |")
 
 
 if __name__ == "__main__":

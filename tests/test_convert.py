@@ -144,3 +144,16 @@ def test_convert_masks_layout_option(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "unknown --layout 'nope'" in capsys.readouterr().err
     assert run_cli("convert", str(src), str(tmp_path / "x"), "--to", "coco", "--layout", "per-instance",
                    monkeypatch=monkeypatch) == 2
+
+
+def test_convert_refuses_unknown_image_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """An entry without width/height whose file cannot tell them is kept for validate (E109) but not written."""
+    (tmp_path / "src" / "images").mkdir(parents=True)
+    (tmp_path / "src" / "images" / "a.png").write_bytes(b"not an image")
+    doc = {"images": [{"id": 1, "file_name": "a.png"}], "annotations": [], "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "src" / "annotations.json").write_text(json.dumps(doc))
+    code = run_cli("convert", str(tmp_path / "src"), str(tmp_path / "out"), "--to", "yolo", monkeypatch=monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and "image size unknown" in err and "a.png" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

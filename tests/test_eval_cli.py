@@ -187,3 +187,78 @@ def test_model_evaluation_plugs_in_a_predictor(tmp_path: Path, monkeypatch: pyte
     assert code == 0, err
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["counts"]["pred_instances"] == 2 and metrics["segm"]["AP50"] > 0
+    # no val_images.json beside the checkpoint: it cannot tell what was trained on, and says so
+    assert metrics["contains_training_images"] is True
+    assert "cannot tell which images the model was trained on" in err
+
+
+class _FakePredictor:
+    """``Predictor(checkpoint).predict(image) -> Instances``: one square per image (dataset category ids)."""
+
+    def __init__(self, checkpoint: Path, **options: Any) -> None:
+        self.checkpoint = checkpoint
+
+    def predict(self, image: np.ndarray) -> Any:
+        from maskkit.structures import Instances, Masks
+
+        m = np.zeros(image.shape[:2], bool)
+        m[5:35, 5:35] = True
+        return Instances.from_masks(Masks.from_bitmaps(m[None], *m.shape), [1], [0.9])
+
+
+def _fake_run(run_dir: Path, data: str, val_fraction: float) -> list[str]:
+    """A run folder whose ``val_images.json`` is what training on ``data`` (as spelled) writes; its val files."""
+    from maskkit.config import TrainConfig
+    from maskkit.engine.data import load_train_data, split_record
+    from maskkit.fileio import atomic_write_json
+
+    cfg = TrainConfig.model_validate({"data": {"path": data, "val_fraction": val_fraction}, "seed": 1})
+    record = split_record(load_train_data(cfg), cfg)
+    atomic_write_json(run_dir / "val_images.json", record)
+    (run_dir / "best.pt").write_bytes(b"")
+    return [e["file_name"] for e in record["images"]]
+
+
+@pytest.mark.parametrize("spelling", ["relative", "absolute", "symlinked", "dot-dot"])
+def test_model_eval_on_the_training_source_scores_only_val_images(
+        spelling: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import maskkit.inference
+
+    monkeypatch.setattr(maskkit.inference, "Predictor", _FakePredictor, raising=False)
+    make_dataset(tmp_path / "data")
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path)
+    val = _fake_run(tmp_path / "run", "data", val_fraction=0.5)  # trained with a relative path
+    assert len(val) == 1
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data", target_is_directory=True)
+    data = {"relative": Path("data"), "absolute": tmp_path / "data", "symlinked": tmp_path / "link",
+            "dot-dot": Path("elsewhere") / ".." / "link" / "annotations.json"}[spelling]
+    code, out, err = run(monkeypatch, capsys, "--model", tmp_path / "run", "--data", data, "--out", tmp_path / "o",
+                         "--no-boundary", "--gallery", "0")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["counts"]["images"] == 1 and metrics["contains_training_images"] is False
+    assert "scoring the 1 val images listed in" in out + err + json.dumps(metrics)
+
+
+def test_model_eval_other_data_and_training_only_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import maskkit.inference
+
+    monkeypatch.setattr(maskkit.inference, "Predictor", _FakePredictor, raising=False)
+    make_dataset(tmp_path / "data")
+    make_dataset(tmp_path / "other")
+    (tmp_path / "run").mkdir()
+    _fake_run(tmp_path / "run", str(tmp_path / "data"), val_fraction=0.5)
+    # images the run never saw (same file names, other files): all scored, not flagged
+    code, _, err = run(monkeypatch, capsys, "--model", tmp_path / "run" / "best.pt", "--data", tmp_path / "other",
+                       "--out", tmp_path / "o", "--no-boundary", "--gallery", "0")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["counts"]["images"] == 2 and metrics["contains_training_images"] is False
+    assert "warning" not in err
+    # a run that trained on every image: nothing left to score honestly -> a clear error, no metrics
+    _fake_run(tmp_path / "run", str(tmp_path / "data"), val_fraction=0.0)
+    code, _, err = run(monkeypatch, capsys, "--model", tmp_path / "run", "--data", tmp_path / "data", "--no-boundary")
+    assert code == 2 and "used to train the model" in err and "val_images.json" in err

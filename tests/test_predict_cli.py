@@ -38,13 +38,13 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """4 synthetic 64 px images (COCO layout) and a checkpoint trained for one step."""
+    """4 synthetic 64 px images (COCO layout) and a checkpoint trained for one step on 3 of them (1 val)."""
     import maskkit
     from maskkit.data.synth import write_synthetic
 
     root = tmp_path_factory.mktemp("predict")
     write_synthetic(root / "data", images=4, size=64, seed=1, workers=1)
-    cfg = {**TINY, "data": {**TINY["data"], "path": str(root / "data")},
+    cfg = {**TINY, "data": {**TINY["data"], "path": str(root / "data"), "val_fraction": 0.25},
            "output": {**TINY["output"], "out": str(root / "run")}}
     maskkit.train(cfg)
     return {"root": root, "data": root / "data", "images": root / "data" / "images", "ckpt": root / "run"}
@@ -129,7 +129,9 @@ def test_writers_labels_labelme_overlay(tmp_path: Path) -> None:
     assert [s["label"] for s in doc["shapes"]] == ["cat", "dog", "cat", "cat"]
     assert doc["shapes"][2]["group_id"] == doc["shapes"][3]["group_id"] == 3  # one object in two parts
     assert doc["shapes"][0]["description"] == "score=0.900"
-    aset = read_annotations(out / "labelme")  # maskkit's own LabelMe reader
+    with pytest.raises(DataError, match="outside the dataset root"):  # the image lies outside labelme/
+        read_annotations(out / "labelme")
+    aset = read_annotations(out / "labelme", allow_outside_root=True)  # maskkit's own LabelMe reader
     assert aset.format == "labelme" and aset.class_names == ["cat", "dog"]  # labels.txt keeps the model's order
     rec = aset.images[0]
     assert aset.image_path(rec) == image_path.resolve() and len(rec.instances) == 3
@@ -186,7 +188,7 @@ def test_coco_round_trip_through_eval(run: dict[str, Path], tmp_path: Path) -> N
          "--gallery", "0")
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["segm"]["AP"] == pytest.approx(1.0) and metrics["bbox"]["AP"] == pytest.approx(1.0)
-    images_json = read_annotations(out / "images.json")  # the image list is a COCO file too
+    images_json = read_annotations(out / "images.json", allow_outside_root=True)  # a COCO file too (images: ../)
     assert [r.id for r in images_json.images] == sorted(ids.values())
     assert images_json.image_path(images_json.images[0]).is_file()
 
@@ -244,7 +246,8 @@ def test_cli_tiff16_glob_and_max_det(run: dict[str, Path], tmp_path: Path) -> No
     assert (out / "overlays" / "deep.jpg").is_file() and (out / "labels" / "deep.png").is_file()
     images = json.loads((out / "images.json").read_text())["images"]
     assert [(i["id"], Path(i["file_name"]).name) for i in images] == [(1, "deep.tif")]
-    _cli("eval", "--gt", out / "images.json", "--pred", out / "predictions.json", "--no-boundary")
+    _cli("eval", "--gt", out / "images.json", "--pred", out / "predictions.json", "--no-boundary",
+         "--allow-outside-root")  # images.json names the source images, outside OUT
 
 
 def _write_disc_video(path: Path, frames: int = 10, size: int = 64, fps: float = 10.0) -> None:
@@ -347,8 +350,7 @@ def test_one_line_errors(run: dict[str, Path], tmp_path: Path, monkeypatch: pyte
 
 
 def test_tta_flags_and_eval_on_the_runs_val_split(run: dict[str, Path], tmp_path: Path) -> None:
-    from maskkit.cli.eval import _load_dataset
-    from maskkit.config import TrainConfig
+    from maskkit.engine.data import images_to_score
 
     out = tmp_path / "tta"
     _cli("predict", "--model", run["ckpt"], run["images"], "--out", out, "--conf", "0", "--tta",
@@ -359,11 +361,9 @@ def test_tta_flags_and_eval_on_the_runs_val_split(run: dict[str, Path], tmp_path
     text = _cli("eval", "--model", run["ckpt"], "--data", run["data"], "--tta", "--no-boundary")
     assert "AP" in text
 
-    # a source without a val split: `--split val` takes the checkpoint run's own carved split
-    cfg = TrainConfig.model_validate({"data": {"path": str(run["data"]), "val_fraction": 0.5,
-                                               "val_split": "interleaved"}})
-    val, notes = _load_dataset(run["data"], "val", cfg)
-    assert [r.file_name for r in val.images] == ["synth_000000.png", "synth_000002.png"]
-    assert "carved as in training" in notes[0]
-    other = TrainConfig.model_validate({"data": {"path": str(tmp_path), "val_fraction": 0.5}})
-    assert len(_load_dataset(run["data"], "val", other)[0].images) == 4  # another run's data: all images
+    # the run's training source: only the val images its run carved (val_images.json) are scored
+    kept = images_to_score(run["data"], "val", run["ckpt"])
+    val, notes, contains_training = kept.images, [kept.note], kept.contains_training_images
+    listed = json.loads((run["ckpt"] / "val_images.json").read_text())["images"]
+    assert [r.file_name for r in val.images] == [e["file_name"] for e in listed] and len(listed) == 1
+    assert not contains_training and "val images listed in" in notes[0]

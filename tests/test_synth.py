@@ -130,6 +130,30 @@ def test_val_split_layout_and_dataset_yaml(tmp_path) -> None:
     assert ds.splits["val"].images[0].file_name == "synth_000007.png"
 
 
+def test_test_split_is_a_disjoint_stream(tmp_path) -> None:
+    import yaml
+
+    from maskkit.data.splits import load_dataset
+    from maskkit.data.synth import TEST_INDEX_OFFSET, render, write_synthetic
+
+    reports = write_synthetic(tmp_path / "a", images=10, size=48, seed=0, val_fraction=0.2, test_fraction=0.3,
+                              workers=1)
+    assert set(reports) == {"train", "val", "test"}
+    doc = yaml.safe_load((tmp_path / "a" / "dataset.yaml").read_text())
+    assert (doc["train"], doc["val"], doc["test"]) == ("train", "val", "test")
+    ds = load_dataset(tmp_path / "a" / "dataset.yaml")
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 5, "val": 2, "test": 3}
+    names = {k: {r.file_name for r in v.images} for k, v in ds.splits.items()}
+    assert not (names["test"] & (names["train"] | names["val"]))
+    test = ds.splits["test"]
+    assert test.images[0].file_name == render(TEST_INDEX_OFFSET, 48, 0).file_name
+    # the test images do not depend on how many train/val images there are
+    write_synthetic(tmp_path / "b", images=20, size=48, seed=0, val_fraction=0.1, test_fraction=0.15, workers=1)
+    for name in sorted(names["test"]):
+        assert (tmp_path / "a" / "test" / "images" / name).read_bytes() == \
+            (tmp_path / "b" / "test" / "images" / name).read_bytes()
+
+
 def test_rerun_removes_stale_images(tmp_path) -> None:
     from maskkit.data.synth import write_synthetic
 
@@ -139,7 +163,8 @@ def test_rerun_removes_stale_images(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"images": 0}, {"size": 8}, {"val_fraction": 1.0}, {"images": 2, "val_fraction": 0.1}]
+    "kwargs", [{"images": 0}, {"size": 8}, {"val_fraction": 1.0}, {"images": 2, "val_fraction": 0.1},
+               {"test_fraction": 0.0}, {"images": 3, "val_fraction": 0.5, "test_fraction": 0.4}]
 )
 def test_bad_arguments_are_config_errors(tmp_path, kwargs) -> None:
     from maskkit.data.synth import write_synthetic
@@ -160,3 +185,7 @@ def test_cli(tmp_path) -> None:
     assert res.exit_code == 0, res.output
     assert "lossless" in res.output
     assert (tmp_path / "d" / "dataset.yaml").is_file()
+    res = CliRunner().invoke(app, ["synth", str(tmp_path / "t"), "--images", "10", "--size", "48", "--val-fraction",
+                                   "0.2", "--test-fraction", "0.2", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "[test]" in res.output and len(list((tmp_path / "t" / "test" / "images").iterdir())) == 2

@@ -114,15 +114,24 @@ def _near_duplicate(s: Splits) -> None:
     cv2.imwrite(str(_path(s, 0, "val")), np.clip(img.astype(int) + 3, 0, 255).astype(np.uint8))
 
 
-CASES: dict[str, Callable[[Splits], None]] = {
+def _problem(name: str, i: int = 0) -> Callable[[Splits], None]:
+    """A reader's note on record ``i`` (the readers' own tests check that they write them)."""
+    return lambda s: _img(s, i).problems.update({name: f"reader says: {name}"})
+
+
+CASES: dict[str, Callable[[Splits], object]] = {
+    "E000": lambda s: setattr(_img(s), "problems", None),  # makes the reader-problem checks crash
     "E101": lambda s: _path(s).unlink(),
     "E102": lambda s: _path(s).write_bytes(b"this is not an image"),
-    "W103": _truncate,
+    "E103": _truncate,
     "E104": _resize_file,
     "I105": lambda s: _set_instances(s, [], []),
     "E106": lambda s: setattr(_img(s, 1), "id", _img(s, 0).id),
-    "W107": lambda s: setattr(_img(s, 2), "file_name", _img(s, 0).file_name),
+    "E107": lambda s: setattr(_img(s, 2), "file_name", _img(s, 0).file_name),
     "W108": lambda s: shutil.copy(_path(s, 0), _path(s, 2)),
+    "E109": _problem("image-size-unknown"),
+    "W110": _problem("invalid-embedded-image"),
+    "E111": _problem("missing-class-png"),
     "E200": _bad_labels,
     "W201": lambda s: _set_instances(s, [TRI], [1]) or _img(s).instances.masks.items[0].parts.append(np.ones((2, 2))),
     "W202": lambda s: _set_instances(s, [[[0, 0], [20, 20], [0, 20], [20, 0]]], [1]),
@@ -138,12 +147,18 @@ CASES: dict[str, Callable[[Splits], None]] = {
     "W212": lambda s: _set_instances(s, [TRI, TRI], [1, 1]),
     "E213": _degenerate_box,
     "E214": _duplicate_ann_id,
+    "E215": lambda s: _set_instances(s, [TRI], [1], iscrowd=[True], extras=[{"iscrowd": 2}]),
+    "E216": _problem("unknown-shape-type", 1),
     "E301": lambda s: _set_instances(s, [TRI], [9]),
     "W302": lambda s: s["val"].categories.append(Category(3, "bird")),
     "E303": lambda s: setattr(s["train"].categories[1], "name", "cat"),
     "E304": lambda s: setattr(s["train"].categories[1], "id", 1),
+    "E305": lambda s: setattr(s["train"].categories[0], "name", " "),
     "E401": lambda s: shutil.copy(_path(s, 0), _path(s, 0, "val")),
     "W402": _near_duplicate,
+    "W403": lambda s: {"dataset-yaml-without-names": ("no 'names' in the dataset YAML", "dataset.yaml")},
+    "E501": lambda s: setattr(s["train"], "root", s["train"].image_root) or setattr(_img(s), "file_name", "../x.png"),
+    "E502": lambda s: setattr(s["train"], "root", s["train"].image_root / "sub"),
 }
 
 
@@ -156,16 +171,16 @@ def test_every_check_has_a_case() -> None:
 
 @pytest.mark.parametrize("code", sorted(CASES))
 def test_check_fires_on_bad_data(clean: Splits, code: str) -> None:
-    CASES[code](clean)
-    report = validate_dataset(clean)
+    problems = CASES[code](clean)
+    report = validate_dataset(clean, problems=problems if isinstance(problems, dict) else None)
     hits = [f for f in report.findings if f.code == code]
     assert hits, f"{code} did not fire; got {[(f.code, f.message) for f in report.findings]}"
     f = hits[0]
     assert f.message and f.name and f.severity in ("error", "warning", "info")
     assert f.split in ("train", "val")
-    if code not in ("W302", "E303", "E304"):  # category checks are about the split, not an image
+    if code not in ("W302", "E303", "E304", "W403", "E502"):  # category/split checks are about the split
         assert f.image_id is not None and f.image is not None and f.file
-    assert report.exit_code == (1 if report.counts["error"] else 0)
+    assert report.exit_code == (3 if code == "E000" else 1 if report.counts["error"] else 0)
 
 
 def test_findings_name_annotation_and_numbers(clean: Splits) -> None:
@@ -262,7 +277,7 @@ def fake_loader(monkeypatch: pytest.MonkeyPatch) -> Callable[[Splits], None]:
 
     def install(splits: Splits) -> None:
         module = types.ModuleType("maskkit.data.splits")
-        module.load_dataset = lambda path: types.SimpleNamespace(splits=splits, names=None, root=Path(path))
+        module.load_dataset = lambda path, **kw: types.SimpleNamespace(splits=splits, names=None, root=Path(path))
         monkeypatch.setitem(sys.modules, "maskkit.data.splits", module)
 
     return install
@@ -316,7 +331,7 @@ def test_cli_exit_2_on_loader_error(fake_loader: Callable[[Splits], None], monke
 
     fake_loader({})
 
-    def boom(path: object) -> None:
+    def boom(path: object, **kw: object) -> None:
         raise DataError("not valid JSON (line 1)", file=path)
 
     monkeypatch.setattr(sys.modules["maskkit.data.splits"], "load_dataset", boom)
@@ -373,4 +388,4 @@ def test_shared_datasets(shared_data: Path, rel: str, capsys: pytest.CaptureFixt
                 example = next(f for f in report.findings if f.code == chk["code"])
                 print(f"  {chk['code']} {chk['name']}: {chk['count']}  e.g. {example.where()}: {example.message}")
     assert report.stats["images"] > 0
-    assert "E200" not in _codes(report)
+    assert "E200" not in _codes(report) and "E000" not in _codes(report)

@@ -108,6 +108,12 @@ class DataConfig(_Strict):
     workers: int = Field(0, ge=0)
     val_batch_size: int | None = None
     """Batch size of validation (None: ``batch_size``)."""
+    skip_bad_images: bool = False
+    """Images whose pixels fail to decode (cut off, corrupt): ``False`` stops with an error naming the file;
+    ``True`` drops them before training (every image is decoded once up front), counting them in the log
+    and listing them in ``skipped_images.json``."""
+    allow_outside_root: bool = False
+    """Accept image paths resolving outside the dataset root (``--allow-outside-root``; refused by default)."""
 
 
 class OptimConfig(_Strict):
@@ -139,10 +145,11 @@ class ScheduleConfig(_Strict):
     patience: int | None = None
     """Early stopping: epochs without improvement of ``metric`` (None disables)."""
     metric: str | None = None
-    """Validation metric that picks ``best.pt`` and drives early stopping (dotted path into metrics.json;
-    None: ``semantic.miou`` for semantic models, ``segm.AP`` otherwise)."""
+    """Validation metric that picks ``best.pt`` and drives early stopping, scored on the ``tune.split`` images
+    (dotted path into metrics.json; None: ``semantic.miou`` for semantic models, ``segm.AP`` otherwise)."""
     tune_thresholds: bool = True
-    """Choose tunable post-processing thresholds (bottom-up model) by mask AP on the val set at each validation."""
+    """Choose tunable post-processing thresholds (bottom-up model) by mask AP at each validation, on the
+    images ``tune.split`` names (every combination scored goes to ``tuning.csv``)."""
     max_dets: int = 100
     save_every_steps: int = Field(0, ge=0)
     """Also write ``last.pt`` every N optimiser steps (0: only at epoch ends); a resume continues mid-epoch."""
@@ -152,6 +159,20 @@ class ScheduleConfig(_Strict):
     """Wall-clock budget of the training loop: the LR schedule runs on ``max(step, time)`` progress so that it
     ends at the budget, and the step that crosses it ends the run (validated and saved as a last epoch).
     Under DDP the budget is checked at epoch ends only. None: no limit."""
+
+
+class TuneConfig(_Strict):
+    """Which images make the run's choices: post-processing thresholds, ``best.pt`` and early stopping.
+
+    ``val`` (default): the val split makes them, so its metrics are optimistic; report another split (the
+    demo's ``test``). ``train_slice``: ``images`` training images (a permutation seeded by ``seed``, taken
+    after the val split is set aside) are held back from training and make every choice; the val split is
+    then only scored, with the thresholds chosen on the slice, and never chosen on.
+    """
+
+    split: Literal["val", "train_slice"] = "val"
+    images: int = Field(8, ge=1)
+    """Size of the ``train_slice``."""
 
 
 class OutputConfig(_Strict):
@@ -174,6 +195,7 @@ class TrainConfig(_Strict):
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(min_size=[512], max_size=853))
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     loss_weights: dict[str, float] = Field(default_factory=dict)
     """Weight per loss term (``loss_classifier``, ``loss_box_reg``, ``loss_mask``, ``loss_objectness``,
     ``loss_rpn_box_reg``); missing terms weigh 1."""

@@ -40,3 +40,17 @@ class DataError(MaskkitError):
 
 class ConfigError(MaskkitError):
     """An invalid configuration or command-line combination."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line.
+
+    An error raised inside a DataLoader worker is re-raised by torch with the worker's traceback
+    in its message (``Caught DataError in DataLoader worker process 0. Original Traceback ...``):
+    only the original message (its last line) is kept.
+    """
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1]
+        text = last.split(": ", 1)[1] if last.startswith(f"{type(exc).__module__}.") else last
+    return " ".join(text.split())

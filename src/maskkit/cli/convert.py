@@ -19,6 +19,10 @@ def command(
         None, "--layout", help="With --to masks: label-images (one label PNG per image, default) or per-instance "
         "(one PNG per instance, lossless for overlaps)."
     ),
+    allow_outside_root: bool = typer.Option(
+        False, "--allow-outside-root", help="Accept image paths that resolve outside the dataset root (via .. , an "
+        "absolute path or a symlink); still only files that decode as images are copied."
+    ),
 ) -> None:
     """Convert SRC to DST in another format; prints what changed (nothing is dropped silently)."""
     from maskkit.data.splits import DATASET_YAML, convert_dataset
@@ -30,7 +34,7 @@ def command(
         if layout not in LAYOUTS:
             raise ConfigError(f"unknown --layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
         to = LAYOUTS[layout]  # the masks writer's layout= option, as the registered format that writes it
-    reports = convert_dataset(src, dst, to=to, from_format=from_)
+    reports = convert_dataset(src, dst, to=to, from_format=from_, allow_outside_root=allow_outside_root)
     for split, report in reports:
         text = report.summary()
         typer.echo(f"[{split}] {text}" if split else text)

@@ -3,6 +3,11 @@
 Three sources of predictions: a COCO results file (``--gt`` + ``--pred``), instance-label image
 folders (``--gt-labels`` + ``--pred-labels``), or a checkpoint run on a dataset (``--model`` +
 ``--data``). The logic lives in :mod:`maskkit.evaluation`.
+
+``--model`` never scores training images silently: when the data holds images the run trained (or chose)
+on, only the run's val images (``val_images.json``, matched by resolved file path) are scored; when the run
+folder does not say what it trained on, stderr and ``metrics.json`` (``"contains_training_images": true``)
+say so.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ def command(
     tta: bool = typer.Option(False, "--tta", help="With --model: test-time augmentation over flips, merged at "
                              "mask level."),
     tta_scales: str | None = typer.Option(None, "--tta-scales", help="With --model: TTA scales, e.g. 0.75,1,1.25."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Accept image paths of --data/--gt "
+                                            "that resolve outside the dataset root."),
 ) -> None:
     """Evaluate instance predictions: COCO box/mask AP, matching F1/AJI, PQ, Boundary AP."""
     from maskkit.evaluation import InstanceEvaluator
@@ -57,13 +64,14 @@ def command(
     areas = "detectron2"  # predictions' areas for the size buckets; a results file: as pycocotools reads it
 
     if chosen[0] == "--model/--data":
-        from maskkit.cli.predict import parse_scales
+        from maskkit.inference.tta import parse_scales
 
         scales = parse_scales(tta_scales)
-        aset, predict, notes = _model_source(model, data, split, tta or scales is not None, scales)
+        aset, predict, notes, contains_training = _model_source(model, data, split, tta or scales is not None,
+                                                                scales, allow_outside_root)
         preds: Any = None
     elif chosen[0] == "--gt/--pred":
-        aset, preds, notes, areas = _results_source(gt, pred)
+        aset, preds, notes, areas = _results_source(gt, pred, allow_outside_root)
     else:
         aset, preds, notes = _label_source(gt_labels, pred_labels)
     ev = InstanceEvaluator(aset.categories, max_dets=dets, extras=extras, score_threshold=score_threshold,
@@ -84,6 +92,8 @@ def command(
         ev.notes.append(f"{crowded} images have more than {ev.max_dets[-1]} predictions: COCO AP keeps the "
                         f"{ev.max_dets[-1]} best; use --max-dets 1,10,100,1000 for dense objects")
     metrics = ev.evaluate()
+    if chosen[0] == "--model/--data":
+        metrics["contains_training_images"] = contains_training
     if out is not None:
         plain_labels = gt_labels is not None and not (gt_labels / "images").is_dir()  # no image files at all
         paths = write_outputs(out, metrics, ev, None if plain_labels else load_image, gallery_size=gallery)
@@ -98,12 +108,13 @@ def _empty(rec: Any) -> Any:
     return Instances.empty((rec.height, rec.width), with_masks=rec.instances.has("masks"))
 
 
-def _results_source(gt: Path | None, pred: Path | None) -> tuple[Any, Any, list[str], str]:
+def _results_source(gt: Path | None, pred: Path | None, allow_outside_root: bool = False
+                    ) -> tuple[Any, Any, list[str], str]:
     if gt is None or pred is None:
         raise ConfigError("--gt and --pred go together")
     from maskkit.evaluation.results import read_results_source
 
-    return read_results_source(gt, pred)
+    return read_results_source(gt, pred, allow_outside_root)
 
 
 def _label_source(gt_labels: Path | None, pred_labels: Path | None) -> tuple[Any, Any, list[str]]:
@@ -115,8 +126,10 @@ def _label_source(gt_labels: Path | None, pred_labels: Path | None) -> tuple[Any
 
 
 def _model_source(model: Path | None, data: Path | None, split: str, tta: bool,
-                  tta_scales: list[float] | None) -> tuple[Any, Any, list[str]]:
-    """The dataset, a ``predict(image) -> Instances`` (labels = dataset category ids) and notes."""
+                  tta_scales: list[float] | None, allow_outside_root: bool = False
+                  ) -> tuple[Any, Any, list[str], bool]:
+    """The images to score, a ``predict(image) -> Instances`` (labels = dataset category ids), notes and whether
+    the images may include training images (see the module docstring)."""
     if model is None or data is None:
         raise ConfigError("--model and --data go together")
     import maskkit.inference
@@ -126,39 +139,9 @@ def _model_source(model: Path | None, data: Path | None, split: str, tta: bool,
     if tta:
         options = {"tta": True, "tta_scales": tta_scales, "tta_flips": FLIPS}
     predictor = maskkit.inference.Predictor(model, **options)
-    aset, notes = _load_dataset(data, split, getattr(predictor, "config", None))
-    return aset, predictor.predict, notes
+    from maskkit.engine.data import images_to_score
 
-
-def _load_dataset(data: Path, split: str, config: Any = None) -> tuple[Any, list[str]]:
-    """The ``split`` of a dataset (YAML, split folders or a single source: its only split) and notes.
-
-    A source without a val split that the checkpoint's run (``config``) trained on gets the run's own
-    deterministic val split for ``--split val`` (``data.val_fraction``, ``data.val_split``, ``seed``).
-    """
-    from maskkit.data.splits import load_dataset
-
-    ds = load_dataset(data)
-    name = ds.aliases.get(split, split)
-    if name in ds.splits:
-        return ds.splits[name], []
-    if len(ds.splits) == 1:
-        only = next(iter(ds.splits.values()))
-        if split == "val" and config is not None and _same_source(data, config.data.path) \
-                and config.data.val_fraction > 0:
-            from maskkit.engine.data import random_val_split
-
-            d = config.data
-            val = random_val_split(only, d.val_fraction, config.seed, d.val_split)[1]
-            return val, [f"val split carved as in training ({d.val_split}, val_fraction {d.val_fraction}, "
-                         f"seed {config.seed}): {len(val.images)} of {len(only.images)} images"]
-        return only, []
-    raise DataError(f"the dataset has no {split!r} split (it has {', '.join(ds.splits)})", file=data)
-
-
-def _same_source(data: Path, trained_on: str) -> bool:
-    """Whether ``data`` is the path the run trained on (compared resolved)."""
-    try:
-        return bool(trained_on) and Path(trained_on).resolve() == data.resolve()
-    except OSError:
-        return False
+    kept = images_to_score(data, split, model, allow_outside_root)
+    if kept.contains_training_images:
+        typer.echo(f"warning: {kept.note}", err=True)
+    return kept.images, predictor.predict, [kept.note] if kept.note else [], kept.contains_training_images

@@ -23,7 +23,7 @@ def command(
     from maskkit.data.splits import load_dataset
     from maskkit.data.stats import dataset_stats
 
-    ds = load_dataset(data)
+    ds = load_dataset(data, allow_outside_root=True)  # annotations only: no image file is read
     stats = {name: dataset_stats(aset) for name, aset in ds.splits.items()}
     if as_json:
         typer.echo(json.dumps({name: st.to_dict() for name, st in stats.items()}, indent=2))

@@ -36,6 +36,8 @@ def command(
     data: Path | None = typer.Option(None, "--data", help="Dataset the images belong to: take image ids (and "
                                      "category ids, by class name) from it so `maskkit eval --gt` can score."),
     split: str = typer.Option("val", "--split", help="Split of a multi-split --data."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Accept --data image paths that "
+                                            "resolve outside its dataset root."),
     video_max_gap: int = typer.Option(15, "--video-max-gap", help="Frames a track may be missed and keep its id."),
     track_iou: float = typer.Option(0.3, "--track-iou", help="Minimum mask IoU to continue a track."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs exist (default: skip)."),
@@ -45,6 +47,7 @@ def command(
 ) -> None:
     """Predict instance masks on images and videos; write overlays, COCO results, label images, LabelMe JSON."""
     from maskkit.inference.sources import collect_sources
+    from maskkit.inference.tta import parse_scales
     from maskkit.inference.writers import OutputOptions
 
     if not 0.0 <= conf <= 1.0:
@@ -72,7 +75,8 @@ def command(
                 "video_max_gap": video_max_gap}
     if tta or scales:
         settings["tta"] = scales or True
-    ids, categories, cat_map = _image_ids(items, data, split, predictor) if save_json else ({}, [], {})
+    ids, categories, cat_map = (_image_ids(items, data, split, predictor, allow_outside_root) if save_json
+                                else ({}, [], {}))
     from maskkit.inference.writers import check_settings
 
     out.mkdir(parents=True, exist_ok=True)
@@ -88,19 +92,6 @@ def _tiling() -> Any:
     except ImportError as exc:
         raise ConfigError(f"--tile needs maskkit.inference.tiling, which cannot be imported ({exc})") from None
     return predict_tiled
-
-
-def parse_scales(text: str | None) -> list[float] | None:
-    """``--tta-scales`` (``0.75,1,1.25``) as floats; None when not given."""
-    if text is None:
-        return None
-    try:
-        scales = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"--tta-scales must be comma-separated numbers, got {text!r}") from None
-    if not scales or any(not 0.1 <= s <= 10 for s in scales):
-        raise ConfigError(f"--tta-scales must be numbers between 0.1 and 10, got {text!r}")
-    return scales
 
 
 def _load_predictor(model: Path, device: str, conf: float | None, tta: bool = False,
@@ -164,9 +155,13 @@ class _Predict:
 
     def file(self, path: Path) -> tuple[Any, Any]:
         """``(image or None, instances)`` of an image file; a large one is read tile by tile (image None)."""
-        from maskkit.data.images import image_size, read_image
+        from maskkit.data.images import TILED_TIFF_HINT, ImageTooLargeError, image_size, read_image
 
-        if self.tile is not None and self._tiled(image_size(path)):
+        try:
+            size = image_size(path)
+        except ImageTooLargeError as exc:
+            raise exc.with_hint(TILED_TIFF_HINT) if self.tile is not None else exc from None
+        if self.tile is not None and self._tiled(size):
             return None, self._finish(_tiling()(self.predictor, path, tile=self.tile, overlap=self.overlap))
         image = read_image(path)
         return image, self(image)
@@ -182,7 +177,7 @@ class _Predict:
         return inst[idx[np.argsort(-scores[idx], kind="stable")][: self.max_det]]
 
 
-def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any
+def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any, allow_outside_root: bool = False
                ) -> tuple[dict[str, int], list[dict[str, Any]], dict[int, int]]:
     """Image ids, categories for images.json and the model -> dataset category map."""
     from maskkit.inference.sources import category_id_map, dataset_image_ids, sequential_ids
@@ -191,9 +186,9 @@ def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any
     if data is None:
         cats = [{"id": i, "name": n} for i, n in zip(predictor.category_ids, predictor.class_names, strict=True)]
         return sequential_ids(list(keys)), cats, {}
-    from maskkit.cli.eval import _load_dataset  # the same split choice as `maskkit eval --data`
+    from maskkit.data.splits import load_split  # the same split choice as `maskkit eval --data`
 
-    aset, _ = _load_dataset(data, split)
+    aset = load_split(data, split, allow_outside_root=allow_outside_root)
     ids, missing = dataset_image_ids(keys, aset)
     cat_map, notes = category_id_map(predictor.category_ids, predictor.class_names, aset.categories)
     for note in notes:

@@ -26,6 +26,8 @@ def command(
     set_: list[str] | None = typer.Option(None, "--set", help="Any config field, dotted: --set optim.lr=0.002 "
                                           "(repeatable; the value is read as YAML)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Accept image paths that resolve "
+                                            "outside the dataset root (data.allow_outside_root)."),
 ) -> None:
     """Train a registered model; writes checkpoints, logs, metrics and curves to the run folder."""
     import logging
@@ -41,6 +43,7 @@ def command(
         "augment.min_size": [imgsz] if imgsz else None, "model.min_size": imgsz, "output.out": out,
         "model.weights": weights, "device": device, "data.val_fraction": val_fraction, "data.workers": workers,
         "seed": seed, "output.progress": False if no_progress else None, "schedule.max_minutes": minutes,
+        "data.allow_outside_root": True if allow_outside_root else None,
     }
     for item in set_ or []:
         key, sep, value = item.partition("=")

@@ -47,6 +47,9 @@ class ImageRecord:
     data: bytes | None = None
     source: str | None = None
     """The annotation file this record came from (for error messages)."""
+    problems: dict[str, str] = field(default_factory=dict)
+    """What the reader had to ignore or guess, by validate check name (e.g. ``image-size-unknown``);
+    reported by ``maskkit validate``, never written."""
 
     def __post_init__(self) -> None:
         self.height = int(self.height)
@@ -63,6 +66,9 @@ class AnnotationSet:
     source: Path | None = None
     format: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None
+    """The dataset root the user passed: image files must resolve inside it (:mod:`maskkit.data.paths`).
+    ``None`` (a set built in code): not confined."""
 
     def __len__(self) -> int:
         return len(self.images)

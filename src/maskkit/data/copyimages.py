@@ -3,7 +3,9 @@
 Every writer that produces a folder layout uses :func:`place_images`: it picks a deterministic
 relative name for each record (its ``file_name`` when that is safe, else a de-duplicated
 variant), copies the file atomically (skipping an identical copy already there) and writes
-embedded bytes (LabelMe ``imageData``). Missing image files are noted in the report, never fatal.
+embedded bytes (LabelMe ``imageData``). Only files that decode as images (a bounded header read
+and integrity check, :func:`~maskkit.data.images.image_problem`) are copied; missing files and
+non-images are noted in the report, never fatal.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from maskkit.data.annotations import AnnotationSet, ImageRecord
 from maskkit.data.formats.base import ConversionReport
-from maskkit.data.images import is_image_file
+from maskkit.data.images import image_problem, is_image_file
 from maskkit.fileio import atomic_write_bytes
 
 __all__ = ["copy_file_atomic", "dest_names", "place_images", "sniff_image_suffix"]
@@ -108,6 +110,7 @@ def place_images(
     if len(names) != len(aset.images):
         raise ValueError(f"place_images: {len(names)} names for {len(aset.images)} images")
     missing: list[str] = []
+    not_images: list[str] = []
     for record, name in zip(aset.images, names, strict=True):
         dest = images_dir / name
         if record.data is not None:
@@ -115,11 +118,14 @@ def place_images(
                 atomic_write_bytes(dest, record.data, fsync=False)
             continue
         src = Path(aset.image_root) / record.file_name  # image_path() without resolve(): one stat less each
-        if src.is_file():
-            copy_file_atomic(src, dest)
-        else:
+        if not src.is_file():
             missing.append(str(aset.image_path(record)))
-    if missing:
-        shown = ", ".join(missing[:_MISSING_SHOWN]) + (" ..." if len(missing) > _MISSING_SHOWN else "")
-        report.notes.append(f"{len(missing)} image file(s) missing, not copied: {shown}")
+        elif (problem := image_problem(src)) is not None:
+            not_images.append(f"{aset.image_path(record)} ({problem})")
+        else:
+            copy_file_atomic(src, dest)
+    for items, what in ((missing, "missing"), (not_images, "not decodable as images")):
+        if items:
+            shown = ", ".join(items[:_MISSING_SHOWN]) + (" ..." if len(items) > _MISSING_SHOWN else "")
+            report.notes.append(f"{len(items)} image file(s) {what}, not copied: {shown}")
     return names

@@ -42,11 +42,11 @@ def read_index_png(path: str | Path) -> np.ndarray:
     Palette (``P``) and grey images give their values; RGB images drawn with the VOC palette are
     mapped back to indices (a colour outside the palette is a :class:`DataError`).
     """
-    from PIL import Image
+    from maskkit.data.images import open_bounded
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with open_bounded(path) as im:
             mode = im.mode
             if mode in ("P", "L"):
                 return np.array(im, dtype=np.uint8)

@@ -27,6 +27,7 @@ import yaml
 from maskkit.data.annotations import AnnotationSet, Category
 from maskkit.data.formats.base import ConversionReport, detect_format, formats, read_annotations, write_annotations
 from maskkit.data.formats.yolo import load_yaml, parse_names, read_yolo, yaml_root
+from maskkit.data.paths import ensure_entry_inside
 from maskkit.errors import DataError
 from maskkit.fileio import atomic_write_text
 
@@ -57,6 +58,20 @@ class DatasetSplits:
     """The annotation source each split was read from."""
     aliases: dict[str, str] = field(default_factory=dict)
     """Splits that name the same source as an earlier split (``{"val": "train"}``): not loaded twice."""
+    problems: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    """Problems of the dataset itself for ``maskkit validate``, by check name: ``(message, file)``."""
+
+
+def load_split(path: str | Path, split: str, *, allow_outside_root: bool = False) -> AnnotationSet:
+    """The ``split`` of a dataset (YAML, split folders; aliases honoured) or the only split of a single source."""
+    ds = load_dataset(path, allow_outside_root=allow_outside_root)
+    name = ds.aliases.get(split, split)
+    if name in ds.splits:
+        return ds.splits[name]
+    if len(ds.splits) == 1:
+        return next(iter(ds.splits.values()))
+    raise DataError(f"the dataset has no {split!r} split (it has {', '.join(ds.splits)})", file=path)
+
 
 
 def _root(yaml_path: Path, doc: dict[str, Any]) -> Path:
@@ -128,19 +143,19 @@ def _split_folders(path: Path) -> dict[str, Path]:
     return out
 
 
-def _read(path: Path, fmt: str | None, names: Any) -> AnnotationSet:
+def _read(path: Path, fmt: str | None, names: Any, root: Path, allow_outside_root: bool) -> AnnotationSet:
     fmt = fmt or detect_format(path)
-    if fmt == "yolo" and names is not None:
-        aset = read_yolo(path, names=names)
-        aset.format = "yolo"
-        return aset
-    return read_annotations(path, fmt)
+    reader = (lambda p: read_yolo(p, names=names)) if fmt == "yolo" and names is not None else None
+    return read_annotations(path, fmt, root=root, allow_outside_root=allow_outside_root, reader=reader)
 
 
-def load_dataset(path: str | Path, format: str | None = None) -> DatasetSplits:
+def load_dataset(path: str | Path, format: str | None = None, *, allow_outside_root: bool = False) -> DatasetSplits:
     """Load a dataset YAML, a folder of split folders, or a single source (-> split ``train``).
 
-    ``format`` forces the annotation format of every split (detected otherwise).
+    ``format`` forces the annotation format of every split (detected otherwise). The dataset root
+    (:mod:`maskkit.data.paths`) is the YAML's root (its ``path:``, else its folder), the folder of
+    split folders, or the single source's root; a split entry or an image resolving outside it is a
+    DataError unless ``allow_outside_root`` (``validate`` loads with it and reports them instead).
     """
     path = Path(path)
     if not path.exists():
@@ -150,10 +165,12 @@ def load_dataset(path: str | Path, format: str | None = None) -> DatasetSplits:
     if yaml_path is not None:
         doc = load_yaml(yaml_path)
         sources, root, names_doc = _split_paths(yaml_path, doc), _root(yaml_path, doc), doc.get("names")
+        for split, src in sources.items():
+            ensure_entry_inside(src, root, f"split {split!r} entry {doc[split]!r}", yaml_path, allow_outside_root)
     elif path.is_dir() and (folders := _split_folders(path)):
         sources, root = folders, path
     else:
-        aset = read_annotations(path, format)
+        aset = read_annotations(path, format, allow_outside_root=allow_outside_root)
         root = path if path.is_dir() else path.parent
         return DatasetSplits({"train": aset}, _names(aset.categories), root, sources={"train": path})
     splits: dict[str, AnnotationSet] = {}
@@ -165,12 +182,18 @@ def load_dataset(path: str | Path, format: str | None = None) -> DatasetSplits:
             aliases[split] = seen[key]
             continue
         seen[key] = split
-        splits[split] = _read(src, format, names_doc)
+        splits[split] = _read(src, format, names_doc, root, allow_outside_root)
+    problems: dict[str, tuple[str, str | None]] = {}
     if names_doc is not None:
         names = _names(parse_names(names_doc, yaml_path))
     else:
         names = _names(merge_categories(list(splits.values())))
-    return DatasetSplits(splits, names, root, yaml_path, sources, aliases)
+        if yaml_path is not None:
+            shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+            problems["dataset-yaml-without-names"] = (
+                f"no 'names' in the dataset YAML: the class names come from the annotations ({shown or 'none'})",
+                str(yaml_path))
+    return DatasetSplits(splits, names, root, yaml_path, sources, aliases, problems)
 
 
 def _names(categories: Sequence[Category]) -> list[str]:
@@ -210,12 +233,14 @@ def is_dataset(path: str | Path) -> bool:
 
 
 def convert_dataset(
-    src: str | Path, dst: str | Path, to: str, from_format: str | None = None
+    src: str | Path, dst: str | Path, to: str, from_format: str | None = None, *, allow_outside_root: bool = False
 ) -> list[tuple[str | None, ConversionReport]]:
     """Convert a source (to ``DST``) or a dataset with splits (each to ``DST/<split>/`` + ``DST/dataset.yaml``).
 
     Returns ``(split or None, report)`` pairs. Categories are unified across splits first so
     that every split is written with the same class list (and the same YOLO class indices).
+    Images outside the dataset root are refused unless ``allow_outside_root``; only files that
+    decode as images are copied either way.
     """
     src, dst = Path(src), Path(dst)
     spec = formats().get(to)
@@ -225,8 +250,9 @@ def convert_dataset(
     if from_format is not None and from_format not in formats():
         raise DataError(f"unknown format {from_format!r}; known: {', '.join(formats())}")
     if not is_dataset(src):
-        return [(None, write_annotations(read_annotations(src, from_format), dst, to))]
-    ds = load_dataset(src, from_format)
+        aset = read_annotations(src, from_format, allow_outside_root=allow_outside_root)
+        return [(None, write_annotations(aset, dst, to))]
+    ds = load_dataset(src, from_format, allow_outside_root=allow_outside_root)
     cats = merge_categories(list(ds.splits.values()))
     reports: list[tuple[str | None, ConversionReport]] = []
     rel: dict[str, str] = {}

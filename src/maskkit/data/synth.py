@@ -283,20 +283,33 @@ def generate(num_images: int, size: int = 256, seed: int = 0) -> AnnotationSet:
     return AnnotationSet(categories(), records, image_root=Path("."), info=_info(size, seed))
 
 
-def split_counts(num_images: int, val_fraction: float | None) -> tuple[int, int]:
-    """``(train, val)`` image counts: the last ``round(num_images * val_fraction)`` images are val."""
+TEST_INDEX_OFFSET = 1_000_000
+"""Test image ``k`` is image ``TEST_INDEX_OFFSET + k`` of the dataset: its own generator stream, disjoint from
+the train and val images (indices below the offset) and independent of how many of those are generated."""
+
+
+def split_counts(num_images: int, val_fraction: float | None,
+                 test_fraction: float | None = None) -> tuple[int, int, int]:
+    """``(train, val, test)`` image counts of ``num_images``: ``round(num_images * fraction)`` each for val and
+    test, the rest train."""
     from maskkit.errors import ConfigError
 
-    if val_fraction is None:
-        return num_images, 0
-    if not 0 < val_fraction < 1:
-        raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    n_val = round(num_images * val_fraction)
-    if n_val < 1 or n_val >= num_images:
-        raise ConfigError(
-            f"--val-fraction {val_fraction} of {num_images} images leaves an empty split; use more images"
-        )
-    return num_images - n_val, n_val
+    counts = []
+    for flag, fraction in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if fraction is None:
+            counts.append(0)
+            continue
+        if not 0 < fraction < 1:
+            raise ConfigError(f"{flag} {fraction} must be between 0 and 1 (exclusive)")
+        n = round(num_images * fraction)
+        if n < 1:
+            raise ConfigError(f"{flag} {fraction} of {num_images} images leaves an empty split; use more images")
+        counts.append(n)
+    n_train = num_images - sum(counts)
+    if n_train < 1:
+        raise ConfigError(f"the val and test fractions of {num_images} images leave no training image; use more "
+                          "images")
+    return n_train, counts[0], counts[1]
 
 
 def _render_to_file(index: int, size: int, seed: int, images_dir: Path) -> SynthImage:
@@ -332,32 +345,42 @@ def write_synthetic(
     seed: int = 0,
     val_fraction: float | None = None,
     workers: int | None = None,
+    test_fraction: float | None = None,
 ) -> dict[str, ConversionReport]:
-    """Write the dataset in the COCO layout to ``out`` (or ``out/train`` + ``out/val`` + ``dataset.yaml``).
+    """Write ``images`` images in the COCO layout to ``out``, or split (:func:`split_counts`) into ``out/train``,
+    ``out/val``, ``out/test`` and ``out/dataset.yaml`` (see :func:`write_splits`).
 
     Images are rendered straight to PNG files (by ``workers`` processes, default: one per CPU;
     the output does not depend on it), so memory holds only the annotations.
-    Returns the COCO writer's report per split (``"all"`` without a val split).
+    Returns the COCO writer's report per split (``"all"`` without a val or test split).
     """
     _check_args(images, size)
+    n_train, n_val, n_test = split_counts(images, val_fraction, test_fraction)
+    return write_splits(out, n_train, n_val, n_test, size, seed, workers)
+
+
+def write_splits(out: str | Path, train: int, val: int = 0, test: int = 0, size: int = 256, seed: int = 0,
+                 workers: int | None = None) -> dict[str, ConversionReport]:
+    """Write ``train`` images (indices ``0..``), then ``val`` (the next indices) and ``test`` images (the disjoint
+    stream from :data:`TEST_INDEX_OFFSET`): the COCO layout in ``out`` when there is no val or test split,
+    else ``out/<split>`` folders and ``out/dataset.yaml``. Returns the writer's report per split."""
+    _check_args(train, size)
     workers = max(1, workers if workers is not None else min(os.cpu_count() or 1, 8))
     out = Path(out)
-    n_train, n_val = split_counts(images, val_fraction)
+    indices = {"train": range(train), "val": range(train, train + val),
+               "test": range(TEST_INDEX_OFFSET, TEST_INDEX_OFFSET + test)}
     with ExitStack() as stack:
         pmap: Callable[..., Any] = map
-        if workers > 1 and images >= 8 * workers:
+        if workers > 1 and train + val + test >= 8 * workers:
             from concurrent.futures import ProcessPoolExecutor
 
             pmap = partial(stack.enter_context(ProcessPoolExecutor(workers)).map, chunksize=8)
-        if not n_val:
-            return {"all": _write_split(out, range(images), size, seed, pmap)}
-        reports = {
-            "train": _write_split(out / "train", range(n_train), size, seed, pmap),
-            "val": _write_split(out / "val", range(n_train, images), size, seed, pmap),
-        }
+        if not val and not test:
+            return {"all": _write_split(out, indices["train"], size, seed, pmap)}
+        reports = {name: _write_split(out / name, idx, size, seed, pmap) for name, idx in indices.items() if idx}
     from maskkit.data.splits import write_dataset_yaml
 
-    write_dataset_yaml(out / "dataset.yaml", {"train": "train", "val": "val"}, list(CLASS_NAMES))
+    write_dataset_yaml(out / "dataset.yaml", {name: name for name in reports}, list(CLASS_NAMES))
     return reports
 
 

@@ -1,5 +1,10 @@
 """Training data: load the dataset's splits, make a deterministic val split when needed, build loaders.
 
+What is chosen where: the model trains on ``train``; thresholds, ``best.pt`` and early stopping are chosen
+on the ``tune`` images (``tune.split: train_slice``: training images held back from training) or, by default,
+on ``val``. The run folder's ``val_images.json`` (:func:`split_record`) lists which image files served which
+purpose, so that ``maskkit eval --model`` never scores training images silently (:func:`held_out`).
+
 The training order is a seeded permutation per epoch (``seed + epoch``), sharded across ranks and
 cut into batches by :class:`EpochBatchSampler`, which can start mid-epoch: a resumed run skips the
 batches it has already seen and continues with exactly the same data order.
@@ -8,7 +13,7 @@ batches it has already seen and continues with exactly the same data order.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from maskkit.config import TrainConfig
-from maskkit.data.annotations import AnnotationSet, Category
+from maskkit.data.annotations import AnnotationSet, Category, ImageRecord
 from maskkit.errors import ConfigError, DataError
 
 
@@ -30,6 +35,10 @@ class TrainData:
     val_source: str
     """``"split"`` (the dataset's own val split), ``"random"`` or ``"interleaved"`` (carved from train, see
     ``DataConfig.val_split``) or ``"none"``."""
+    skipped: list[str] = field(default_factory=list)
+    """Images dropped because they fail to decode (``data.skip_bad_images``): ``"file: problem"``."""
+    tune: AnnotationSet | None = None
+    """Training images held back for the run's choices (``tune.split: train_slice``); None: val makes them."""
 
     @property
     def class_names(self) -> list[str]:
@@ -56,9 +65,21 @@ def random_val_split(aset: AnnotationSet, fraction: float, seed: int,
         raise ConfigError(
             f"val_fraction {fraction} of {len(records)} images leaves an empty split; add a val split or images"
         )
-    train = [r for i, r in enumerate(records) if i not in val_idx]
-    val = [r for i, r in enumerate(records) if i in val_idx]
-    return replace(aset, images=train), replace(aset, images=val)
+    return _split(aset, records, val_idx)
+
+
+def hold_out(aset: AnnotationSet, n: int, seed: int) -> tuple[AnnotationSet, AnnotationSet]:
+    """``(rest, held)``: ``n`` images taken by a permutation seeded with ``seed`` (independent of file order)."""
+    records = sorted(aset.images, key=lambda r: (r.id, r.file_name))
+    if not 0 < n < len(records):
+        raise ConfigError(f"tune.images {n} must be at least 1 and fewer than the {len(records)} training images")
+    return _split(aset, records, set(np.random.default_rng(seed).permutation(len(records))[:n].tolist()))
+
+
+def _split(aset: AnnotationSet, records: list, chosen: set[int]) -> tuple[AnnotationSet, AnnotationSet]:
+    rest = [r for i, r in enumerate(records) if i not in chosen]
+    held = [r for i, r in enumerate(records) if i in chosen]
+    return replace(aset, images=rest), replace(aset, images=held)
 
 
 def load_train_data(cfg: TrainConfig) -> TrainData:
@@ -67,7 +88,7 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
 
     if not cfg.data.path:
         raise ConfigError("no training data: set data.path in the config or pass --data")
-    ds = load_dataset(Path(cfg.data.path))
+    ds = load_dataset(Path(cfg.data.path), allow_outside_root=cfg.data.allow_outside_root)
     train = ds.splits.get("train")
     if train is None:
         raise DataError("the dataset has no train split", file=cfg.data.path)
@@ -81,12 +102,116 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
             source = cfg.data.val_split
         else:
             source = "none"
-    sets = [train] + ([val] if val is not None else [])
-    categories = merge_categories(sets)
+    tune = None
+    if cfg.tune.split == "train_slice":
+        train, tune = hold_out(train, cfg.tune.images, cfg.seed)
+    categories = merge_categories([s for s in (train, val, tune) if s is not None])
     if not categories:
         raise DataError("the dataset defines no categories", file=cfg.data.path)
-    sets = [replace(s, categories=categories) for s in sets]
-    return TrainData(sets[0], sets[1] if val is not None else None, categories, source)
+
+    def fix(s: AnnotationSet | None) -> AnnotationSet | None:
+        return replace(s, categories=categories) if s is not None else None
+
+    train, val, tune = replace(train, categories=categories), fix(val), fix(tune)
+    skipped: list[str] = []
+    if cfg.data.skip_bad_images:
+        train = drop_undecodable(train, skipped)
+        val, tune = (drop_undecodable(s, skipped) if s is not None else None for s in (val, tune))
+        if not train.images:
+            raise DataError("no train image decodes (data.skip_bad_images dropped them all)", file=cfg.data.path)
+    return TrainData(train, val, categories, source, tune=tune, skipped=skipped)
+
+
+def decode_problem(aset: AnnotationSet, record: ImageRecord) -> str | None:
+    """Why the record's image fails to decode as training reads it (``"file: problem"``), or ``None``."""
+    from maskkit.data.images import decode_image_bytes, read_image
+
+    try:
+        if record.data is not None:
+            decode_image_bytes(record.data, source=record.source)
+        else:
+            read_image(aset.image_path(record))
+    except DataError as exc:
+        return str(exc)
+    return None
+
+
+def drop_undecodable(aset: AnnotationSet, skipped: list[str]) -> AnnotationSet:
+    """``aset`` without the images that fail to decode; their problems are appended to ``skipped``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # OpenCV decodes without the GIL
+        problems = list(pool.map(lambda r: decode_problem(aset, r), aset.images))
+    skipped.extend(p for p in problems if p is not None)
+    return replace(aset, images=[r for r, p in zip(aset.images, problems, strict=True) if p is None])
+
+
+RUN_IMAGES = "val_images.json"
+"""The run-folder file listing which images the run trained on, chose on (``tune_images``) and left for
+evaluation (``images``), each with its resolved file path."""
+
+
+def split_record(data: TrainData, cfg: TrainConfig) -> dict:
+    """The ``val_images.json`` dict of a run: the val images (``images``), the tuning slice and the training
+    images, by id, file name and resolved path (paths are matched by file, however they are spelled)."""
+
+    def entries(aset: AnnotationSet | None) -> list[dict]:
+        if aset is None:
+            return []
+        return [{"id": r.id, "file_name": r.file_name, "path": str(aset.image_path(r))} for r in aset.images]
+
+    return {
+        "source": data.val_source, "seed": cfg.seed, "val_fraction": cfg.data.val_fraction,
+        "val_split": cfg.data.val_split, "tune_split": cfg.tune.split,
+        "images": entries(data.val), "tune_images": entries(data.tune), "train_images": entries(data.train),
+    }
+
+
+@dataclass
+class HeldOut:
+    """What :func:`held_out` kept of an evaluation set and why."""
+
+    images: AnnotationSet
+    contains_training_images: bool
+    """True when it cannot tell which images the run trained on (then nothing was removed)."""
+    note: str | None
+
+
+def images_to_score(data: str | Path, split: str, model: str | Path, allow_outside_root: bool = False) -> HeldOut:
+    """The images of ``data`` (its ``split``, or its only split) to score the run of ``model`` (a run folder or a
+    checkpoint in one) on: :func:`held_out` of them."""
+    from maskkit.data.splits import load_split
+
+    model = Path(model)
+    return held_out(load_split(data, split, allow_outside_root=allow_outside_root),
+                    model if model.is_dir() else model.parent)
+
+
+def held_out(aset: AnnotationSet, run_dir: Path) -> HeldOut:
+    """The images of ``aset`` a run may be scored on: when ``aset`` holds images the run (``run_dir``) trained or
+    chose on, exactly the run's val images (``val_images.json``), matched by resolved file path; otherwise all
+    of them. Without a ``val_images.json`` that lists the training images, all of them, flagged."""
+    import json
+
+    path = Path(run_dir) / RUN_IMAGES
+    try:
+        record = json.loads(path.read_text())
+        used = {e["path"] for key in ("train_images", "tune_images") for e in record[key]}
+        val = {e["path"] for e in record["images"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return HeldOut(aset, True, f"cannot tell which images the model was trained on ({path} is missing or "
+                                   "lists no training images): the scores may include training images")
+    paths = {r.id: str(aset.image_path(r)) for r in aset.images}
+    trained = sum(p in used for p in paths.values())
+    if not trained:
+        return HeldOut(aset, False, None)
+    kept = [r for r in aset.images if paths[r.id] in val]
+    if not kept:
+        raise ConfigError(f"every image of the evaluation data was used to train the model ({trained} images) "
+                          f"and none is among its val images ({path}); evaluate on its val or test split")
+    return HeldOut(replace(aset, images=kept), False,
+                   f"the data holds {trained} images the model was trained or tuned on: scoring the "
+                   f"{len(kept)} val images listed in {path}")
 
 
 class EpochBatchSampler(Sampler[list[int]]):

@@ -1,4 +1,5 @@
-"""Run-folder logging: ``steps.csv`` (every step), ``results.csv`` (every epoch), TensorBoard, ``curves.png``."""
+"""Run-folder logging: ``steps.csv`` (every step), ``results.csv`` (every epoch), ``tuning.csv`` (every
+post-processing threshold combination scored at each validation), TensorBoard, ``curves.png``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import csv
 import io
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,7 +23,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _csv_text(rows: list[Mapping[str, Any]], columns: list[str]) -> str:
+def _csv_text(rows: Sequence[Mapping[str, Any]], columns: list[str]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -45,6 +46,7 @@ class RunLogger:
         self.out = out
         self.steps_path = out / "steps.csv"
         self.results_path = out / "results.csv"
+        self.tuning_path = out / "tuning.csv"
         self._step_columns: list[str] | None = None
         self.results: list[dict[str, Any]] = []
         self.writer = None
@@ -65,6 +67,20 @@ class RunLogger:
             atomic_write_text(self.steps_path, _csv_text(kept, self._step_columns))
         self.results = [dict(r) for r in _read_csv(self.results_path) if int(r["epoch"]) < epochs_done]
         self._write_results()
+        tuning = _read_csv(self.tuning_path)
+        if tuning:
+            kept = [r for r in tuning if int(r["epoch"]) < epochs_done]
+            atomic_write_text(self.tuning_path, _csv_text(kept, list(tuning[0].keys())))
+
+    def log_tuning(self, grid: list[Mapping[str, Any]], epoch: int, step: int, split: str) -> None:
+        """Append every threshold combination scored by one validation (with its mask AP) to ``tuning.csv``,
+        rewritten atomically; ``split`` names the images it was scored on."""
+        rows = _read_csv(self.tuning_path)
+        new = [{"epoch": epoch, "step": step, "split": split, **{k: _fmt(v) for k, v in g.items()}} for g in grid]
+        columns: list[str] = []
+        for r in rows + new:
+            columns += [k for k in r if k not in columns]
+        atomic_write_text(self.tuning_path, _csv_text(rows + new, columns))
 
     def log_step(self, row: dict[str, Any]) -> None:
         """Append one step (``epoch``, ``step``, ``lr``, ``loss`` and each loss term)."""

@@ -20,7 +20,15 @@ from torch import nn
 
 from maskkit.config import TrainConfig, save_config
 from maskkit.engine import run_state
-from maskkit.engine.data import EpochBatchSampler, TrainData, load_train_data, make_loader, steps_per_epoch
+from maskkit.engine.data import (
+    RUN_IMAGES,
+    EpochBatchSampler,
+    TrainData,
+    load_train_data,
+    make_loader,
+    split_record,
+    steps_per_epoch,
+)
 from maskkit.engine.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
 from maskkit.engine.loop import EpochState, StepContext, metric_value, train_epoch, unwrap
 from maskkit.engine.validation import SUMMARY_METRICS, apply_tuning, evaluate, validation_loss
@@ -95,12 +103,11 @@ def _write_run_files(out: Path, cfg: TrainConfig, data: TrainData) -> None:
     atomic_write_json(out / "classes.json", {"names": data.class_names, "category_ids": data.category_ids}, indent=2)
     atomic_write_json(out / "versions.json", {"versions": run_state.package_versions(), "git": run_state.git_commit()},
                       indent=2)
-    if data.val is not None:
-        atomic_write_json(out / "val_images.json", {
-            "source": data.val_source, "seed": cfg.seed, "val_fraction": cfg.data.val_fraction,
-            "val_split": cfg.data.val_split,
-            "images": [{"id": r.id, "file_name": r.file_name} for r in data.val.images],
-        }, indent=2)
+    if data.skipped:
+        log.warning("skipped %d image(s) that fail to decode (data.skip_bad_images), e.g. %s; list in %s",
+                    len(data.skipped), data.skipped[0], out / "skipped_images.json")
+        atomic_write_json(out / "skipped_images.json", {"count": len(data.skipped), "images": data.skipped}, indent=2)
+    atomic_write_json(out / RUN_IMAGES, split_record(data, cfg), indent=2)
 
 
 class _Checkpointer:
@@ -239,11 +246,12 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         logger = RunLogger(out, cfg.output.tensorboard, purge_step=st.step + 1 if ckpt is not None else None)
         if ckpt is not None:
             logger.truncate(st.step, st.epoch)
-        log.info("training %s on %d images (%d val, %s), %d classes, %d steps/epoch, device %s",
+        log.info("training %s on %d images (%d val, %s%s), %d classes, %d steps/epoch, device %s",
                  cfg.model.name, len(data.train), len(data.val) if data.val else 0, data.val_source,
+                 f"; {len(data.tune)} held back to tune and choose on" if data.tune else "",
                  len(data.categories), per_epoch, device)
     saver = _Checkpointer(out, cfg, data, ctx, dinfo)
-    val = _Validator(cfg, data, device, dinfo, semantic) if data.val is not None else None
+    val = _Validation(cfg, data, device, dinfo, semantic) if data.val or data.tune else None
     metrics: dict[str, Any] = {}
     summary: dict[str, Any] = dict(ckpt.get("metrics") or {}) if ckpt is not None else {}
     stopped = False
@@ -274,17 +282,21 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         last_epoch = st.epoch + 1 == epochs or out_of_time
         if val is not None and ((st.epoch + 1) % cfg.schedule.val_every == 0 or last_epoch):
             eval_model = ctx.ema.module if ctx.ema is not None else unwrap(ctx.model)
-            metrics, val_row = val.run(eval_model, ctx.loss_weights)
-            apply_tuning([unwrap(ctx.model), ctx.ema.module if ctx.ema is not None else None], metrics, dinfo)
+            models = [unwrap(ctx.model), ctx.ema.module if ctx.ema is not None else None]
+            metrics, val_row, chosen_on = val.run(eval_model, models, ctx.loss_weights)
+            grid = (metrics.get("tuning") or {}).pop("grid", None)
             if dinfo.is_main:
                 atomic_write_json(out / "metrics.json", metrics, indent=2)
+                if grid and logger is not None:
+                    logger.log_tuning(grid, st.epoch, st.step, val.choice_split)
             row.update(val_row)
             summary = {k: val_row[k] for k in SUMMARY_METRICS if k in val_row}
-            value = broadcast_object(metric_value(metrics, metric_key), dinfo)
+            value = broadcast_object(metric_value(chosen_on, metric_key), dinfo)
             is_best = best.update(value, st.epoch)
+            shown = ("val/loss", "segm.AP", "bbox.AP", "semantic.", "train_slice/segm.AP")
             log.info("epoch %d/%d: %s", st.epoch + 1, epochs, ", ".join(
-                f"{k}={v:.4f}" for k, v in row.items() if k.startswith(("val/loss", "segm.AP", "bbox.AP", "semantic."))
-                and isinstance(v, float) and "/loss_" not in k))
+                f"{k}={v:.4f}" for k, v in row.items() if k.startswith(shown) and isinstance(v, float)
+                and "/loss_" not in k))
         row["time"] = round(time.perf_counter() - t0, 3)
         if logger is not None:
             logger.log_epoch(row)
@@ -327,17 +339,17 @@ def _write_rank_checksum(out: Path, model: nn.Module, dinfo: DistInfo) -> None:
 
 
 class _Validator:
-    """Val loss (train mode, BatchNorm frozen, no grad) and metrics (eval mode), each rank on its share."""
+    """Val loss (train mode, BatchNorm frozen, no grad) and metrics (eval mode) of one image set, each rank on
+    its share."""
 
-    def __init__(self, cfg: TrainConfig, data: TrainData, device: torch.device, dinfo: DistInfo,
-                 semantic: bool) -> None:
+    def __init__(self, cfg: TrainConfig, aset: Any, categories: list[Any], device: torch.device, dinfo: DistInfo,
+                 semantic: bool, name: str) -> None:
         from maskkit.data.dataset import InstanceDataset
 
-        assert data.val is not None
-        self.cfg, self.data, self.device, self.dinfo = cfg, data, device, dinfo
-        self.records = {r.id: r for r in data.val.images}
-        self.loss_ds = InstanceDataset.from_config(data.val, cfg.augment, train=False, semantic=semantic)
-        self.eval_ds = InstanceDataset(data.val, None, semantic=semantic, **cfg.augment.image_options())
+        self.cfg, self.categories, self.device, self.dinfo, self.name = cfg, categories, device, dinfo, name
+        self.records = {r.id: r for r in aset.images}
+        self.loss_ds = InstanceDataset.from_config(aset, cfg.augment, train=False, semantic=semantic)
+        self.eval_ds = InstanceDataset(aset, None, semantic=semantic, **cfg.augment.image_options())
         self.bs = cfg.data.val_batch_size or cfg.data.batch_size
 
     def _loader(self, ds: Any) -> Any:
@@ -346,16 +358,51 @@ class _Validator:
                                     drop_uneven=False)
         return make_loader(ds, sampler, self.cfg.data.workers, 0)
 
-    def run(self, model: nn.Module, weights: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def run(self, model: nn.Module, weights: dict[str, float], tune: bool,
+            loss: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         """``(metrics.json dict, results row)``; both empty on ranks other than 0."""
         row: dict[str, Any] = {}
-        if self.cfg.schedule.val_loss:
+        if loss and self.cfg.schedule.val_loss:
             losses = validation_loss(model, self._loader(self.loss_ds), self.device, weights, self.dinfo)
             row.update({f"val/{k}": v for k, v in losses.items()})
-        metrics = evaluate(model, self._loader(self.eval_ds), self.records, self.data.categories, self.device,
-                           self.cfg.schedule.max_dets, self.dinfo, tune=self.cfg.schedule.tune_thresholds)
+        metrics = evaluate(model, self._loader(self.eval_ds), self.records, self.categories, self.device,
+                           self.cfg.schedule.max_dets, self.dinfo, tune=tune, split=self.name)
         for key in SUMMARY_METRICS:
             v = metric_value(metrics, key)
             if v is not None:
                 row[key] = v
         return metrics, row
+
+
+class _Validation:
+    """One validation: the choices (thresholds, the ``best.pt`` metric) on the tuning slice when the run holds
+    one back (``tune.split: train_slice``), else on val; then the val metrics, with the chosen thresholds."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, device: torch.device, dinfo: DistInfo,
+                 semantic: bool) -> None:
+        def make(aset: Any, name: str) -> _Validator | None:
+            return _Validator(cfg, aset, data.categories, device, dinfo, semantic, name) if aset else None
+
+        self.dinfo, self.tune_thresholds = dinfo, cfg.schedule.tune_thresholds
+        self.val, self.slice = make(data.val, "val"), make(data.tune, "train_slice")
+        self.choice_split = "train_slice" if self.slice is not None else "val"
+
+    def run(self, model: nn.Module, models: list[nn.Module | None],
+            weights: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """``(metrics.json dict, results row, the metrics the choices are made on)`` (empty off rank 0)."""
+        if self.slice is None:
+            assert self.val is not None
+            metrics, row = self.val.run(model, weights, tune=self.tune_thresholds, loss=True)
+            apply_tuning(models, metrics, self.dinfo)
+            return metrics, row, metrics
+        chosen_on, slice_row = self.slice.run(model, weights, tune=self.tune_thresholds, loss=False)
+        apply_tuning(models, chosen_on, self.dinfo)
+        row = {f"train_slice/{k}": v for k, v in slice_row.items()}
+        if self.val is None:
+            return chosen_on, row, chosen_on
+        metrics, val_row = self.val.run(model, weights, tune=False, loss=True)
+        if self.dinfo.is_main:
+            if "tuning" in chosen_on:
+                metrics["tuning"] = {**chosen_on["tuning"], "split": "train_slice"}
+            metrics["train_slice"] = dict(slice_row)
+        return metrics, {**val_row, **row}, chosen_on

@@ -4,8 +4,10 @@ Every rank validates its share of the val images (``rank::world_size``); losses 
 predictions gathered on rank 0, which evaluates, so the metrics cover the whole val set whatever the
 number of processes. Dense models' ``sem_seg`` outputs also give semantic metrics (``semantic.mIoU``).
 Models with tunable post-processing (``threshold_grid`` / ``predict_raw`` / ``postprocess`` /
-``set_thresholds``, e.g. the bottom-up model) get their thresholds chosen on the val set at each
-validation; they are buffers, so checkpoints saved afterwards carry them.
+``set_thresholds``, e.g. the bottom-up model) get their thresholds chosen at each validation on the images
+the run makes its choices on (val, or a held-back slice of train: ``tune.split``); they are buffers, so
+checkpoints saved afterwards carry them. Every combination scored is returned (the trainer logs them to
+``tuning.csv``), not only the best.
 """
 
 from __future__ import annotations
@@ -93,11 +95,12 @@ class _Semantic:
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[list, list]], records: dict[int, Any],
              categories: list[Any], device: torch.device, max_dets: int = 100,
-             dinfo: DistInfo | None = None, tune: bool = True) -> dict[str, Any]:
+             dinfo: DistInfo | None = None, tune: bool = True, split: str = "val") -> dict[str, Any]:
     """The ``metrics.json`` dict of the eval-mode model on the val records (all ranks' images).
 
     COCO box/mask AP always; ``semantic`` metrics for models with ``sem_seg`` outputs; for tunable
-    models the thresholds with the best mask AP are chosen first (``tuning`` in the result).
+    models the thresholds with the best mask AP are chosen first (``tuning`` in the result: the choice, its
+    mask AP and, under ``grid``, every combination scored with its mask AP); ``split`` names the images.
     """
     from maskkit.models.outputs import to_instances
 
@@ -139,8 +142,9 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[list, list]], records: di
     if len(grid) > 1:
         scores = [_ap(p, records, categories, max_dets, ("segm",)).get("segm", {}).get("AP", -1.0) for p in preds]
         best = int(np.argmax(scores))
-        tuning = {"thresholds": grid[best], "segm.AP": scores[best], "combinations": len(grid)}
-        log.info("post-processing thresholds tuned on val (%d combinations): %s, mask AP %.4f", len(grid),
+        tuning = {"thresholds": grid[best], "segm.AP": scores[best], "combinations": len(grid), "split": split,
+                  "grid": [{**combo, "segm.AP": score} for combo, score in zip(grid, scores, strict=True)]}
+        log.info("post-processing thresholds tuned on %s (%d combinations): %s, mask AP %.4f", split, len(grid),
                  grid[best], scores[best])
     metrics = _ap(preds[best], records, categories, max_dets)
     if used:
@@ -152,7 +156,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[list, list]], records: di
     return metrics
 
 
-def apply_tuning(models: Iterable[nn.Module], metrics: dict[str, Any], dinfo: DistInfo | None = None) -> None:
+def apply_tuning(models: Iterable[nn.Module | None], metrics: dict[str, Any], dinfo: DistInfo | None = None) -> None:
     """Set the tuned thresholds (rank 0's choice) on every given model that has them."""
     from maskkit.engine.distributed import broadcast_object
 

@@ -234,7 +234,7 @@ def results_to_instances(
 
 
 def read_results_source(
-    gt: str | Path, pred: str | Path
+    gt: str | Path, pred: str | Path, allow_outside_root: bool = False
 ) -> tuple[Any, dict[int, Instances], list[str], str]:
     """A ground truth (any annotation source) and a COCO results file, ready to evaluate as pycocotools would.
 
@@ -245,7 +245,7 @@ def read_results_source(
     from maskkit.data.formats import read_annotations
     from maskkit.evaluation.coco import loadres_areas
 
-    aset = read_annotations(gt)
+    aset = read_annotations(gt, allow_outside_root=allow_outside_root)
     sizes = {r.id: (r.height, r.width) for r in aset.images}
     results = read_results(pred, sizes, [c.id for c in aset.categories])
     preds, notes = results_to_instances(results, sizes)

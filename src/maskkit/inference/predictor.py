@@ -19,6 +19,7 @@ resize for each view).
 from __future__ import annotations
 
 import copy
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -367,7 +368,9 @@ def fold_batchnorm(module: nn.Module) -> int:
 
     try:
         graph = Tracer().trace(module)
-    except Exception:  # data-dependent control flow etc.: nothing folded
+    except Exception as exc:  # data-dependent control flow etc.: nothing folded, the cause logged
+        logging.getLogger("maskkit.predict").debug("not folding norms: FX trace failed (%s: %s)",
+                                                   type(exc).__name__, exc)
         return 0
     calls: dict[str, int] = {}
     for node in graph.nodes:

@@ -233,6 +233,14 @@ def _hwc(shape: tuple[int, ...], channels_first: bool) -> tuple[int, int, int]:
 def _open_tiff(path: Path) -> ImageWindows:
     import tifffile
 
+    from maskkit.data.images import (
+        MAX_TILED_PIXELS_ENV,
+        TILED_TIFF_HINT,
+        check_pixels,
+        max_image_pixels,
+        max_tiled_pixels,
+    )
+
     try:
         tif = tifffile.TiffFile(path)
     except (OSError, ValueError, tifffile.TiffFileError) as exc:
@@ -249,6 +257,8 @@ def _open_tiff(path: Path) -> ImageWindows:
         else:
             raise DataError(f"not a single 2-D image (TIFF axes {axes}, shape {shape}); tiling needs one plane",
                             file=path)
+        height, width, _ = _hwc(shape, channels_first)
+        check_pixels(height, width, path, max_tiled_pixels(), env=MAX_TILED_PIXELS_ENV)
         offset = series.dataoffset
         reader: ImageWindows | None = None
         if offset is not None:
@@ -262,6 +272,10 @@ def _open_tiff(path: Path) -> ImageWindows:
                 reader = TiffSegmentWindows(path, tif, pages)
                 if (reader.height, reader.width, reader.channels) != _hwc(shape, channels_first):
                     reader = None
+                elif reader.seg_h * reader.seg_w > max_image_pixels():  # one strip holding (nearly) everything
+                    kind = "tile" if key.is_tiled else "strip"
+                    check_pixels(reader.seg_h, reader.seg_w, path, hint=f" in one compressed {kind}: any window "
+                                 f"decodes all of it{TILED_TIFF_HINT}")
     except DataError:
         tif.close()
         raise
@@ -275,9 +289,17 @@ def _open_tiff(path: Path) -> ImageWindows:
             raise DataError(f"cannot decode TIFF ({type(exc).__name__}: {exc})", file=path) from None
         return reader
     tif.close()
-    from maskkit.data.images import read_image
+    return _read_whole(path, "TIFF layout not windowable")
 
-    return ArrayWindows(read_image(path), source=f"{path} (read whole: TIFF layout not windowable)")
+
+def _read_whole(path: Path, why: str) -> ImageWindows:
+    """The whole image as windows (within the whole-image pixel limit, else refused with how to convert it)."""
+    from maskkit.data.images import TILED_TIFF_HINT, ImageTooLargeError, read_image
+
+    try:
+        return ArrayWindows(read_image(path), source=f"{path} (read whole: {why})")
+    except ImageTooLargeError as exc:
+        raise exc.with_hint(f" ({why}){TILED_TIFF_HINT}") from None
 
 
 def _open_npy(path: Path) -> ImageWindows:
@@ -291,6 +313,9 @@ def _open_npy(path: Path) -> ImageWindows:
     del m
     if fortran or len(shape) not in (2, 3) or dtype.hasobject:
         raise DataError(f"expected a C-ordered H×W or H×W×C array, got shape {shape}", file=path)
+    from maskkit.data.images import MAX_TILED_PIXELS_ENV, check_pixels, max_tiled_pixels
+
+    check_pixels(shape[0], shape[1], path, max_tiled_pixels(), env=MAX_TILED_PIXELS_ENV)
     return RawWindows(path, offset, shape, dtype, channels_first=False)
 
 
@@ -304,9 +329,7 @@ def open_image_windows(path: str | Path) -> ImageWindows:
         return _open_tiff(path)
     if suffix == ".npy":
         return _open_npy(path)
-    from maskkit.data.images import read_image
-
-    return ArrayWindows(read_image(path), source=f"{path} (read whole: no partial decoding for {suffix})")
+    return _read_whole(path, f"no partial decoding for {suffix}")
 
 
 # -- prediction --------------------------------------------------------------------------------------------

@@ -279,3 +279,15 @@ def tta_raw_output(model: nn.Module, image: torch.Tensor, views: Sequence[View])
     aligned = [undo(r, v.flip, reference) for v, r in raws]
     return model.postprocess(average_raw(aligned))
 
+
+def parse_scales(text: str | None) -> list[float] | None:
+    """``--tta-scales`` (``0.75,1,1.25``) as floats; None when not given."""
+    if text is None:
+        return None
+    try:
+        scales = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--tta-scales must be comma-separated numbers, got {text!r}") from None
+    if not scales or any(not 0.1 <= s <= 10 for s in scales):
+        raise ConfigError(f"--tta-scales must be numbers between 0.1 and 10, got {text!r}")
+    return scales

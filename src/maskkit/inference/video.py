@@ -52,6 +52,7 @@ class VideoReader:
             self.frames = int(stream.frames or 0)
             self.width, self.height = int(stream.width), int(stream.height)
             self.backend = "pyav"
+            self._check_size()
             return
         except ImportError:
             error = "PyAV not installed"
@@ -68,6 +69,17 @@ class VideoReader:
         self.frames = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
         self.width, self.height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         self.backend = "opencv"
+        self._check_size()
+
+    def _check_size(self) -> None:
+        """Frames beyond the whole-image pixel limit (from the stream header) are refused before decoding."""
+        from maskkit.data.images import check_pixels
+
+        try:
+            check_pixels(self.height, self.width, self.path)
+        except DataError:
+            self.close()
+            raise
 
     def __iter__(self) -> Iterator[np.ndarray]:
         if self._container is not None:
@@ -108,7 +120,7 @@ def _h264_available() -> bool:
     try:
         av.codec.Codec("libx264", "w")
         return True
-    except Exception:  # av raises UnknownCodecError (a ValueError subclass in some versions)
+    except (ValueError, av.error.FFmpegError):  # UnknownCodecError is a ValueError: no H.264 encoder
         return False
 
 

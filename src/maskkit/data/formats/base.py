@@ -95,15 +95,41 @@ def detect_format(path: str | Path) -> str:
     raise DataError(f"cannot tell the annotation format (known: {names})", file=path)
 
 
-def read_annotations(path: str | Path, format: str | None = None) -> AnnotationSet:
-    """Read any supported annotation source; the format is detected when not given."""
+_ROOT_FROM_READER = ("voc", "yolo")
+"""Formats whose reader sets ``aset.root`` for a file it is given (a split file, a data YAML)."""
+
+
+def read_annotations(
+    path: str | Path,
+    format: str | None = None,
+    *,
+    root: str | Path | None = None,
+    allow_outside_root: bool = False,
+    reader: Reader | None = None,
+) -> AnnotationSet:
+    """Read any supported annotation source; the format is detected when not given.
+
+    ``root`` is the dataset root every image must resolve inside (see :mod:`maskkit.data.paths`):
+    by default ``path`` when it is a folder, else the root the reader found for the file (a VOC
+    split file's VOC root, a YOLO YAML's ``path:``), else the file's folder. An image outside it
+    is a DataError unless ``allow_outside_root``; then the set is returned with ``aset.root`` set
+    so that ``validate`` can report such images. ``reader`` replaces the format's reader.
+    """
+    from maskkit.data.paths import confined, dataset_root, ensure_inside_root
+
     path = Path(path)
     name = format or detect_format(path)
     spec = formats().get(name)
     if spec is None:
         raise DataError(f"unknown format {name!r}; known: {', '.join(formats())}", file=path)
-    aset = spec.read(path)
+    # headers of images outside the root are not even read (a VOC split file's or a YOLO YAML's root is
+    # only known once its reader has located it: those two are checked after reading)
+    early = root or (dataset_root(path) if path.is_dir() or name not in _ROOT_FROM_READER else None)
+    with confined(None if allow_outside_root else early):
+        aset = (reader or spec.read)(path)
     aset.format = name
+    aset.root = Path(root) if root is not None else (aset.root or dataset_root(path))
+    ensure_inside_root(aset, allow_outside_root)
     return aset
 
 
@@ -113,6 +139,10 @@ def write_annotations(aset: AnnotationSet, dst: str | Path, format: str) -> Conv
     if spec is None or spec.write is None:
         writable = [n for n, s in formats().items() if s.write is not None]
         raise DataError(f"cannot write format {format!r}; writable: {', '.join(writable)}", file=dst)
+    for record in aset.images:  # a reader keeps unknown sizes (0) for validate; no writer can use them
+        if record.height <= 0 or record.width <= 0:
+            raise DataError("image size unknown (no width/height in the annotations and the image file cannot "
+                            "tell them)", file=record.source or record.file_name, image=record.file_name)
     return spec.write(aset, Path(dst))
 
 

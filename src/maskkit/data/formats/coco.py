@@ -296,6 +296,8 @@ def _records(doc: dict[str, Any], entries: list[_Entry], groups: list[list[dict[
     extras = [_extras(a) for a in ordered]
     for k in invalid:
         extras[k]["invalid_segmentation"] = ordered[k]["segmentation"]
+    for k in np.flatnonzero([a.get("iscrowd", 0) not in (0, 1) for a in ordered]).tolist():
+        extras[k]["iscrowd"] = ordered[k]["iscrowd"]  # kept as read for validate (read as a bool)
     for k in missing:  # no bbox in the file: the mask's tight box
         boxes[k] = xywh_to_xyxy(mask_utils.toBbox(items[k].to_rle()))[0]
     records, start = [], 0
@@ -306,7 +308,10 @@ def _records(doc: dict[str, Any], entries: list[_Entry], groups: list[list[dict[
                              boxes=boxes[start:end], iscrowd=crowd[start:end], ids=ids[start:end],
                              extras=extras[start:end])
         extra = {key: v for key, v in img.items() if key not in _CORE_IMG}
-        records.append(ImageRecord(img_id, file_name, h, w, inst, extra, source=str(path)))
+        problems = {}
+        if (h, w) == (0, 0) and not ("height" in img and "width" in img):
+            problems["image-size-unknown"] = "the image entry has no width/height and the image file cannot tell them"
+        records.append(ImageRecord(img_id, file_name, h, w, inst, extra, source=str(path), problems=problems))
         start = end
     return records
 
@@ -319,7 +324,10 @@ def _image_entry(img: Any, k: int, root: Path, path: Path) -> _Entry:
         img_id = _int(img["id"], "image id")
         if "height" in img and "width" in img:
             return img_id, str(img["file_name"]), _int(img["height"], "height"), _int(img["width"], "width")
-        h, w = image_size(root / str(img["file_name"]))
+        try:
+            h, w = image_size(root / str(img["file_name"]))
+        except DataError:  # no size anywhere: kept as 0x0 for validate to report (image-size-unknown)
+            h, w = 0, 0
         return img_id, str(img["file_name"]), h, w
     except (ValueError, DataError) as exc:
         problem = exc.problem if isinstance(exc, DataError) else str(exc)

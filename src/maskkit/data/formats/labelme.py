@@ -55,6 +55,8 @@ FORMAT = "labelme"
 VERSION = "5.5.0"
 POLYGON_TYPES = ("polygon", "rectangle", "circle")
 OBJECT_TYPES = (*POLYGON_TYPES, "mask")
+OTHER_TYPES = ("point", "points", "line", "linestrip")
+"""Shape types LabelMe draws that are not objects (kept, not used for training)."""
 _FILE_KEYS = ("shapes", "imagePath", "imageData", "imageHeight", "imageWidth")
 _SHAPE_ORDER = ("label", "points", "group_id", "description", "shape_type", "flags", "mask")
 
@@ -73,7 +75,7 @@ def _is_labelme_json(path: Path) -> bool:
             if b'"shapes"' not in head and path.stat().st_size > (32 << 20):
                 return False
             doc = json.loads(head + f.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         return False
     return isinstance(doc, dict) and "shapes" in doc and "imagePath" in doc
 
@@ -121,16 +123,18 @@ def circle_polygon(points: np.ndarray) -> np.ndarray:
 
 def _decode_mask_shape(shape: dict[str, Any], pts: np.ndarray, h: int, w: int, jf: Path, index: int) -> np.ndarray:
     """Full-size bool mask of a ``mask`` shape (base64 PNG of the region between its 2 points)."""
-    from PIL import Image
+    from maskkit.data.images import open_bounded
 
     where = {"file": jf, "annotation": f"shape {index}"}
     if len(pts) != 2 or not isinstance(shape.get("mask"), str):
         raise DataError("a mask shape needs 2 points and a base64 PNG 'mask'", **where)
     try:
-        with Image.open(io.BytesIO(base64.b64decode(shape["mask"], validate=False))) as im:
+        with open_bounded(io.BytesIO(base64.b64decode(shape["mask"], validate=False)), jf) as im:
             crop = np.array(im).astype(bool)
     except (binascii.Error, OSError, ValueError) as exc:
         raise DataError(f"bad base64 PNG mask ({exc})", **where) from None
+    except DataError as exc:  # above the pixel limit
+        raise DataError(exc.problem, **where) from None
     if crop.ndim == 3:
         crop = crop.any(axis=2)
     (x1, y1), (x2, y2) = pts.astype(int)
@@ -172,13 +176,15 @@ def _load_json(jf: Path) -> Any:
             return json.load(f)
     except ValueError as exc:
         raise DataError(f"malformed JSON ({exc})", file=jf) from None
+    except RecursionError:
+        raise DataError("malformed JSON (nested too deeply)", file=jf) from None
     except OSError as exc:
         raise DataError(f"cannot read ({exc})", file=jf) from None
 
 
 def _image_source(doc: dict[str, Any], jf: Path, root: Path) -> tuple[str, bytes | None, tuple[int, int] | None]:
     """``(file_name relative to root, embedded bytes or None, (h, w) from the image or None)``."""
-    from PIL import Image
+    from maskkit.data.images import open_bounded
 
     rel = str(doc.get("imagePath") or "").replace("\\", "/")
     candidate = jf.parent / rel if rel else None
@@ -189,16 +195,28 @@ def _image_source(doc: dict[str, Any], jf: Path, root: Path) -> tuple[str, bytes
     if doc.get("imageData"):
         try:
             data = base64.b64decode(doc["imageData"])
-            with Image.open(io.BytesIO(data)) as im:
+            with open_bounded(io.BytesIO(data), jf) as im:
                 w, h = im.size
-        except (binascii.Error, OSError, ValueError) as exc:
-            raise DataError(f"imageData cannot be decoded ({exc})", file=jf) from None
+        except (binascii.Error, OSError, ValueError, TypeError) as exc:
+            raise DataError(f"imageData is not an image ({type(exc).__name__})", file=jf) from None
         size = (h, w)
         name = Path(rel).name if rel and is_image_file(Path(rel)) else jf.stem + sniff_image_suffix(data)
         candidate = jf.parent / name
     elif candidate is None:
         raise DataError("no imagePath and no imageData", file=jf)
     return os.path.relpath(candidate, root).replace(os.sep, "/"), data, size
+
+
+def _embedded_problem(image_data: Any, file_name: str) -> str:
+    """Why ``imageData`` is not an image (it is not used: ``imagePath`` names an existing image)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(image_data))) as im:
+            im.size  # noqa: B018 - the header parses
+        return ""
+    except (binascii.Error, OSError, ValueError, TypeError) as exc:
+        return f"imageData is not an image ({type(exc).__name__}); the image file {file_name!r} is used instead"
 
 
 def _meta(shape: dict[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:
@@ -221,10 +239,16 @@ def _read_file(doc: dict[str, Any], jf: Path, root: Path
         h, w = size
     groups: dict[Any, list[int]] = {}
     other: list[dict[str, Any]] = []
+    problems: dict[str, str] = {}
+    if doc.get("imageData") and data is None and (bad := _embedded_problem(doc["imageData"], file_name)):
+        problems["invalid-embedded-image"] = bad
+    unknown: list[str] = []
     for i, shape in enumerate(doc["shapes"]):
         if not isinstance(shape, dict) or not isinstance(shape.get("label"), str):
             raise DataError("a shape must be an object with a string 'label'", file=jf, annotation=f"shape {i}")
         if (shape.get("shape_type") or "polygon") not in OBJECT_TYPES:
+            if shape.get("shape_type") not in OTHER_TYPES:
+                unknown.append(f"shape {i} ({shape['label']!r}) has shape_type {shape.get('shape_type')!r}"[:200])
             other.append(shape)
             continue
         gid = shape.get("group_id")
@@ -262,8 +286,11 @@ def _read_file(doc: dict[str, Any], jf: Path, root: Path
     file_extra = {k: v for k, v in doc.items() if k not in _FILE_KEYS}
     if other:
         file_extra["other_shapes"] = other
+    if unknown:
+        problems["unknown-shape-type"] = (f"{'; '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}: "
+                                          f"not an object type ({', '.join(OBJECT_TYPES)}), ignored")
     rec = {"file_name": file_name, "height": h, "width": w, "data": data, "source": str(jf),
-           "extra": {"labelme": file_extra}}
+           "extra": {"labelme": file_extra}, "problems": problems}
     return rec, names, items, boxes, crowd, extras
 
 
@@ -272,7 +299,11 @@ def _label_order(folders: list[Path], used: set[str]) -> list[str]:
     for folder in dict.fromkeys(folders):
         txt = folder / "labels.txt"
         if txt.is_file():
-            listed = [ln.strip() for ln in txt.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            try:
+                text = txt.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise DataError(f"cannot read the label list ({exc})", file=txt) from None
+            listed = [ln.strip() for ln in text.splitlines() if ln.strip()]
             if used <= set(listed):
                 names = list(dict.fromkeys(n for n in listed if not is_special_label(n) or n in used))
                 return [n for n in names if not is_special_label(n)] + [n for n in names if is_special_label(n)]

@@ -113,8 +113,8 @@ def load_class_map(root: Path, default_name: str, names: Names = None) -> ClassM
     if path is not None:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise DataError(f"cannot parse class map ({exc})", file=path) from None
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise DataError(f"cannot parse class map ({type(exc).__name__}: {exc})", file=path) from None
         if not isinstance(doc, dict):
             raise DataError("class map must be a JSON object", file=path)
     cats = _parse_categories(doc, path) or names_to_categories(names) or [Category(1, default_name)]
@@ -182,16 +182,16 @@ def image_entry(record: ImageRecord, default_id: int) -> dict[str, Any] | None:
 # -- label arrays <-> RLE ---------------------------------------------------------------------------
 def read_label_array(path: Path) -> np.ndarray:
     """A single-channel integer ``H×W`` array from a label PNG/TIFF (DataError otherwise)."""
+    from maskkit.data.images import open_bounded, read_image
+
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            arr = tifffile.imread(path)
+            arr = read_image(path)  # H×W×1 for a label TIFF (pixel limit checked first)
         else:
-            from PIL import Image
-
-            with Image.open(path) as im:
+            with open_bounded(path) as im:
                 arr = np.asarray(im)  # palette PNGs give indices, 16-bit PNGs uint16
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"cannot read label image ({type(exc).__name__}: {exc})", file=path) from None
     if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):

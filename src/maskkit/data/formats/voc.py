@@ -101,7 +101,7 @@ def _class_list(root: Path, use_voc_default: bool) -> list[str] | None:
     for name in ("class_names.txt", "classes.txt"):
         txt = root / name
         if txt.is_file():
-            names = [ln.strip() for ln in txt.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            names = [ln.strip() for ln in _text(txt).splitlines() if ln.strip()]
             return names if names and names[0] in BACKGROUND_NAMES else ["_background_", *names]
     return ["_background_", *VOC_CLASSES] if use_voc_default else None
 
@@ -140,7 +140,15 @@ def _voc_ids(path: Path) -> tuple[Path, list[str]]:
 
 def _read_ids(txt: Path) -> list[str]:
     # detection split files may carry a second column (``id  1``/``id -1`` per-class lists)
-    return list(dict.fromkeys(ln.split()[0] for ln in txt.read_text(encoding="utf-8").splitlines() if ln.strip()))
+    return list(dict.fromkeys(ln.split()[0] for ln in _text(txt).splitlines() if ln.strip()))
+
+
+def _text(path: Path) -> str:
+    """A UTF-8 text file; DataError naming it when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read text file ({exc})", file=path) from None
 
 
 def _rle(mask: np.ndarray) -> dict[str, Any]:
@@ -221,12 +229,17 @@ def read(path: Path) -> AnnotationSet:
         xml = xmls.get(stem)
         png = seg_dir / f"{stem}.png"
         extra: dict[str, Any] = {}
+        problems: dict[str, str] = {}
         if xml:
             extra["voc"] = xml_extra(xml)
         if png.is_file():
             obj = read_index_png(png)
             cpng = cls_dir / f"{stem}.png"
             cls = read_index_png(cpng) if cpng.is_file() else None
+            if cls is None and cls_dir.is_dir():
+                problems["missing-class-png"] = (
+                    f"SegmentationClass/{stem}.png is missing: classes come from the XML only"
+                    f"{'' if xml else ' (there is none: the instances get no class)'}")
             h, w = obj.shape
             labels, items, boxes, extras = _segmented_instances(obj, cls, xml, cats, png)
             masks = Masks(items, h, w)
@@ -243,8 +256,8 @@ def read(path: Path) -> AnnotationSet:
             inst = _box_instances(h, w, xml["objects"] if xml else [], cats, ann_id)
             source = xf
         ann_id += len(inst)
-        images.append(ImageRecord(img_id, file_name, h, w, inst, extra=extra, source=str(source)))
-    return AnnotationSet(cats.categories(), images, image_root=root, source=Path(path), format=FORMAT)
+        images.append(ImageRecord(img_id, file_name, h, w, inst, extra=extra, source=str(source), problems=problems))
+    return AnnotationSet(cats.categories(), images, image_root=root, source=Path(path), format=FORMAT, root=root)
 
 
 def _size(xml: dict[str, Any] | None, image: Path, xf: Path) -> tuple[int, int]:

@@ -103,8 +103,8 @@ def load_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping (data.yaml / dataset.yaml); DataError naming the file otherwise."""
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise DataError(f"cannot read YAML ({exc})", file=path) from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+        raise DataError(f"cannot read YAML ({type(exc).__name__}: {exc})", file=path) from None
     if not isinstance(doc, dict):
         raise DataError("a dataset YAML must be a mapping", file=path)
     return doc
@@ -203,8 +203,9 @@ def _parse_labels(path: Path, h: int, w: int) -> list[tuple[int, np.ndarray | No
         except ValueError:
             raise DataError("a label line must hold numbers only", file=path, annotation=f"line {n}") from None
         cls, coords = values[0], values[1:]
-        if not np.isfinite(cls) or cls != int(cls) or cls < 0:
-            raise DataError(f"class {cls:g} is not a non-negative integer", file=path, annotation=f"line {n}")
+        if not np.isfinite(cls) or cls != int(cls) or not 0 <= cls < 2**31:
+            raise DataError(f"class {cls:g} is not a non-negative integer below 2^31", file=path,
+                            annotation=f"line {n}")
         if len(coords) == 4:
             cx, cy, bw, bh = coords * [w, h, w, h]
             out.append((int(cls), None, np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2])))
@@ -245,7 +246,8 @@ def read_yolo(path: str | Path, names: Sequence[str] | dict[int, str] | None = N
         records.append(ImageRecord(k + 1, rel, h, w, inst, source=str(label_path(img))))
     seen = {c for *_, lines in parsed for c, _, _ in lines}
     cats = parse_names(names) if names is not None else _categories(src, seen)
-    return AnnotationSet(cats, records, src.images_dir, source=src.yaml_path or src.root, format="yolo")
+    return AnnotationSet(cats, records, src.images_dir, source=src.yaml_path or src.root, format="yolo",
+                         root=src.root if path.is_file() else None)  # a data YAML: its ``path:`` folder
 
 
 def find_orphan_labels(aset: AnnotationSet) -> list[Path]:

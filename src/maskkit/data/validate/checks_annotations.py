@@ -199,3 +199,13 @@ def duplicate_annotation_id(split: SplitContext) -> Iterator[Hit]:
                 yield Hit(f"annotation id {ann_id} is also used in {where}", record=rec, annotation_id=ann_id)
             else:
                 seen[ann_id] = rec.id
+
+
+@check("E215", "invalid-iscrowd", "error", "instance",
+       "An iscrowd value other than 0 or 1 (it is read as true/false, which may not be what was meant).")
+def invalid_iscrowd(inst: InstanceView) -> Iterator[str]:
+    extras = inst.image.instances.get("extras")
+    extra = extras[inst.index] if extras is not None else None
+    if isinstance(extra, dict) and "iscrowd" in extra:
+        value = extra["iscrowd"]
+        yield f"iscrowd is {value!r}"[:120] + f" (must be 0 or 1): read as {'crowd' if inst.iscrowd else 'not crowd'}"

@@ -53,3 +53,11 @@ def duplicate_category_id(split: SplitContext) -> Iterator[Hit]:
             yield Hit(f"category id {cat.id} is used by {seen[cat.id]!r} and {cat.name!r}")
         else:
             seen[cat.id] = cat.name
+
+
+@check("E305", "empty-label", "error", "instance",
+       "An annotation whose category name (label) is empty or blank, e.g. a LabelMe shape with label \"\".")
+def empty_label(inst: InstanceView) -> Iterator[str]:
+    cat = inst.image.split.categories.get(inst.label)
+    if cat is not None and not str(cat.name).strip():
+        yield f"category {cat.id} has the empty label {cat.name!r}"

@@ -23,8 +23,9 @@ def unreadable_image(img: ImageContext) -> Iterator[Hit]:
         yield Hit(facts.error, file=img.image_file)
 
 
-@check("W103", "truncated-image", "warning", "image",
-       "The image file is cut off (no end marker); many decoders fail or fill the rest with grey.")
+@check("E103", "truncated-image", "error", "image",
+       "The image file is cut off (its pixels do not decode to the end, or no end marker): training fails "
+       "on it or sees grey. Found by a full decode (skipped with --no-hash).")
 def truncated_image(img: ImageContext) -> Iterator[Hit]:
     facts = img.facts
     if facts is not None and facts.truncated and not facts.error:
@@ -35,6 +36,8 @@ def truncated_image(img: ImageContext) -> Iterator[Hit]:
        "The width/height in the annotations differ from the image's real size, or are not positive.")
 def image_size_mismatch(img: ImageContext) -> Iterator[Hit]:
     facts, rec = img.facts, img.record
+    if "image-size-unknown" in rec.problems:
+        return  # reported by its own check
     if rec.height <= 0 or rec.width <= 0:
         yield Hit(f"annotation gives a size of {rec.width}x{rec.height} (WxH), which is not positive")
         return
@@ -65,14 +68,17 @@ def duplicate_image_id(split: SplitContext) -> Iterator[Hit]:
             yield Hit(f"image id {rec.id} is also used by {other.file_name!r}", record=rec)
 
 
-@check("W107", "duplicate-file-name", "warning", "split",
-       "Two image records of one split point to the same file name (annotations split over records).")
+@check("E107", "duplicate-file-name", "error", "split",
+       "Two image records of one split point to the same file: training sees the image twice, each time "
+       "with only its own record's annotations (the others' objects count as background).")
 def duplicate_file_name(split: SplitContext) -> Iterator[Hit]:
     first: dict[str, int] = {}
     for i, rec in enumerate(split.aset.images):
         j = first.setdefault(rec.file_name, i)
         if j != i:
-            yield Hit(f"file name also used by image id {split.aset.images[j].id}", record=rec)
+            other = split.aset.images[j]
+            yield Hit(f"file name also used by image id {other.id} ({len(other.instances)} annotation(s) there, "
+                      f"{len(rec.instances)} here)", record=rec)
 
 
 @check("W108", "duplicate-image-content", "warning", "split",

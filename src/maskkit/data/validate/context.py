@@ -8,15 +8,33 @@ and the check for that problem reports it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from maskkit.data.annotations import AnnotationSet, Category, ImageRecord
 from maskkit.structures import Instances, Masks, PolygonMask, RLEMask
+
+T = TypeVar("T")
+
+
+class Uninterpretable(Exception):
+    """A record field of the wrong type or shape: reported as ``E200 invalid-annotation`` (a data error)."""
+
+
+_FIELD_ERRORS = (TypeError, ValueError, IndexError, KeyError, OverflowError, AttributeError)
+
+
+def _field(what: str, read: Callable[[], T]) -> T:
+    """``read()``, turning a failure on garbage data into :class:`Uninterpretable` naming ``what``."""
+    try:
+        return read()
+    except _FIELD_ERRORS as exc:
+        raise Uninterpretable(f"{what} cannot be interpreted ({type(exc).__name__}: {exc})"[:300]) from None
 
 
 @dataclass(frozen=True)
@@ -51,8 +69,12 @@ class ImageFacts:
     error: str | None = None
     """Why the header or pixels could not be read."""
     truncated: str | None = None
+    outside_root: bool = False
+    """The file resolves outside the dataset root: it was not read at all."""
     sha1: str | None = None
     phash: int | None = None
+    crash: str | None = None
+    """An unexpected exception while reading the facts (a bug: reported as an internal error)."""
 
 
 def rle_counts_problem(rle: dict[str, Any]) -> str | None:
@@ -131,6 +153,8 @@ class DatasetContext:
 
     splits: list[SplitContext]
     options: ValidateOptions
+    problems: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    """Problems of the dataset as a whole, by check name: ``(message, file)`` (e.g. a YAML without names)."""
 
 
 class ImageContext:
@@ -170,7 +194,7 @@ class ImageContext:
 
     @cached_property
     def views(self) -> list[InstanceView]:
-        return [InstanceView(self, i) for i in range(len(self.instances))]
+        return [InstanceView(self, i) for i in range(_field("instances", lambda: len(self.instances)))]
 
 
 class InstanceView:
@@ -183,33 +207,33 @@ class InstanceView:
     @cached_property
     def ann_id(self) -> int | None:
         ids = self.image.instances.get("ids")
-        return int(ids[self.index]) if ids is not None else None
+        return _field("annotation id", lambda: int(ids[self.index])) if ids is not None else None
 
     @cached_property
     def label(self) -> int:
-        return int(self.image.instances.labels[self.index])
+        return _field("category id", lambda: int(self.image.instances.labels[self.index]))
 
     @cached_property
     def box(self) -> np.ndarray:
         """The annotated XYXY box (float64)."""
-        return np.asarray(self.image.instances.boxes[self.index], dtype=np.float64).reshape(4)
+        return _field("box", lambda: np.asarray(self.image.instances.boxes[self.index], dtype=np.float64).reshape(4))
 
     @cached_property
     def iscrowd(self) -> bool:
         crowd = self.image.instances.get("iscrowd")
-        return bool(crowd[self.index]) if crowd is not None else False
+        return _field("iscrowd", lambda: bool(crowd[self.index])) if crowd is not None else False
 
     @cached_property
     def item(self) -> PolygonMask | RLEMask | Any | None:
         masks = self.image.masks
-        return masks.items[self.index] if masks is not None else None
+        return _field("mask", lambda: masks.items[self.index]) if masks is not None else None
 
     @cached_property
     def points(self) -> np.ndarray | None:
         """All polygon vertices as ``(K, 2)`` float64 (``None`` for non-polygon masks)."""
         if not isinstance(self.item, PolygonMask):
             return None
-        parts = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in self.item.parts]
+        parts = _field("polygon", lambda: [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in self.item.parts])
         return np.concatenate(parts, axis=0) if parts else np.zeros((0, 2))
 
     # -- problems that make the mask unusable (each reported by its own check) --------------
@@ -222,13 +246,14 @@ class InstanceView:
         raw = extras[self.index].get("invalid_segmentation") if extras is not None else None
         if isinstance(raw, dict):  # kept by the COCO reader: an RLE of another size than its image
             return f"RLE size {raw.get('size')!r} differs from the image record's size [{rec.height}, {rec.width}]"
-        if (item.height, item.width) != (rec.height, rec.width):
+        if _field("mask size", lambda: (item.height, item.width) != (rec.height, rec.width)):
             return f"mask is {item.height}x{item.width} (HxW) but the image record is {rec.height}x{rec.width}"
         return None
 
     @cached_property
     def rle_problem(self) -> str | None:
-        return rle_counts_problem(self.item.rle) if isinstance(self.item, RLEMask) else None
+        item = self.item
+        return _field("RLE", lambda: rle_counts_problem(item.rle)) if isinstance(item, RLEMask) else None
 
     @cached_property
     def coords_unusable(self) -> bool:
@@ -255,8 +280,8 @@ class InstanceView:
     def outside(self) -> str | None:
         """``"entirely"`` or ``"partly"`` when the coordinates leave the image (beyond the tolerance)."""
         ext, rec = self.extent, self.image.record
-        if ext is None:
-            return None
+        if ext is None or rec.height <= 0 or rec.width <= 0:
+            return None  # no image size: reported by image-size-mismatch / image-size-unknown
         x0, y0, x1, y1 = ext
         if x1 < 0 or y1 < 0 or x0 > rec.width or y0 > rec.height:
             return "entirely"
@@ -274,7 +299,8 @@ class InstanceView:
             return None
         if rec.height <= 0 or rec.width <= 0:
             return None  # reported by image-size-mismatch
-        return self.image.masks.rle(self.index)
+        masks = self.image.masks
+        return _field("mask", lambda: masks.rle(self.index))
 
     @cached_property
     def area(self) -> float | None:

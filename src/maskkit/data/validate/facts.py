@@ -1,8 +1,9 @@
 """Reading what the image checks need from each image file, once.
 
-The header gives the size (no decoding). With hashing on, the file's bytes are read once for
-their SHA-1 and truncation markers, and, when near-duplicates are looked for, decoded at a
-reduced scale (JPEG draft mode) for a perceptual hash.
+The header gives the size. With hashing on, the file's bytes are read once for their SHA-1 and
+truncation markers and decoded completely (JPEGs at a reduced scale, draft mode), which finds
+files cut off midway; the decoded image also gives the perceptual hash when near-duplicates are
+looked for.
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from maskkit.data.annotations import AnnotationSet, ImageRecord
 from maskkit.data.images import image_size
+from maskkit.data.paths import is_inside
 from maskkit.data.validate.context import ImageFacts
 from maskkit.errors import DataError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 PHASH_DECODE_SIZE = 128
 """Images are decoded at (at least) this size for the perceptual hash (which works at 32x32)."""
@@ -29,6 +35,9 @@ def read_facts(aset: AnnotationSet, record: ImageRecord, hashes: bool, phash: bo
     else:
         path = aset.image_path(record)
         facts = ImageFacts(path=path)
+        if aset.root is not None and not is_inside(path, aset.root):
+            facts.outside_root = True  # reported by image-outside-root; nothing outside the root is read
+            return facts
         if not path.is_file():
             facts.exists = False
             return facts
@@ -46,13 +55,15 @@ def read_facts(aset: AnnotationSet, record: ImageRecord, hashes: bool, phash: bo
         return facts
     facts.sha1 = hashlib.sha1(blob).hexdigest()
     facts.truncated = truncation(blob)
-    if phash and facts.error is None:
+    if facts.error is None:
         try:
-            facts.phash = perceptual_hash(blob, facts.path)
-        except Exception as exc:  # any decoder failure is a finding, not a crash
-            message = str(exc) or type(exc).__name__
-            if "truncated" in message.lower():
-                facts.truncated = facts.truncated or f"decoder: {message}"
+            im = decode_pixels(blob, facts.path)
+            if phash:
+                facts.phash = perceptual_hash(im)
+        except Exception as exc:  # any decoder failure is a finding (with its cause), not a crash
+            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if "truncated" in message.lower() or isinstance(exc, EOFError):
+                facts.truncated = facts.truncated or f"pixels cannot be decoded ({message})"
             else:
                 facts.error = f"pixels cannot be decoded ({message})"
     return facts
@@ -77,18 +88,27 @@ def truncation(blob: bytes) -> str | None:
     return None
 
 
-def perceptual_hash(blob: bytes, path: Path | None = None) -> int:
-    """64-bit DCT perceptual hash (``imagehash.phash``) of a downsized greyscale version of the image."""
-    import imagehash
+def decode_pixels(blob: bytes, path: Path | None = None) -> Image.Image:
+    """Decode every pixel of an image (JPEGs at 1/2..1/8 scale: still the whole stream, a fraction of
+    the cost); raises on a cut-off or corrupt file. Returns the (downsized) decoded image."""
     from PIL import Image
+
+    from maskkit.data.images import open_bounded
 
     if path is not None and path.suffix.lower() in (".tif", ".tiff"):
         from maskkit.data.images import read_image, to_rgb_uint8
 
-        im = Image.fromarray(to_rgb_uint8(read_image(path)))
-    else:
-        im = Image.open(io.BytesIO(blob))
-        im.draft("L", (PHASH_DECODE_SIZE, PHASH_DECODE_SIZE))  # JPEG: decode at 1/2..1/8 scale
+        return Image.fromarray(to_rgb_uint8(read_image(path)))
+    im = open_bounded(io.BytesIO(blob), path)
+    im.draft("RGB" if im.mode in ("RGB", "YCbCr", "CMYK") else im.mode, (PHASH_DECODE_SIZE, PHASH_DECODE_SIZE))
+    im.load()
+    return im
+
+
+def perceptual_hash(im: Image.Image) -> int:
+    """64-bit DCT perceptual hash (``imagehash.phash``) of a downsized greyscale version of the image."""
+    import imagehash
+
     im = im.convert("L")
     im.thumbnail((PHASH_DECODE_SIZE, PHASH_DECODE_SIZE))
     return int(str(imagehash.phash(im)), 16)

@@ -75,12 +75,23 @@ def check(
     return register
 
 
-# The runner reports checks that crash on garbage input under this code (not a registered function).
+# The runner reports records whose fields cannot be interpreted under this code (not a registered function).
 INVALID = Check(
     "E200",
     "invalid-annotation",
     "error",
     "instance",
     "An annotation or image record that cannot be interpreted at all (wrong types, broken structure).",
+    lambda _: (),
+)
+
+
+# A check that crashes for another reason is a bug in maskkit, reported under this code.
+INTERNAL = Check(
+    "E000",
+    "internal-error",
+    "error",
+    "instance",
+    "A check crashed (a bug in maskkit, not a data error; please report it): the exception is in the message.",
     lambda _: (),
 )

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from maskkit.data.validate.registry import SEVERITIES, Check
+from maskkit.data.validate.registry import INTERNAL, SEVERITIES, Check
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -48,7 +48,7 @@ def _abbreviate(name: str | None, short: bool, keep: int = 40) -> str | None:
 
 @dataclass
 class ValidationReport:
-    """All findings of a validation run; ``exit_code`` is 0 without errors, 1 with errors."""
+    """All findings of a validation run; ``exit_code`` is 0 without errors, 1 with errors (3: a check crashed)."""
 
     findings: list[Finding]
     checks: list[Check]
@@ -66,6 +66,9 @@ class ValidationReport:
 
     @property
     def exit_code(self) -> int:
+        """0 without errors, 1 with data errors, 3 when a check crashed (``E000 internal-error``)."""
+        if any(f.code == INTERNAL.code for f in self.findings):
+            return 3
         return 0 if self.ok else 1
 
     def by_check(self) -> dict[str, list[Finding]]:

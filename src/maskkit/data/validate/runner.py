@@ -8,9 +8,16 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from maskkit.data.annotations import AnnotationSet, ImageRecord
-from maskkit.data.validate.context import DatasetContext, ImageContext, ImageFacts, SplitContext, ValidateOptions
+from maskkit.data.validate.context import (
+    DatasetContext,
+    ImageContext,
+    ImageFacts,
+    SplitContext,
+    Uninterpretable,
+    ValidateOptions,
+)
 from maskkit.data.validate.facts import read_facts
-from maskkit.data.validate.registry import CHECKS, INVALID, Check, Hit
+from maskkit.data.validate.registry import CHECKS, INTERNAL, INVALID, Check, Hit
 from maskkit.data.validate.report import Finding, ValidationReport
 
 PROGRESS_MIN_IMAGES = 200
@@ -19,9 +26,16 @@ PROGRESS_MIN_IMAGES = 200
 
 def all_checks() -> list[Check]:
     """Every registered check (plus the runner's ``invalid-annotation``), sorted by code number."""
-    from maskkit.data.validate import checks_annotations, checks_categories, checks_images, checks_splits  # noqa: F401
+    from maskkit.data.validate import (  # noqa: F401
+        checks_annotations,
+        checks_categories,
+        checks_images,
+        checks_paths,
+        checks_reader,
+        checks_splits,
+    )
 
-    return sorted([*CHECKS, INVALID], key=_code_number)
+    return sorted([*CHECKS, INVALID, INTERNAL], key=_code_number)
 
 
 def _code_number(chk: Check) -> tuple[int, str]:
@@ -35,20 +49,25 @@ def validate_dataset(
     *,
     checks: Sequence[Check] | None = None,
     progress: bool = False,
+    problems: Mapping[str, tuple[str, str | None]] | None = None,
 ) -> ValidationReport:
     """Run the checks on every split (``{"train": aset, "val": aset}``) and return the report.
 
-    Never raises for bad data: a check that fails on garbage input becomes an ``E200
-    invalid-annotation`` finding. ``progress`` shows a bar on stderr for large datasets.
+    Never raises for bad data: a record field that cannot be interpreted becomes an ``E200
+    invalid-annotation`` finding; a check crashing otherwise (a bug) an ``E000 internal-error``
+    one. ``problems`` are the dataset's own (``DatasetSplits.problems``). ``progress`` shows a
+    bar on stderr for large datasets.
     """
     options = options or ValidateOptions()
     if isinstance(splits, AnnotationSet):
         splits = {"data": splits}
     selected = sorted(checks, key=_code_number) if checks is not None else all_checks()
-    if INVALID not in selected:
-        selected = sorted([*selected, INVALID], key=_code_number)
+    missing = [c for c in (INVALID, INTERNAL) if c not in selected]
+    if missing:
+        selected = sorted([*selected, *missing], key=_code_number)
     by_scope = {s: [c for c in selected if c.scope == s] for s in ("instance", "image", "split", "dataset")}
-    ctx = DatasetContext([SplitContext(name, aset, options) for name, aset in splits.items()], options)
+    ctx = DatasetContext([SplitContext(name, aset, options) for name, aset in splits.items()], options,
+                         dict(problems or {}))
     want_phash = options.hashes and len(ctx.splits) > 1 and any("phash" in c.needs for c in selected)
 
     findings: list[Finding] = []
@@ -81,10 +100,12 @@ def _read_all_facts(
     aset: AnnotationSet, hashes: bool, phash: bool, advance: Callable[[str], None]
 ) -> Iterator[ImageFacts]:
     def one(record: ImageRecord) -> ImageFacts:
+        if not isinstance(record.file_name, str) or not record.file_name:
+            return ImageFacts(path=None, error=f"file name {record.file_name!r} is not a file name"[:200])
         try:
             return read_facts(aset, record, hashes, phash)
-        except Exception as exc:  # a broken record (e.g. a file name of the wrong type)
-            return ImageFacts(path=None, error=f"cannot locate or read the image ({type(exc).__name__}: {exc})")
+        except Exception as exc:  # a bug: reported as an internal error with its cause
+            return ImageFacts(path=None, crash=f"reading the image facts crashed: {type(exc).__name__}: {exc}")
 
     workers = min(8, (os.cpu_count() or 1) + 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # decoding and hashing release the GIL
@@ -96,16 +117,19 @@ def _read_all_facts(
 def _check_image(img: ImageContext, image_checks: list[Check], instance_checks: list[Check]) -> list[Finding]:
     rec, split = img.record, img.split.name
     out: list[Finding] = []
+    facts = img.facts
+    if facts is not None and facts.crash:
+        out.append(_finding(INTERNAL, Hit(facts.crash), split, rec, None, img.annotation_file))
     for chk in image_checks:
         out.extend(_run(chk, img, split=split, record=rec, file=img.annotation_file))
     try:
         views = img.views
-    except Exception as exc:
+    except Uninterpretable as exc:
         return [*out, _finding(INVALID, Hit(_crash(None, exc)), split, rec, None, img.annotation_file)]
     for view in views:
         try:
             ann_id = view.ann_id
-        except Exception:
+        except Uninterpretable:
             ann_id = None
         for chk in instance_checks:
             out.extend(_run(chk, view, split=split, record=rec, file=img.annotation_file, annotation_id=ann_id))
@@ -114,19 +138,23 @@ def _check_image(img: ImageContext, image_checks: list[Check], instance_checks: 
 
 def _run(chk: Check, scope: object, *, split: str | None, file: str | None,
          record: ImageRecord | None = None, annotation_id: int | None = None) -> list[Finding]:
-    """Run one check on one scope; a crash becomes an ``invalid-annotation`` finding."""
+    """Run one check on one scope: uninterpretable data becomes an ``invalid-annotation`` finding,
+    any other exception an ``internal-error`` one (with the exception)."""
     out = []
     try:
         for hit in chk.func(scope):
             out.append(_finding(chk, hit, split, record, annotation_id, file))
-    except Exception as exc:
+    except Uninterpretable as exc:
         out.append(_finding(INVALID, Hit(_crash(chk, exc)), split, record, annotation_id, file))
+    except Exception as exc:  # a bug in the check: reported with the exception, never hidden
+        message = f"check {chk.code} {chk.name} crashed: {type(exc).__name__}: {exc}"[:500]
+        out.append(_finding(INTERNAL, Hit(message), split, record, annotation_id, file))
     return out
 
 
 def _crash(chk: Check | None, exc: Exception) -> str:
     during = f" (while checking {chk.name})" if chk is not None else ""
-    return f"cannot be interpreted{during}: {type(exc).__name__}: {exc}"
+    return f"{exc}{during}"
 
 
 def _dedupe_invalid(findings: list[Finding]) -> list[Finding]:
