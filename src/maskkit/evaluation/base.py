@@ -23,6 +23,7 @@ from maskkit.data.annotations import Category, ImageRecord
 from maskkit.errors import DataError
 from maskkit.evaluation import coco
 from maskkit.structures import Instances, Masks
+from maskkit.structures.masks import RLEMask
 
 
 class DatasetEvaluator:
@@ -158,7 +159,11 @@ def _rle_bytes(masks: Any, size: tuple[int, int]) -> tuple[list[bytes], list[dic
     if isinstance(masks, Masks):
         if len(masks) and (masks.height, masks.width) != tuple(size):
             raise ValueError(f"masks are {masks.height}x{masks.width}, image is {size[0]}x{size[1]}")
-        rles = masks.to_rles()
+        items = masks.items
+        if all(type(m) is RLEMask and type(m.rle["counts"]) is bytes for m in items):  # as read: no conversion
+            rles = [m.rle for m in items]
+        else:
+            rles = masks.to_rles()
     else:
         rles = Masks.from_rles(list(masks), *size).to_rles()
     return [r["counts"] for r in rles], rles
