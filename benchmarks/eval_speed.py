@@ -19,7 +19,15 @@ Every path runs once untimed (warm-up: imports, allocator, caches), then ``--rep
 (default 3); the table gives the median and the min-max range, and speed-ups compare medians. Each
 run gets its own copies of the annotation dicts (made untimed), as the evaluators annotate them.
 
-Run: ``python benchmarks/eval_speed.py [--images 5000] [--boundary-images 1000] [--repeats 3]``.
+``--whole-process`` instead times whole commands (fresh interpreters, as a user runs them) on the
+same data written to a GT JSON and a results JSON (RLE ``segmentation`` plus ``bbox``):
+``python -m maskkit eval --gt G --pred P --no-boundary --out DIR`` (COCO bbox and segm AP, matching,
+PQ, confusion matrix, CSVs and plots) against a plain faster-coco-eval script scoring bbox and segm
+(``COCO`` + ``loadRes`` + ``COCOeval_faster``), run interleaved (one warm-up round, then
+``--repeats`` rounds), with the ratio of the medians.
+
+Run: ``python benchmarks/eval_speed.py [--images 5000] [--boundary-images 1000] [--repeats 3]``
+or ``python benchmarks/eval_speed.py --whole-process [--images 5000] [--repeats 3]``.
 """
 
 from __future__ import annotations
@@ -28,7 +36,12 @@ import argparse
 import contextlib
 import copy
 import io
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -236,6 +249,74 @@ def _subset(gt: dict[str, Any], results: list[dict[str, Any]], n: int) -> tuple[
             [r for r in results if r["image_id"] in ids])
 
 
+FASTER_SCRIPT = """
+import sys
+from faster_coco_eval import COCO, COCOeval_faster
+
+gt = COCO(sys.argv[1])
+dt = gt.loadRes(sys.argv[2])
+for iou_type in ("bbox", "segm"):
+    ev = COCOeval_faster(gt, dt, iou_type)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+"""
+
+
+def write_files(gt: dict[str, Any], results: list[dict[str, Any]], folder: str) -> tuple[str, str]:
+    """``gt.json`` and ``pred.json`` (RLE counts as str; each result gets its mask's ``bbox``) in ``folder``."""
+    def rle(r: dict[str, Any]) -> dict[str, Any]:
+        return {"size": r["size"], "counts": r["counts"].decode("ascii")}
+
+    anns = [{**a, "segmentation": rle(a["segmentation"])} for a in gt["annotations"]]
+    boxes = mask_utils.toBbox([r["segmentation"] for r in results]).tolist() if results else []
+    preds = [{**r, "segmentation": rle(r["segmentation"]), "bbox": b} for r, b in zip(results, boxes, strict=True)]
+    paths = os.path.join(folder, "gt.json"), os.path.join(folder, "pred.json")
+    with open(paths[0], "w") as f:
+        json.dump({**gt, "annotations": anns}, f)
+    with open(paths[1], "w") as f:
+        json.dump(preds, f)
+    return paths
+
+
+def whole_process(args: argparse.Namespace) -> None:
+    """Time ``maskkit eval --gt --pred --no-boundary`` against a plain faster-coco-eval script, as processes."""
+    t, (gt, results) = _timed(generate, args.images, args.seed)
+    print(f"generated {args.images} images, {len(gt['annotations'])} GT and {len(results)} predictions "
+          f"({SIZE}x{SIZE}, RLE) in {t:.1f} s")
+    with tempfile.TemporaryDirectory() as tmp:
+        gt_path, pred_path = write_files(gt, results, tmp)
+        script = os.path.join(tmp, "faster_script.py")
+        with open(script, "w") as f:
+            f.write(FASTER_SCRIPT)
+        commands = {
+            "maskkit eval --gt --pred --no-boundary --out": [sys.executable, "-m", "maskkit", "eval", "--gt", gt_path,
+                                                             "--pred", pred_path, "--no-boundary", "--out",
+                                                             os.path.join(tmp, "out")],
+            "faster-coco-eval script (bbox + segm)": [sys.executable, script, gt_path, pred_path],
+        }
+        if args.pycocotools:
+            plain = FASTER_SCRIPT.replace("from faster_coco_eval import COCO, COCOeval_faster",
+                                          "from pycocotools.coco import COCO\n"
+                                          "from pycocotools.cocoeval import COCOeval as COCOeval_faster")
+            commands["pycocotools script (bbox + segm)"] = [sys.executable, "-c", plain, gt_path, pred_path]
+        times: dict[str, list[float]] = {k: [] for k in commands}
+        for round_ in range(max(args.repeats, 1) + 1):  # round 0: untimed warm-up (file cache, .pyc)
+            for name, cmd in commands.items():
+                t0 = time.perf_counter()
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                if round_:
+                    times[name].append(time.perf_counter() - t0)
+    base = Timing(times["faster-coco-eval script (bbox + segm)"])
+    print(f"\n| {'whole process on ' + str(args.images) + ' images':<50} | median s | min-max s     | ratio |")
+    print(f"|{'-' * 52}|----------|---------------|-------|")
+    for name, ts in times.items():
+        timing = Timing(ts)
+        print(f"| {name:<50} | {timing.cell()} | {timing.median / base.median:5.2f} |")
+    print(f"\nmedian of {args.repeats} interleaved rounds after one untimed warm-up round; "
+          "ratio = median / faster-coco-eval script median.")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=5000)
@@ -243,7 +324,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per path after one untimed warm-up; the median is reported (default 3)")
+    parser.add_argument("--whole-process", action="store_true",
+                        help="time `maskkit eval --gt --pred --no-boundary` vs a faster-coco-eval script as processes")
+    parser.add_argument("--pycocotools", action="store_true", help="with --whole-process: also a pycocotools script")
     args = parser.parse_args(argv)
+    if args.whole_process:
+        whole_process(args)
+        return
 
     import faster_coco_eval  # noqa: F401 - imports are not evaluation time
     import pycocotools.cocoeval  # noqa: F401

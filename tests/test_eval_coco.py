@@ -18,6 +18,7 @@ from maskkit.data.formats import read_annotations
 from maskkit.errors import DataError
 from maskkit.evaluation import Evaluators, InstanceEvaluator, coco_evaluate
 from maskkit.evaluation.coco import STAT_KEYS, prepare_detections
+from maskkit.evaluation.report import jsonable
 from maskkit.evaluation.results import compressed_rles_valid, read_results, validate_results
 from maskkit.structures import Instances, Masks
 
@@ -304,3 +305,34 @@ def test_rle_validator_matches_a_plain_parser() -> None:
         expected.append(counts is not None and min(counts) >= 0 and sum(counts) == total)
     assert (compressed_rles_valid(rles) == np.array(expected)).all()
     assert sum(expected) > 500
+
+
+def test_families_compose_on_one_store_and_inference_loop() -> None:
+    """Evaluators over one shared ImageStore give InstanceEvaluator's sections; each batch is prepared once."""
+    from maskkit.evaluation import (
+        COCOEvaluator,
+        ConfusionEvaluator,
+        ImageStore,
+        MatchingEvaluator,
+        PanopticEvaluator,
+        inference_on_dataset,
+    )
+
+    gt = Instances.from_masks(_squares(30), [1, 2, 3] * 10)
+    pred = Instances.from_masks(_squares(30, shift=2), [1, 2, 2] * 10, np.linspace(0.9, 0.2, 30))
+    cats = [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)]
+    inputs = [{"image_id": 1, "instances": gt}]
+    whole = InstanceEvaluator(cats, extras=("matching", "panoptic", "confusion"))
+    expected = inference_on_dataset(lambda batch: [pred], [inputs], whole)
+    store = ImageStore(cats)
+    prepared = []
+    store_prepare = store.prepare
+    store.prepare = lambda i, o: prepared.append(1) or store_prepare(i, o)  # type: ignore[method-assign]
+    confusion = ConfusionEvaluator(store)
+    composed = Evaluators([COCOEvaluator(store), MatchingEvaluator(store), PanopticEvaluator(store), confusion])
+    sections = inference_on_dataset(lambda batch: [pred], [inputs], composed)
+    assert prepared == [1]
+    for key in ("bbox", "segm", "matching", "panoptic"):
+        assert jsonable(sections[key]) == expected[key]
+    assert np.array_equal(confusion.class_confusion()[1], whole.class_confusion()[1])
+    assert confusion.class_confusion()[1].sum() > 0

@@ -247,20 +247,25 @@ def _evaluate(predictor: Any, data_yaml: Path, out: Path, overlays: int,
     """Predict the test split: COCO metrics (``val`` added under ``"val"``) and report files into ``out``, and
     the overlay grid."""
     from maskkit.data.splits import load_dataset
-    from maskkit.evaluation import InstanceEvaluator, write_outputs
+    from maskkit.evaluation import InstanceEvaluator, inference_on_dataset, write_outputs
     from maskkit.evaluation.results import image_loader
 
     test = load_dataset(data_yaml).splits["test"]
     evaluator = InstanceEvaluator(test.categories, extras=("matching", "confusion"))
     load_image = image_loader(test)
     shown = []
-    for rec in test.images:
-        image = load_image(rec.id)
-        pred = predictor.predict(image)
-        evaluator.process([rec], [pred])
-        if len(shown) < overlays:
-            shown.append((rec, image, pred))
-    metrics = {"split": "test", **evaluator.evaluate(), "val": val}
+
+    def predict(batch: list[Any]) -> list[Any]:
+        out = []
+        for rec in batch:
+            image = load_image(rec.id)
+            out.append(predictor.predict(image))
+            if len(shown) < overlays:
+                shown.append((rec, image, out[-1]))
+        return out
+
+    metrics = {"split": "test", **inference_on_dataset(predict, ([rec] for rec in test.images), evaluator),
+               "val": val}
     paths = write_outputs(out, metrics, evaluator, load_image, gallery_size=4)
     files = {p.stem: p for p in paths}
     if shown:

@@ -181,9 +181,9 @@ def _gather(pairs: list[tuple[int, Any]], dinfo: DistInfo | None) -> list[tuple[
 
 def _ap(pairs: list[tuple[int, Any]], records: dict[int, Any], categories: list[Any], max_dets: int,
         iou_types: tuple[str, ...] = ("bbox", "segm")) -> dict[str, Any]:
-    from maskkit.evaluation import InstanceEvaluator
+    from maskkit.evaluation import InstanceEvaluator, inference_on_dataset
 
     evaluator = InstanceEvaluator(categories=categories, extras=(), max_dets=[max_dets], iou_types=iou_types)
-    for image_id, inst in sorted(pairs, key=lambda p: p[0]):
-        evaluator.process([records[image_id]], [inst])
-    return evaluator.evaluate()
+    ordered = sorted(pairs, key=lambda p: p[0])  # gathered from every rank: predicting is a lookup
+    outputs = [inst for _, inst in ordered]
+    return inference_on_dataset(lambda batch: outputs, [[records[i] for i, _ in ordered]], evaluator)

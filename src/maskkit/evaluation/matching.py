@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from maskkit.errors import DataError
+from maskkit.evaluation.base import ImageStore, MaskEvaluator, Pairing, PreparedImage
 from maskkit.structures.masks import RLE, Masks, masks_iou
 
 MaskInput = Masks | Sequence[RLE] | np.ndarray
@@ -94,11 +94,18 @@ def match_at_threshold(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, n
     """Optimal one-to-one matching of a ``G×P`` IoU matrix at ``IoU >= threshold``.
 
     Maximises the number of matched pairs, then their total IoU (Hungarian on the StarDist cost
-    ``-[iou >= t] - iou / (2 min(G, P))``). Returns matched ``(gt_indices, pred_indices)``.
+    ``-[iou >= t] - iou / (2 min(G, P))``). Returns matched ``(gt_indices, pred_indices)``, by GT index.
+    When no row or column has two pairs at ``>= threshold`` (the rule for ``t > 0.5`` and
+    non-overlapping masks) those pairs are the matching, without Hungarian.
     """
     ok = iou >= threshold
     if not ok.any():
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if ok.sum(0).max() <= 1 and ok.sum(1).max() <= 1:
+        gi, pi = np.nonzero(ok)
+        return gi.astype(np.int64), pi.astype(np.int64)
+    from scipy.optimize import linear_sum_assignment  # imported when needed: scipy.optimize takes 0.3 s
+
     rows, cols = np.flatnonzero(ok.any(1)), np.flatnonzero(ok.any(0))  # only rows/cols that can match
     sub_ok = ok[np.ix_(rows, cols)]
     sub = np.where(sub_ok, iou[np.ix_(rows, cols)], 0.0)
@@ -106,6 +113,19 @@ def match_at_threshold(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, n
     r, c = linear_sum_assignment(cost)
     keep = sub_ok[r, c]
     return rows[r[keep]], cols[c[keep]]
+
+
+def matched_counts(iou: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """``T×G`` bool: which GT rows are matched at each threshold (as :func:`match_at_threshold`)."""
+    out = np.zeros((len(thresholds), iou.shape[0]), dtype=bool)
+    if not iou.size:
+        return out
+    ok = iou[None] >= thresholds[:, None, None]
+    unique = (ok.sum(2).max(1) <= 1) & (ok.sum(1).max(1) <= 1)
+    out[unique] = ok[unique].any(2)
+    for k in np.flatnonzero(~unique):
+        out[k, match_at_threshold(iou, thresholds[k])[0]] = True
+    return out
 
 
 def aji_counts(iou: np.ndarray, gt_areas: np.ndarray, pred_areas: np.ndarray) -> tuple[float, float]:
@@ -130,6 +150,8 @@ def aji_plus_counts(iou: np.ndarray, gt_areas: np.ndarray, pred_areas: np.ndarra
     """AJI+ numerator and denominator: one-to-one Hungarian pairing on IoU (pairs with IoU > 0)."""
     if not len(gt_areas) or not len(pred_areas):
         return 0.0, float(gt_areas.sum() + pred_areas.sum())
+    from scipy.optimize import linear_sum_assignment
+
     r, c = linear_sum_assignment(-iou)
     keep = iou[r, c] > 0
     inter = float(_pair_intersections(iou[r, c][keep], gt_areas[r[keep]], pred_areas[c[keep]]).sum())
@@ -185,27 +207,38 @@ class MatchingAccumulator:
         if self.class_aware and ((gt_labels is None and len(g)) or (pred_labels is None and len(p))):
             raise DataError("class-aware matching needs gt_labels and pred_labels")
         gl, pl = as_labels(gt_labels, len(g), "gt_labels"), as_labels(pred_labels, len(p), "pred_labels")
-        iou = masks_iou(g, p)
-        ga, pa = g.areas(), p.areas()
-        self._add_aji(iou, ga, pa)
+        return self.add_iou(masks_iou(g, p), g.areas(), p.areas(), gl, pl)
+
+    def add_iou(self, iou: np.ndarray, gt_areas: np.ndarray, pred_areas: np.ndarray, gt_labels: np.ndarray,
+                pred_labels: np.ndarray) -> dict[str, Any]:
+        """:meth:`add` from a computed class-agnostic ``G×P`` mask IoU, pixel areas and int labels."""
+        self._add_aji(iou, gt_areas, pred_areas)
+        gl, pl = gt_labels, pred_labels
+        n_g, n_p = len(gl), len(pl)
         if self.class_aware:
             iou = np.where(gl[:, None] == pl[None, :], iou, 0.0)
-        image = np.zeros((3, len(self.thresholds)), dtype=np.int64)
-        for k, t in enumerate(self.thresholds):
-            gi, _ = match_at_threshold(iou, t)
-            image[:, k] = (len(gi), len(p) - len(gi), len(g) - len(gi))
-            if self.class_aware:
-                for c in np.union1d(gl, pl):
-                    tp = int(np.count_nonzero(gl[gi] == c))
-                    pc = self._per_class[int(c)]
-                    pc[:, k] += (tp, np.count_nonzero(pl == c) - tp, np.count_nonzero(gl == c) - tp)
+        matched = matched_counts(iou, self.thresholds)  # T×G
+        tp = matched.sum(1)
+        image = np.stack([tp, n_p - tp, n_g - tp]).astype(np.int64)
+        if self.class_aware and (n_g or n_p):
+            classes, inv = np.unique(np.concatenate([gl, pl]), return_inverse=True)
+            gi, pi = inv[:n_g], inv[n_g:]
+            onehot = np.zeros((n_g, len(classes)), dtype=np.int64)
+            onehot[np.arange(n_g), gi] = 1
+            tp_c = matched.astype(np.int64) @ onehot  # T×C
+            ng_c, np_c = np.bincount(gi, minlength=len(classes)), np.bincount(pi, minlength=len(classes))
+            for j, c in enumerate(classes.tolist()):
+                pc = self._per_class[c]
+                pc[0] += tp_c[:, j]
+                pc[1] += np_c[j] - tp_c[:, j]
+                pc[2] += ng_c[j] - tp_c[:, j]
         self._counts += image
-        if len(g) or len(p):
+        if n_g or n_p:
             self._dsb_image_sum += float(np.mean(image[0] / image.sum(axis=0)))
             self._dsb_images += 1
         self.num_images += 1
-        self.num_gt += len(g)
-        self.num_pred += len(p)
+        self.num_gt += n_g
+        self.num_pred += n_p
         return {"tp": image[0], "fp": image[1], "fn": image[2]}
 
     def _add_aji(self, iou: np.ndarray, ga: np.ndarray, pa: np.ndarray) -> None:
@@ -262,3 +295,27 @@ class MatchingAccumulator:
                 s.update(f1_mean=float(np.mean(s["f1"])), dsb_score_mean=float(np.mean(s["dsb_score"])))
                 out["per_class"][c] = s
         return out
+
+
+class MatchingEvaluator(MaskEvaluator):
+    """The ``matching`` section: :class:`MatchingAccumulator` over the non-crowd GT and the predictions
+    scoring ``>= score_threshold``; class-aware when the store has more than one category (or as told)."""
+
+    def __init__(self, store: ImageStore | None = None, score_threshold: float = 0.5,
+                 class_aware: bool | None = None) -> None:
+        super().__init__(store, score_threshold)
+        self.class_aware = len(self.store.categories) > 1 if class_aware is None else class_aware
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self.accumulator = MatchingAccumulator(class_aware=self.class_aware)
+
+    def add(self, image: PreparedImage, pairing: Pairing) -> None:
+        self.accumulator.add_iou(pairing.iou, pairing.gt_areas, pairing.pred_areas,
+                                 image.gt.labels[pairing.regular], image.dt.labels[pairing.keep])
+
+    def evaluate(self) -> dict[str, Any]:
+        if not self.accumulator.num_images:
+            return {}
+        return {"matching": {**self.accumulator.result(), "score_threshold": self.score_threshold}}

@@ -16,13 +16,14 @@ half inside the union of the crowd regions of its class is dropped instead of co
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from maskkit.errors import DataError
+from maskkit.evaluation.base import ImageStore, MaskEvaluator, Pairing, PreparedImage
 from maskkit.evaluation.matching import MaskInput, as_labels, as_masks, check_same_size, match_at_threshold
 from maskkit.structures.masks import masks_iou
 
@@ -59,19 +60,38 @@ class PanopticAccumulator:
         if len(crowd) != len(g):
             raise DataError(f"gt_iscrowd has {len(crowd)} flags for {len(g)} masks")
         regular = np.flatnonzero(~crowd)
-        iou = masks_iou(g[regular], p)
-        iou = np.where(gl[regular][:, None] == pl[None, :], iou, 0.0)
+
+        def inside(c: int, pred_idx: np.ndarray) -> int:
+            return self._inside_crowd(g, p, np.flatnonzero(crowd & (gl == c)), pred_idx)
+
+        self.add_iou(masks_iou(g[regular], p), gl[regular], pl, inside if crowd.any() else None)
+
+    def add_iou(self, iou: np.ndarray, gt_labels: np.ndarray, pred_labels: np.ndarray,
+                inside_crowd: Callable[[int, np.ndarray], int] | None = None) -> None:
+        """:meth:`add` from the class-agnostic mask IoU of the non-crowd GT × predictions and int labels;
+        ``inside_crowd(label, pred_indices)`` counts unmatched predictions lying mostly in that class's crowd."""
+        gl, pl = gt_labels, pred_labels
+        iou = np.where(gl[:, None] == pl[None, :], iou, 0.0)
         gi, pi = match_at_threshold(iou, MATCH_IOU)
-        matched_pred = np.zeros(len(p), dtype=bool)
+        matched_pred = np.zeros(len(pl), dtype=bool)
         matched_pred[pi] = True
-        for c in np.union1d(gl[regular], pl):
-            s = self._stats[int(c)]
-            in_class = gl[regular][gi] == c
-            s[0] += np.count_nonzero(in_class)
-            s[3] += float(iou[gi[in_class], pi[in_class]].sum())
-            s[2] += np.count_nonzero(gl[regular] == c) - np.count_nonzero(in_class)
-            unmatched = np.flatnonzero((pl == c) & ~matched_pred)
-            s[1] += len(unmatched) - self._inside_crowd(g, p, np.flatnonzero(crowd & (gl == c)), unmatched)
+        classes, inv = np.unique(np.concatenate([gl, pl]), return_inverse=True)
+        n = len(classes)
+        g_c, p_c = inv[: len(gl)], inv[len(gl) :]
+        tp = np.bincount(g_c[gi], minlength=n)
+        fn = np.bincount(g_c, minlength=n) - tp
+        fp = np.bincount(p_c[~matched_pred], minlength=n)
+        matched_iou = iou[gi, pi]
+        for j, c in enumerate(classes.tolist()):
+            s = self._stats[c]
+            s[0] += tp[j]
+            if tp[j]:
+                s[3] += float(matched_iou[g_c[gi] == j].sum())
+            s[2] += fn[j]
+            lost = 0
+            if inside_crowd is not None and fp[j]:
+                lost = inside_crowd(c, np.flatnonzero((p_c == j) & ~matched_pred))
+            s[1] += fp[j] - lost
         self.num_images += 1
 
     def _inside_crowd(self, g: Any, p: Any, crowd_idx: np.ndarray, pred_idx: np.ndarray) -> int:
@@ -100,3 +120,31 @@ class PanopticAccumulator:
             out[name] = float(np.mean([v[name] for v in per.values()])) if per else float("nan")
         out.update(num_classes=len(per), num_images=self.num_images, per_class=per)
         return out
+
+
+class PanopticEvaluator(MaskEvaluator):
+    """The ``panoptic`` section: :class:`PanopticAccumulator` over the predictions scoring ``>= score_threshold``."""
+
+    def __init__(self, store: ImageStore | None = None, score_threshold: float = 0.5) -> None:
+        super().__init__(store, score_threshold)
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self.accumulator = PanopticAccumulator()
+
+    def add(self, image: PreparedImage, pairing: Pairing) -> None:
+        g, d = image.gt, image.dt
+        crowd, keep = g.iscrowd, pairing.keep
+        inside = None
+        if crowd.any():
+            def inside(c: int, pred_idx: np.ndarray) -> int:
+                gm, dm = g.masks(image.size), d.masks(image.size)[keep]
+                return self.accumulator._inside_crowd(gm, dm, np.flatnonzero(crowd & (g.labels == c)), pred_idx)
+
+        self.accumulator.add_iou(pairing.iou, g.labels[pairing.regular], d.labels[keep], inside)
+
+    def evaluate(self) -> dict[str, Any]:
+        if not self.accumulator.num_images:
+            return {}
+        return {"panoptic": {**self.accumulator.result(), "score_threshold": self.score_threshold}}

@@ -1,4 +1,5 @@
-"""The metrics dict (``metrics.json``), ``per_class.csv``, ``sizes.csv`` and the terminal tables.
+"""``metrics.json`` files (the dict: :func:`maskkit.evaluation.evaluator.build_metrics`), ``per_class.csv``,
+``sizes.csv``, plots and the terminal tables.
 
 ``metrics.json`` sections:
 
@@ -33,82 +34,7 @@ if TYPE_CHECKING:
 
     from maskkit.evaluation.evaluator import InstanceEvaluator
 
-SIZE_KEYS = {"small": "APs", "medium": "APm", "large": "APl"}
 AP_TYPES = ("bbox", "segm", "boundary")
-
-
-def build_metrics(ev: InstanceEvaluator, gt: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Assemble the ``metrics.json`` dict (JSON-safe, see :func:`jsonable`) of an :class:`InstanceEvaluator`."""
-    results = ev.coco_results
-    metrics: dict[str, Any] = {t: dict(r.stats) for t, r in results.items()}
-    if "boundary" in metrics:
-        metrics["boundary"]["dilation_ratio"] = ev.dilation_ratio
-    metrics.update(extra)
-    gt_labels = np.concatenate([im.gt.labels[~im.gt.iscrowd] for im in ev.images]) if ev.images else np.zeros(0)
-    dt_labels = np.concatenate([im.dt.labels for im in ev.images]) if ev.images else np.zeros(0)
-    per_type = {t: r.per_class() for t, r in results.items()}
-    pq = extra.get("panoptic", {}).get("per_class", {})
-    f1 = extra.get("matching", {}).get("per_class", {})
-    per_class = []
-    for cat in gt["categories"]:
-        cid = int(cat["id"])
-        row: dict[str, Any] = {
-            "id": cid,
-            "name": cat["name"],
-            "num_gt": int(np.count_nonzero(gt_labels == cid)),
-            "num_pred": int(np.count_nonzero(dt_labels == cid)),
-        }
-        for t, pc in per_type.items():
-            row[t] = pc.get(cid, dict.fromkeys(coco.CLASS_KEYS))
-        if pq:
-            row["PQ"] = pq[cid]["pq"] if cid in pq else None
-        if f1:
-            row["F1"] = f1[cid]["f1_mean"] if cid in f1 else None
-        per_class.append(row)
-    metrics["per_class"] = per_class
-    metrics["sizes"] = _sizes(ev, results)
-    n_crowd = sum(int(im.gt.iscrowd.sum()) for im in ev.images)
-    metrics["counts"] = {
-        "images": len(ev.images),
-        "gt_instances": len(gt_labels),
-        "gt_crowd": n_crowd,
-        "pred_instances": len(dt_labels),
-    }
-    metrics["params"] = {
-        "max_dets": list(ev.max_dets),
-        "iou_thresholds": [round(float(t), 2) for t in np.linspace(0.5, 0.95, 10)],
-        "area_ranges": {k: list(v) for k, v in coco.AREA_RANGES.items()},
-        "backend": coco.backend_name() if ev.backend == "faster" else "pycocotools",
-        "score_threshold": ev.score_threshold,
-        "detection_areas": ev.detection_areas,
-        "notes": ev.all_notes,
-    }
-    return jsonable(metrics)
-
-
-def _sizes(ev: InstanceEvaluator, results: dict[str, coco.CocoEvalResult]) -> dict[str, Any]:
-    """GT / prediction counts (``lo <= area < hi``, so each counts once) and AP per COCO area range."""
-    gt_areas = np.concatenate([im.gt.areas[~im.gt.iscrowd] for im in ev.images]) if ev.images else np.zeros(0)
-    if ev.detection_areas == "box":  # the areas the evaluation used (see coco.DETECTION_AREAS)
-        dt_areas = np.concatenate([_box_areas(im.dt.boxes) for im in ev.images]) if ev.images else np.zeros(0)
-    else:
-        dt_areas = np.concatenate([im.dt.areas for im in ev.images]) if ev.images else np.zeros(0)
-    out = {}
-    for name, (lo, hi) in coco.AREA_RANGES.items():
-        row: dict[str, Any] = {
-            "area_range": [lo, hi],
-            "num_gt": int(np.count_nonzero((gt_areas >= lo) & (gt_areas < hi))),
-            "num_pred": int(np.count_nonzero((dt_areas >= lo) & (dt_areas < hi))),
-        }
-        for t, r in results.items():
-            row[f"{t}_AP"] = r.stats[SIZE_KEYS[name]]
-        out[name] = row
-    return out
-
-
-def _box_areas(xyxy: np.ndarray) -> np.ndarray:
-    """``w * h`` of XYXY boxes, as the COCO ``[x, y, w, h]`` the evaluation gets."""
-    return np.array([b[2] * b[3] for b in coco.xyxy_to_coco_boxes(xyxy)], dtype=np.float64)
 
 
 # -- files ----------------------------------------------------------------------------------------

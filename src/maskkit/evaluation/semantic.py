@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from maskkit.errors import DataError
+from maskkit.evaluation.base import ImageStore, MaskEvaluator, Pairing, PreparedImage
 from maskkit.evaluation.matching import safe_div
+from maskkit.structures import Masks
 
 
 class SemanticAccumulator:
@@ -109,3 +111,43 @@ class SemanticAccumulator:
 
 def _nanmean(values: np.ndarray) -> float:
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+class SemanticEvaluator(MaskEvaluator):
+    """The ``semantic`` section: instances painted into class maps (background 0, crowd GT ignored,
+    predictions ``>= score_threshold`` with higher scores on top) scored by :class:`SemanticAccumulator`.
+    Needs the store's categories; without them it reports nothing."""
+
+    def __init__(self, store: ImageStore | None = None, score_threshold: float = 0.5) -> None:
+        super().__init__(store, score_threshold)
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        cats = self.store.categories
+        self._class_index = {c["id"]: i + 1 for i, c in enumerate(cats)}  # 0 = background
+        names = ["background", *(c["name"] for c in cats)]
+        self._ignore = 255 if len(names) < 255 else -1
+        self.accumulator = SemanticAccumulator(len(names), ignore_index=self._ignore, class_names=names)
+
+    def add(self, image: PreparedImage, pairing: Pairing) -> None:
+        if not self._class_index:
+            return
+        g, d, keep = image.gt, image.dt, pairing.keep
+        self.accumulator.add(self._class_map(g.masks(image.size), g.labels, g.iscrowd),
+                             self._class_map(d.masks(image.size)[keep], d.labels[keep], None, d.scores[keep]))
+
+    def _class_map(self, masks: Masks, labels: np.ndarray, crowd: np.ndarray | None,
+                   scores: np.ndarray | None = None) -> np.ndarray:
+        """Paint instances into an ``H×W`` class-index map (higher scores on top; crowd GT = ignore)."""
+        out = np.zeros((masks.height, masks.width), dtype=np.uint8 if self._ignore == 255 else np.int32)
+        order = np.argsort(scores, kind="stable") if scores is not None else range(len(masks))
+        for i in order:
+            value = self._ignore if crowd is not None and crowd[i] else self._class_index.get(int(labels[i]), 0)
+            out[masks.bitmap(int(i))] = value
+        return out
+
+    def evaluate(self) -> dict[str, Any]:
+        if not self._class_index:
+            return {}
+        return {"semantic": {**self.accumulator.result(), "score_threshold": self.score_threshold}}
