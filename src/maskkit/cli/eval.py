@@ -45,7 +45,7 @@ def command(
 ) -> None:
     """Evaluate instance predictions: COCO box/mask AP, matching F1/AJI, PQ, Boundary AP."""
     from maskkit.evaluation import InstanceEvaluator, inference_on_dataset
-    from maskkit.evaluation.report import print_report, write_outputs
+    from maskkit.evaluation.report import EvalFigures, print_report, write_outputs
     from maskkit.evaluation.results import image_loader
     from maskkit.perf import gc_paused
 
@@ -65,45 +65,54 @@ def command(
     extras += (["boundary"] if boundary else []) + (["semantic"] if semantic else [])
     areas = "detectron2"  # predictions' areas for the size buckets; a results file: as pycocotools reads it
 
-    if chosen[0] == "--model/--data":
-        from maskkit.inference.tta import parse_scales
+    # the figures are drawn by a worker process started now: matplotlib imports while the files are read
+    figures = EvalFigures(out) if out is not None else None
+    try:
+        if chosen[0] == "--model/--data":
+            from maskkit.inference.tta import parse_scales
 
-        scales = parse_scales(tta_scales)
-        aset, predict, notes, contains_training = _model_source(model, data, split, tta or scales is not None,
-                                                                scales, allow_outside_root)
-        preds: Any = None
-    elif chosen[0] == "--gt/--pred":
-        aset, preds, notes, areas = _results_source(gt, pred, allow_outside_root)
-    else:
-        aset, preds, notes = _label_source(gt_labels, pred_labels)
-    ev = InstanceEvaluator(aset.categories, max_dets=dets, extras=extras, score_threshold=score_threshold,
-                           backend=backend, detection_areas=areas)
-    ev.notes += notes
-    load_image = image_loader(aset)
+            scales = parse_scales(tta_scales)
+            aset, predict, notes, contains_training = _model_source(model, data, split, tta or scales is not None,
+                                                                    scales, allow_outside_root)
+            preds: Any = None
+        elif chosen[0] == "--gt/--pred":
+            aset, preds, notes, areas = _results_source(gt, pred, allow_outside_root)
+        else:
+            aset, preds, notes = _label_source(gt_labels, pred_labels)
+        ev = InstanceEvaluator(aset.categories, max_dets=dets, extras=extras, score_threshold=score_threshold,
+                               backend=backend, detection_areas=areas)
+        ev.notes += notes
+        if figures is not None:
+            figures.attach(ev)
+        load_image = image_loader(aset)
 
-    def outputs(batch: list[Any]) -> list[Any]:
-        if preds is not None:
-            return [preds.get(rec.id) or _empty(rec) for rec in batch]
-        out = []
-        for rec in batch:
-            image = load_image(rec.id)
-            if image is None:
-                raise DataError("image file not found or unreadable", file=aset.image_path(rec))
-            out.append(predict(image))
-        return out
+        def outputs(batch: list[Any]) -> list[Any]:
+            if preds is not None:
+                return [preds.get(rec.id) or _empty(rec) for rec in batch]
+            out = []
+            for rec in batch:
+                image = load_image(rec.id)
+                if image is None:
+                    raise DataError("image file not found or unreadable", file=aset.image_path(rec))
+                out.append(predict(image))
+            return out
 
-    batches = ([rec] for rec in aset.images) if preds is None else [aset.images]
-    # scoring files builds millions of small objects and no cycles: collector passes would only cost time
-    with gc_paused() if preds is not None else contextlib.nullcontext():
-        metrics = inference_on_dataset(outputs, batches, ev)
-    if chosen[0] == "--model/--data":
-        metrics["contains_training_images"] = contains_training
-    if out is not None:
-        plain_labels = gt_labels is not None and not (gt_labels / "images").is_dir()  # no image files at all
-        paths = write_outputs(out, metrics, ev, None if plain_labels else load_image, gallery_size=gallery)
-    print_report(metrics)
-    if out is not None:
-        typer.echo(f"wrote {len(paths)} files to {out}: " + ", ".join(p.name for p in paths))
+        batches = ([rec] for rec in aset.images) if preds is None else [aset.images]
+        # scoring files builds millions of small objects and no cycles: collector passes would only cost time
+        with gc_paused() if preds is not None else contextlib.nullcontext():
+            metrics = inference_on_dataset(outputs, batches, ev)
+        if chosen[0] == "--model/--data":
+            metrics["contains_training_images"] = contains_training
+        if out is not None:
+            plain_labels = gt_labels is not None and not (gt_labels / "images").is_dir()  # no image files at all
+            paths = write_outputs(out, metrics, ev, None if plain_labels else load_image, gallery_size=gallery,
+                                  figures=figures)
+        print_report(metrics)
+        if out is not None:
+            typer.echo(f"wrote {len(paths)} files to {out}: " + ", ".join(p.name for p in paths))
+    finally:
+        if figures is not None:
+            figures.close()
 
 
 def _empty(rec: Any) -> Any:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,9 @@ class COCOEvaluator(ImageEvaluator):
         backend: ``"faster"`` (faster-coco-eval) or ``"pycocotools"``.
         detection_areas: which area puts a prediction into a size bucket, one of
             :data:`coco.DETECTION_AREAS` (see the :mod:`~maskkit.evaluation.coco` docstring).
+
+    ``on_result``, when set, is called with each :class:`~maskkit.evaluation.coco.CocoEvalResult` as
+    soon as it is computed (e.g. to draw its figure while the next type is evaluated).
     """
 
     def __init__(self, store: ImageStore | None = None, iou_types: Iterable[str] = coco.IOU_TYPES,
@@ -36,6 +39,7 @@ class COCOEvaluator(ImageEvaluator):
         self.backend = backend
         self.detection_areas = detection_areas
         self.results: dict[str, coco.CocoEvalResult] = {}
+        self.on_result: Callable[[coco.CocoEvalResult], None] | None = None
 
     def reset(self) -> None:
         super().reset()
@@ -58,6 +62,8 @@ class COCOEvaluator(ImageEvaluator):
         for t in iou_types:
             dets = coco.prepare_detections(results, t, self.detection_areas)
             self.results[t] = coco.coco_evaluate(gt, dets, t, self.max_dets, self.backend, copy_detections=False)
+            if self.on_result is not None:
+                self.on_result(self.results[t])
         return {t: dict(r.stats) for t, r in self.results.items()}
 
     def errors(self, k: int = 8, iou_type: str | None = None) -> dict[str, list[dict[str, Any]]]:
@@ -111,7 +117,7 @@ class COCOEvaluator(ImageEvaluator):
 
 class BoundaryEvaluator(ImageEvaluator):
     """The ``boundary`` section: Boundary AP (:func:`~maskkit.evaluation.boundary.boundary_evaluate`) with
-    ``dilation_ratio``; nothing without masks on both sides."""
+    ``dilation_ratio``; nothing without masks on both sides. ``on_result``: as :class:`COCOEvaluator`'s."""
 
     def __init__(self, store: ImageStore | None = None, dilation_ratio: float = 0.02,
                  max_dets: Iterable[int] | None = None, backend: str = "faster",
@@ -122,6 +128,7 @@ class BoundaryEvaluator(ImageEvaluator):
         self.backend = backend
         self.detection_areas = detection_areas
         self.result: coco.CocoEvalResult | None = None
+        self.on_result: Callable[[coco.CocoEvalResult], None] | None = None
 
     def reset(self) -> None:
         super().reset()
@@ -136,4 +143,6 @@ class BoundaryEvaluator(ImageEvaluator):
         gt, results = self.store.coco_inputs()
         self.result = boundary_evaluate(gt, results, self.dilation_ratio, self.max_dets, self.backend,
                                         self.detection_areas)
+        if self.on_result is not None:
+            self.on_result(self.result)
         return {"boundary": {**self.result.stats, "dilation_ratio": self.dilation_ratio}}

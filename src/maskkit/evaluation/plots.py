@@ -5,13 +5,19 @@
   max_dets), with an "all classes" panel first.
 * :func:`plot_confusion_matrix` – class confusion of matched instances, row-normalised, counts printed.
 * :func:`plot_error_gallery` – crops of the worst false positives and false negatives.
+
+:class:`PlotWorker` draws them in a worker process started early, so matplotlib's import and the
+drawing overlap the evaluation instead of adding to it.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import multiprocessing
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,69 @@ import numpy as np
 from maskkit.evaluation.coco import CocoEvalResult
 from maskkit.fileio import atomic_write_bytes
 from maskkit.structures.masks import decode_rle
+
+
+def _import_matplotlib() -> None:
+    """Worker initialiser: pay matplotlib's import (~1 s) before the first figure is asked for."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+    from matplotlib.figure import Figure  # noqa: F401
+
+
+class PlotJob:
+    """One figure being drawn; :meth:`result` gives its path (drawn here if the worker died)."""
+
+    def __init__(self, future: Future[Any], fn: Callable[..., Path], args: tuple[Any, ...]) -> None:
+        self.future, self.fn, self.args = future, fn, args
+
+    def result(self) -> Path:
+        try:
+            return self.future.result()
+        except BrokenProcessPool:
+            return self.fn(*self.args)
+
+
+class PlotWorker:
+    """Draws figures in one forked worker process, started at construction (so it imports matplotlib
+    while the caller evaluates); without ``fork`` (or if no process can start) figures are drawn in
+    this process when submitted. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        if enabled and "fork" in multiprocessing.get_all_start_methods():
+            try:
+                pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"),
+                                           initializer=_import_matplotlib)
+                pool.submit(int)  # start the process now, not at the first figure
+                self._pool = pool
+            except OSError:  # pragma: no cover - no process available: draw in-process
+                self._pool = None
+
+    def submit(self, fn: Callable[..., Path], *args: Any) -> PlotJob:
+        """Draw ``fn(*args)`` (a module-level plotting function returning the written path)."""
+        if self._pool is not None:
+            try:
+                return PlotJob(self._pool.submit(fn, *args), fn, args)
+            except (BrokenProcessPool, RuntimeError):
+                self._pool = None
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:  # re-raised by PlotJob.result, as from the worker
+            future.set_exception(exc)
+        return PlotJob(future, fn, args)
+
+    def close(self) -> None:
+        """Stop the worker (after the figures submitted so far are drawn)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> PlotWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _figure(width: float, height: float, constrained: bool = False) -> Any:

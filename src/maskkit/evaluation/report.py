@@ -17,6 +17,7 @@ NaN and infinities are written as ``null``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -109,39 +110,112 @@ def write_report_files(out_dir: str | Path, metrics: dict[str, Any]) -> list[Pat
     return paths
 
 
+class EvalFigures:
+    """The figures of :func:`write_outputs` (PR curves per evaluated type, confusion matrix), each
+    drawn by a :class:`~maskkit.evaluation.plots.PlotWorker` once its data is ready.
+
+    :meth:`attach` to an evaluator before its ``evaluate()``: every COCO result then goes to the
+    worker as soon as it is computed (and the confusion matrix with the first, as ``evaluate()``
+    runs after every image is processed), so the figures are drawn while the evaluation goes on.
+    ``worker=False`` draws them in this process. Close it (context manager) when done.
+    """
+
+    def __init__(self, out_dir: str | Path, worker: bool = True) -> None:
+        from maskkit.evaluation import plots
+
+        self.out = Path(out_dir)
+        self.worker = plots.PlotWorker(enabled=worker)
+        self.jobs: dict[str, Any] = {}
+        self._evaluator: InstanceEvaluator | None = None
+
+    def attach(self, evaluator: InstanceEvaluator) -> None:
+        """Draw ``evaluator``'s figures as its results appear."""
+        self._evaluator = evaluator
+        evaluator.coco.on_result = self._ready
+        if evaluator.boundary is not None:
+            evaluator.boundary.on_result = self._ready
+
+    def _ready(self, result: coco.CocoEvalResult) -> None:
+        assert self._evaluator is not None
+        self.confusion_matrix(self._evaluator)
+        self.pr_curves(result, self._evaluator)
+
+    def pr_curves(self, result: coco.CocoEvalResult, evaluator: InstanceEvaluator) -> str:
+        """Submit ``pr_curves_<type>.png`` (once per type); returns its file name."""
+        from dataclasses import replace
+
+        from maskkit.evaluation import plots
+
+        name = f"pr_curves_{result.iou_type}.png"
+        if name not in self.jobs:
+            names = {c["id"]: c["name"] for c in evaluator.category_dicts()}
+            self.jobs[name] = self.worker.submit(plots.plot_pr_curves, replace(result, matched={}), names,
+                                                 self.out / name)
+        return name
+
+    def confusion_matrix(self, evaluator: InstanceEvaluator) -> str | None:
+        """Submit ``confusion_matrix.png`` (once; not when nothing was matched); returns its file name."""
+        from maskkit.evaluation import plots
+
+        name = "confusion_matrix.png"
+        if name not in self.jobs:
+            class_names, confusion = evaluator.class_confusion()
+            self.jobs[name] = None
+            if confusion.sum():
+                self.jobs[name] = self.worker.submit(plots.plot_confusion_matrix, class_names, confusion,
+                                                     self.out / name)
+        return name if self.jobs[name] is not None else None
+
+    def paths(self, names: list[str | None]) -> list[Path]:
+        """Wait for the figures ``names`` (``None`` entries are skipped); their paths, in that order."""
+        return [self.jobs[n].result() for n in names if n is not None]
+
+    def close(self) -> None:
+        self.worker.close()
+
+    def __enter__(self) -> EvalFigures:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def write_outputs(
     out_dir: str | Path,
     metrics: dict[str, Any],
     evaluator: InstanceEvaluator,
     load_image: Callable[[int], np.ndarray | None] | None = None,
     gallery_size: int = 8,
+    figures: EvalFigures | None = None,
 ) -> list[Path]:
     """All files of an evaluation: the report files, PR curves per evaluated type, the confusion
     matrix, and the error gallery (only when ``load_image`` can reach the images; else a note is
     added to ``metrics["params"]["notes"]`` and ``metrics.json`` says so). Returns the paths written.
+
+    ``figures``: an :class:`EvalFigures` for ``out_dir`` attached to ``evaluator`` (figures already
+    drawn or drawing in its worker are not drawn again); by default they are drawn here.
     """
     from maskkit.evaluation import plots
 
     out = Path(out_dir)
-    names = {c["id"]: c["name"] for c in evaluator.category_dicts()}
-    paths = []
-    for t, result in evaluator.coco_results.items():
-        paths.append(plots.plot_pr_curves(result, names, out / f"pr_curves_{t}.png"))
-    class_names, confusion = evaluator.class_confusion()
-    if confusion.sum():
-        paths.append(plots.plot_confusion_matrix(class_names, confusion, out / "confusion_matrix.png"))
-    notes = metrics.setdefault("params", {}).setdefault("notes", [])
-    if gallery_size > 0:
-        errors = evaluator.errors(gallery_size)
+    with contextlib.ExitStack() as stack:
+        if figures is None:
+            figures = stack.enter_context(EvalFigures(out, worker=False))
+        names = [figures.pr_curves(result, evaluator) for result in evaluator.coco_results.values()]
+        names.append(figures.confusion_matrix(evaluator))
+        notes = metrics.setdefault("params", {}).setdefault("notes", [])
         gallery = None
-        if load_image is not None:
-            gallery = plots.plot_error_gallery(errors, load_image, names, out / "error_gallery.png")
-        if gallery is not None:
-            paths.append(gallery)
-        else:
-            reason = "no image files" if load_image is None else "image files not reachable"
-            notes.append(f"error gallery skipped: {reason if any(errors.values()) else 'no errors at IoU 0.5'}")
-    return write_report_files(out, metrics) + paths
+        if gallery_size > 0:
+            errors = evaluator.errors(gallery_size)
+            if load_image is not None:
+                cat_names = {c["id"]: c["name"] for c in evaluator.category_dicts()}
+                gallery = plots.plot_error_gallery(errors, load_image, cat_names, out / "error_gallery.png")
+            if gallery is None:
+                reason = "no image files" if load_image is None else "image files not reachable"
+                notes.append(f"error gallery skipped: {reason if any(errors.values()) else 'no errors at IoU 0.5'}")
+        report = write_report_files(out, metrics)
+        paths = figures.paths(names)
+    return report + paths + ([gallery] if gallery is not None else [])
 
 
 # -- terminal -------------------------------------------------------------------------------------
