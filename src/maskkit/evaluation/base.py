@@ -169,6 +169,11 @@ def _rle_bytes(masks: Any, size: tuple[int, int]) -> tuple[list[bytes], list[dic
     return [r["counts"] for r in rles], rles
 
 
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    """Areas of XYXY boxes (negative sides count as 0): a prediction's area when it has no mask."""
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
 def _columns(inst: Instances, size: tuple[int, int], is_gt: bool) -> Columns:
     n = len(inst)
     masks = inst.get("masks")
@@ -179,8 +184,7 @@ def _columns(inst: Instances, size: tuple[int, int], is_gt: bool) -> Columns:
         boxes = coco.xywh_to_xyxy64(mask_utils.toBbox(rles))
     else:
         raise ValueError("instances need boxes or masks")
-    box_areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-    areas = coco.rle_areas(rles) if rles else box_areas
+    areas = coco.rle_areas(rles) if rles else box_areas(boxes)
     cols = Columns(labels=_numpy(inst.labels).astype(np.int64).reshape(n), boxes=boxes, areas=areas, counts=counts)
     if is_gt:
         extras = inst.get("extras")
@@ -219,7 +223,8 @@ class ImageStore:
     ``prepare(inputs, outputs)``: ``inputs`` are ground-truth ``ImageRecord``\\ s (or dicts with
     ``image_id`` and ``instances``), ``outputs`` predicted ``Instances`` (``boxes`` XYXY, ``labels`` =
     dataset category ids, ``scores``, ``masks`` as ``Masks`` or a list of RLE dicts); a dict output
-    with an ``"instances"`` key (Detectron2 style) works too.
+    with an ``"instances"`` key (Detectron2 style) works too, and so do prediction :class:`Columns`
+    (taken as they are, e.g. from :func:`maskkit.evaluation.results.read_results_source`).
 
     Args:
         categories: the dataset's categories (``Category`` or ``{"id", "name"}`` dicts); by default the
@@ -253,7 +258,8 @@ class ImageStore:
                 raise DataError("image processed twice", image=image_id)
             self._seen.add(image_id)
             try:
-                g, d = _columns(gt, size, True), _columns(pred, size, False)
+                g = _columns(gt, size, True)
+                d = pred if isinstance(pred, Columns) else _columns(pred, size, False)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise DataError(f"cannot evaluate: {exc}", image=image_id) from exc
             self._check_labels(image_id, g, d)

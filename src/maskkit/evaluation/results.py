@@ -13,9 +13,11 @@ pycocotools would write out of bounds when decoding a corrupt one.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from maskkit.errors import DataError
+from maskkit.evaluation import coco
+from maskkit.evaluation.base import Columns, box_areas
 from maskkit.fileio import atomic_write_json
 from maskkit.perf import gc_paused
 from maskkit.structures import Instances, Masks
@@ -37,19 +41,26 @@ def read_results(
     Returns the entries with ``segmentation`` normalised to compressed RLE (``counts`` bytes) and
     ``bbox`` as a list of 4 floats (each only when given).
     """
+    with gc_paused():
+        return validate_results(_load_json(path), image_sizes, category_ids, source=path)
+
+
+def _load_json(path: str | Path) -> Any:
+    """The parsed JSON of a results file (:class:`DataError` when unreadable, empty or not JSON)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DataError(f"cannot read results: {exc.strerror or exc}", file=path) from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not valid JSON: not UTF-8 text ({exc.reason})", file=path) from exc
     if not text.strip():
         raise DataError("empty file (expected a JSON list of detections)", file=path)
     with gc_paused():
         try:
-            data = json.loads(text)
+            return json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", file=path) from exc
-        return validate_results(data, image_sizes, category_ids, source=path)
 
 
 def validate_results(
@@ -152,10 +163,14 @@ def compressed_rles_valid(rles: Sequence[dict[str, Any]]) -> np.ndarray:
     bit on the last group, counts from the third on stored as deltas to the one two places before)
     over all strings at once.
     """
-    n = len(rles)
-    strings = [r["counts"] for r in rles]
+    totals = np.fromiter((int(r["size"][0]) * int(r["size"][1]) for r in rles), dtype=np.int64, count=len(rles))
+    return _counts_valid([r["counts"] for r in rles], totals)
+
+
+def _counts_valid(strings: Sequence[bytes], totals: np.ndarray) -> np.ndarray:
+    """:func:`compressed_rles_valid` of RLE strings and their mask sizes ``h × w``."""
+    n = len(strings)
     lens = np.fromiter(map(len, strings), dtype=np.int64, count=n)
-    totals = np.fromiter((int(r["size"][0]) * int(r["size"][1]) for r in rles), dtype=np.int64, count=n)
     ok = (lens > 0) | (totals == 0)
     if not lens.sum():
         return ok
@@ -195,64 +210,174 @@ def compressed_rles_valid(rles: Sequence[dict[str, Any]]) -> np.ndarray:
     return ok & (sums == totals)
 
 
-def results_to_instances(
-    results: Sequence[dict[str, Any]], image_sizes: Mapping[int, tuple[int, int]]
-) -> tuple[dict[int, Instances], list[str]]:
-    """Group validated results into per-image predicted ``Instances`` (``boxes`` float64 XYXY).
+@dataclass
+class ResultsTable:
+    """Validated COCO results, column by column (entry order kept)."""
+
+    image_ids: np.ndarray  # int64
+    category_ids: np.ndarray  # int64
+    scores: np.ndarray  # float64
+    boxes: np.ndarray  # (N, 4) COCO [x, y, w, h] float64, zeros where an entry has no bbox
+    has_box: np.ndarray  # bool
+    counts: list[bytes | None]  # compressed RLE of each entry's segmentation (None: none given)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def from_results(cls, results: Sequence[dict[str, Any]]) -> ResultsTable:
+        """From :func:`validate_results`' entries."""
+        n = len(results)
+        boxes = np.zeros((n, 4), dtype=np.float64)
+        has_box = np.array(["bbox" in r for r in results], dtype=bool)
+        if has_box.any():
+            boxes[has_box] = [r["bbox"] for r in results if "bbox" in r]
+        return cls(np.array([r["image_id"] for r in results], dtype=np.int64).reshape(n),
+                   np.array([r["category_id"] for r in results], dtype=np.int64).reshape(n),
+                   np.array([r["score"] for r in results], dtype=np.float64).reshape(n), boxes, has_box,
+                   [r["segmentation"]["counts"] if "segmentation" in r else None for r in results])
+
+
+def read_results_table(
+    path: str | Path, image_sizes: Mapping[int, tuple[int, int]], category_ids: Iterable[int]
+) -> ResultsTable:
+    """:func:`read_results` as a :class:`ResultsTable`: the usual file (every entry an object with int ids,
+    a number score, a ``[x, y, w, h]`` list and/or a compressed RLE) is checked column-wise; anything
+    else goes through :func:`validate_results`, entry by entry (which names the problem)."""
+    cats = {int(c) for c in category_ids}
+    with gc_paused():
+        data = _load_json(path)
+        table = _table_if_plain(data, image_sizes, cats)
+        if table is None:
+            table = ResultsTable.from_results(validate_results(data, image_sizes, cats, source=path))
+    return table
+
+
+_MISSING = object()
+
+
+def _types(values: Iterable[Any]) -> set[type]:
+    return set(map(type, values))
+
+
+def _table_if_plain(data: Any, image_sizes: Mapping[int, tuple[int, int]], cats: set[int]) -> ResultsTable | None:
+    """The table of well-formed results in the usual shape, or ``None`` (not that shape, or a problem)."""
+    if type(data) is not list or not data or _types(data) != {dict}:
+        return None
+    image_ids = [e.get("image_id") for e in data]
+    category_ids = [e.get("category_id") for e in data]
+    scores = [e.get("score") for e in data]
+    if _types(image_ids) != {int} or _types(category_ids) != {int} or not _types(scores) <= {int, float}:
+        return None
+    boxes = [e.get("bbox", _MISSING) for e in data]
+    segs = [e.get("segmentation", _MISSING) for e in data]
+    has_box = np.fromiter((b is not _MISSING for b in boxes), dtype=bool, count=len(data))
+    has_seg = np.fromiter((g is not _MISSING for g in segs), dtype=bool, count=len(data))
+    if not (has_box | has_seg).all() or (has_seg.any() and not has_seg.all()):
+        return None
+    try:
+        ids = np.array(image_ids, dtype=np.int64)
+        labels = np.array(category_ids, dtype=np.int64)
+        score = np.array(scores, dtype=np.float64)
+        xywh = np.zeros((len(data), 4), dtype=np.float64)
+        given = [b for b in boxes if b is not _MISSING]
+        if given:
+            if _types(given) != {list} or set(map(len, given)) != {4}:
+                return None
+            if not _types(itertools.chain.from_iterable(given)) <= {int, float}:
+                return None
+            xywh[has_box] = given
+    except OverflowError:
+        return None
+    known = np.fromiter(image_sizes, dtype=np.int64, count=len(image_sizes))
+    if not (np.isin(ids, known).all() and np.isin(labels, np.fromiter(cats, np.int64, len(cats))).all()
+            and np.isfinite(score).all() and np.isfinite(xywh).all() and (xywh[:, 2:] >= 0).all()):
+        return None
+    counts: list[bytes | None] = [None] * len(data)
+    if has_seg.any():
+        if _types(segs) != {dict}:
+            return None
+        strings = [g.get("counts") for g in segs]
+        sizes = [g.get("size") for g in segs]
+        if _types(strings) != {str} or _types(sizes) != {list} or set(map(len, sizes)) != {2}:
+            return None
+        if not _types(itertools.chain.from_iterable(sizes)) <= {int}:
+            return None
+        expected = np.array([image_sizes[i] for i in image_ids], dtype=np.int64).reshape(-1, 2)
+        if not (np.array(sizes, dtype=np.int64) == expected).all():
+            return None
+        try:
+            counts = [c.encode("ascii") for c in strings]
+        except UnicodeEncodeError:
+            return None
+        if not _counts_valid(counts, expected[:, 0] * expected[:, 1]).all():
+            return None
+    return ResultsTable(ids, labels, score, xywh, has_box, counts)
+
+
+def results_to_columns(
+    table: ResultsTable, image_sizes: Mapping[int, tuple[int, int]]
+) -> tuple[dict[int, Columns], list[str]]:
+    """Per-image prediction :class:`~maskkit.evaluation.base.Columns` of validated results (boxes XYXY).
 
     Masks are kept only when every entry has a ``segmentation``; boxes missing from entries come
-    from the mask extents (as pycocotools' ``loadRes`` does). Returns the instances and notes.
+    from the mask extents (as pycocotools' ``loadRes`` does). Returns the columns and notes.
     """
     notes = []
-    with_masks = bool(results) and all("segmentation" in r for r in results)
-    if results and not with_masks and any("segmentation" in r for r in results):
-        n = sum("segmentation" not in r for r in results)
-        notes.append(f"{n} results have no segmentation: masks ignored, bbox only")
-    if with_masks and any("bbox" not in r for r in results):
+    n = len(table)
+    with_seg = np.array([c is not None for c in table.counts], dtype=bool)
+    with_masks = bool(n) and bool(with_seg.all())
+    if n and not with_masks and with_seg.any():
+        notes.append(f"{int((~with_seg).sum())} results have no segmentation: masks ignored, bbox only")
+    if with_masks and not table.has_box.all():
         notes.append("results without bbox: boxes taken from the mask extents (as pycocotools' loadRes does)")
-    by_image: dict[int, list[dict[str, Any]]] = {}
-    for r in results:
-        by_image.setdefault(r["image_id"], []).append(r)
+    xyxy = table.boxes.copy()
+    xyxy[:, 2:] += xyxy[:, :2]
+    xyxy[~table.has_box] = 0.0
+    sizes = np.array([image_sizes[int(i)] for i in table.image_ids], dtype=np.int64).reshape(n, 2)
+    if with_masks:
+        areas = coco.rle_areas([{"size": [int(h), int(w)], "counts": c} for (h, w), c in zip(sizes, table.counts,
+                                                                                          strict=True)])
+    order = np.argsort(table.image_ids, kind="stable")
+    ids, starts = np.unique(table.image_ids[order], return_index=True)
     out = {}
-    for image_id, dets in by_image.items():
+    for image_id, idx in zip(ids.tolist(), np.split(order, starts[1:]), strict=True):
         h, w = image_sizes[image_id]
-        masks = Masks.from_rles([d["segmentation"] for d in dets], h, w) if with_masks else None
-        mask_boxes = masks.boxes().astype(np.float64) if masks is not None else None
-        boxes = np.zeros((len(dets), 4), dtype=np.float64)
-        for i, d in enumerate(dets):
-            if "bbox" in d:
-                x, y, bw, bh = d["bbox"]
-                boxes[i] = (x, y, x + bw, y + bh)
-            elif mask_boxes is not None:
-                boxes[i] = mask_boxes[i]
-        inst = Instances((h, w), boxes=boxes, labels=np.array([d["category_id"] for d in dets], dtype=np.int64),
-                         scores=np.array([d["score"] for d in dets], dtype=np.float64))
-        if masks is not None:
-            inst.masks = masks
-        out[image_id] = inst
+        boxes = xyxy[idx]
+        counts: list[bytes] | None = None
+        if with_masks:
+            counts = [table.counts[i] for i in idx.tolist()]  # type: ignore[misc]
+            no_box = np.flatnonzero(~table.has_box[idx])
+            if len(no_box):
+                boxes[no_box] = Masks.from_rles([{"size": [h, w], "counts": counts[i]} for i in no_box], h, w
+                                                ).boxes().astype(np.float64)
+        out[image_id] = Columns(labels=table.category_ids[idx], boxes=boxes,
+                                areas=areas[idx] if with_masks else box_areas(boxes), counts=counts,
+                                scores=table.scores[idx])
     return out, notes
 
 
 def read_results_source(
     gt: str | Path, pred: str | Path, allow_outside_root: bool = False
-) -> tuple[Any, dict[int, Instances], list[str], str]:
+) -> tuple[Any, dict[int, Columns], list[str], str]:
     """A ground truth (any annotation source) and a COCO results file, ready to evaluate as pycocotools would.
 
-    Returns the GT ``AnnotationSet``, predicted ``Instances`` by image id, notes, and the predictions'
-    area convention for the size buckets that pycocotools' ``loadRes`` applies to this file
-    (:func:`maskkit.evaluation.coco.loadres_areas`; pass it as ``InstanceEvaluator(detection_areas=...)``).
+    Returns the GT ``AnnotationSet``, the predictions by image id (prediction
+    :class:`~maskkit.evaluation.base.Columns`, which ``InstanceEvaluator.process`` takes as outputs),
+    notes, and the predictions' area convention for the size buckets that pycocotools' ``loadRes``
+    applies to this file (:func:`maskkit.evaluation.coco.loadres_areas`: the box area when the first
+    entry has a bbox; pass it as ``InstanceEvaluator(detection_areas=...)``).
     """
     from maskkit.data.formats import read_annotations
-    from maskkit.evaluation.coco import loadres_areas
 
     aset = read_annotations(gt, allow_outside_root=allow_outside_root)
     sizes = {r.id: (r.height, r.width) for r in aset.images}
-    results = read_results(pred, sizes, [c.id for c in aset.categories])
-    preds, notes = results_to_instances(results, sizes)
-    if not results:
+    table = read_results_table(pred, sizes, [c.id for c in aset.categories])
+    preds, notes = results_to_columns(table, sizes)
+    if not len(table):
         notes.append(f"{pred} holds no detections")
-    areas = loadres_areas(results)
-    if areas == "box" and any("segmentation" in r for r in results):
+    areas = "box" if len(table) and table.has_box[0] else "mask"
+    if areas == "box" and any(c is not None for c in table.counts):
         notes.append("size buckets (APs/APm/APl, ARs/ARm/ARl) use each result's bbox area, also for segm, "
                      "as pycocotools' loadRes does for results with a bbox")
     return aset, preds, notes, areas
