@@ -58,12 +58,18 @@ class COCOEvaluator(ImageEvaluator):
         if "segm" in self.iou_types and "segm" not in iou_types:
             self.notes.append("segm AP skipped: " + ("ground truth" if not store.gt_masks else "predictions")
                               + " without masks")
-        self.results = {}
+        detections: dict[str, list[dict[str, Any]]] = {}
         for t in iou_types:
-            dets = coco.prepare_detections(results, t, self.detection_areas)
-            self.results[t] = coco.coco_evaluate(gt, dets, t, self.max_dets, self.backend, copy_detections=False)
-            if self.on_result is not None:
-                self.on_result(self.results[t])
+            if t == "bbox" and "segm" in iou_types and self.detection_areas != "detectron2":
+                # the same area for both types and every result has a box and a mask (store.with_masks):
+                # the segm detections serve bbox too, indexed once
+                detections[t] = detections.setdefault("segm", coco.prepare_detections(results, "segm",
+                                                                                      self.detection_areas))
+            elif t not in detections:
+                detections[t] = coco.prepare_detections(results, t, self.detection_areas)
+        detections = {t: detections[t] for t in iou_types}  # evaluated in the order asked for
+        self.results = coco.coco_evaluate_types(gt, detections, self.max_dets, self.backend, copy_detections=False,
+                                                on_result=self.on_result)
         return {t: dict(r.stats) for t, r in self.results.items()}
 
     def errors(self, k: int = 8, iou_type: str | None = None) -> dict[str, list[dict[str, Any]]]:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -290,21 +290,72 @@ def coco_evaluate(
     imported) or ``"pycocotools"`` (the reference). Neither input is modified, unless
     ``copy_detections=False`` lets the evaluators annotate fresh detection dicts in place.
     """
-    if iou_type not in IOU_TYPES:
-        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    return coco_evaluate_types(gt, {iou_type: detections}, max_dets, backend, copy_detections)[iou_type]
+
+
+def coco_evaluate_types(
+    gt: dict[str, Any],
+    detections: Mapping[str, list[dict[str, Any]]],
+    max_dets: Iterable[int] | None = None,
+    backend: str = "faster",
+    copy_detections: bool = True,
+    on_result: Callable[[CocoEvalResult], None] | None = None,
+) -> dict[str, CocoEvalResult]:
+    """:func:`coco_evaluate` for several IoU types (``{iou_type: detections}``, evaluated in that order).
+
+    The ground truth is indexed once for all types, and so are detections given as the same list for
+    several types (as a script sharing its ``COCO`` objects between ``bbox`` and ``segm`` does).
+    ``on_result`` is called with each result as soon as it is computed.
+    """
+    for iou_type in detections:
+        if iou_type not in IOU_TYPES:
+            raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
     if backend not in ("faster", "pycocotools"):
         raise ValueError(f"backend must be 'faster' or 'pycocotools', got {backend!r}")
     mdets = normalise_max_dets(max_dets)
+    faster = backend == "faster" and _faster_available()
+    results = {}
     with gc_paused():
         gt = gt_dataset(gt["images"], gt["categories"], gt["annotations"])
-        anns = [dict(d) for d in detections] if copy_detections else list(detections)
-        dt = {"images": gt["images"], "categories": gt["categories"], "annotations": anns}
-        if backend == "faster":
-            try:
-                return _evaluate_faster(gt, dt, iou_type, mdets)
-            except ImportError:  # pragma: no cover - faster-coco-eval is a dependency
-                pass
-        return _evaluate_pycocotools(gt, dt, iou_type, mdets)
+        gt_api = _coco_api(gt, faster)
+        dt_apis: dict[int, Any] = {}
+        for iou_type, dets in detections.items():
+            if id(dets) not in dt_apis:
+                anns = [dict(d) for d in dets] if copy_detections else list(dets)
+                dt = {"images": gt["images"], "categories": gt["categories"], "annotations": anns}
+                dt_apis[id(dets)] = _coco_api(dt, faster)
+            evaluate = _evaluate_faster if faster else _evaluate_pycocotools
+            results[iou_type] = evaluate(gt_api, dt_apis[id(dets)], iou_type, mdets)
+            if on_result is not None:
+                on_result(results[iou_type])
+    return results
+
+
+def _faster_available() -> bool:
+    try:
+        import faster_coco_eval  # noqa: F401
+    except ImportError:  # pragma: no cover - faster-coco-eval is a dependency
+        return False
+    return True
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _coco_api(dataset: dict[str, Any], faster: bool) -> Any:
+    """An indexed ``COCO`` object of ``dataset`` (faster-coco-eval's or pycocotools')."""
+    if faster:
+        from faster_coco_eval import COCO
+
+        return COCO(dataset, print_function=_quiet)
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        api = COCO()
+        api.dataset = dataset
+        api.createIndex()
+    return api
 
 
 def _result(iou_type: str, ev: Any, mdets: list[int], matched: dict[int, int]) -> CocoEvalResult:
@@ -323,14 +374,10 @@ def _result(iou_type: str, ev: Any, mdets: list[int], matched: dict[int, int]) -
     )
 
 
-def _evaluate_faster(gt: dict[str, Any], dt: dict[str, Any], iou_type: str, mdets: list[int]) -> CocoEvalResult:
-    from faster_coco_eval import COCO, COCOeval_faster
+def _evaluate_faster(gt_api: Any, dt_api: Any, iou_type: str, mdets: list[int]) -> CocoEvalResult:
+    from faster_coco_eval import COCOeval_faster
 
-    def quiet(*args: Any, **kwargs: Any) -> None:
-        return None
-
-    ev = COCOeval_faster(COCO(gt, print_function=quiet), COCO(dt, print_function=quiet), iou_type,
-                         print_function=quiet)
+    ev = COCOeval_faster(gt_api, dt_api, iou_type, print_function=_quiet)
     ev.params.maxDets = list(mdets)
     ev.evaluate()
     ev.accumulate()
@@ -341,17 +388,10 @@ def _evaluate_faster(gt: dict[str, Any], dt: dict[str, Any], iou_type: str, mdet
     return _result(iou_type, ev, mdets, matched)
 
 
-def _evaluate_pycocotools(
-    gt: dict[str, Any], dt: dict[str, Any], iou_type: str, mdets: list[int]
-) -> CocoEvalResult:
-    from pycocotools.coco import COCO
+def _evaluate_pycocotools(gt_api: Any, dt_api: Any, iou_type: str, mdets: list[int]) -> CocoEvalResult:
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
-        gt_api, dt_api = COCO(), COCO()
-        gt_api.dataset, dt_api.dataset = gt, dt
-        gt_api.createIndex()
-        dt_api.createIndex()
         ev = COCOeval(gt_api, dt_api, iou_type)
         ev.params.maxDets = list(mdets)
         ev.evaluate()
