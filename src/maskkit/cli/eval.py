@@ -13,6 +13,7 @@ say so.
 from __future__ import annotations
 
 import contextlib
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,14 @@ def command(
     extras += (["boundary"] if boundary else []) + (["semantic"] if semantic else [])
     areas = "detectron2"  # predictions' areas for the size buckets; a results file: as pycocotools reads it
 
+    stack = contextlib.ExitStack()
     # the figures are drawn by a worker process started now: matplotlib imports while the files are read
-    figures = EvalFigures(out) if out is not None else None
+    figures = stack.enter_context(EvalFigures(out)) if out is not None else None
+    if chosen[0] != "--model/--data":
+        # scoring files builds millions of small objects and no cycles: collector passes would only cost
+        # time, also after the command (over everything built, which lives until exit): frozen out of them
+        stack.enter_context(gc_paused())
+        stack.callback(gc.freeze)
     try:
         if chosen[0] == "--model/--data":
             from maskkit.inference.tta import parse_scales
@@ -98,9 +105,7 @@ def command(
             return out
 
         batches = ([rec] for rec in aset.images) if preds is None else [aset.images]
-        # scoring files builds millions of small objects and no cycles: collector passes would only cost time
-        with gc_paused() if preds is not None else contextlib.nullcontext():
-            metrics = inference_on_dataset(outputs, batches, ev)
+        metrics = inference_on_dataset(outputs, batches, ev)
         if chosen[0] == "--model/--data":
             metrics["contains_training_images"] = contains_training
         if out is not None:
@@ -111,8 +116,7 @@ def command(
         if out is not None:
             typer.echo(f"wrote {len(paths)} files to {out}: " + ", ".join(p.name for p in paths))
     finally:
-        if figures is not None:
-            figures.close()
+        stack.close()
 
 
 def _empty(rec: Any) -> Any:
