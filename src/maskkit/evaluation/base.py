@@ -143,7 +143,8 @@ class PreparedImage:
                 iou = np.asarray(mask_utils.iou(gr, dr, [0] * len(dr)), dtype=np.float64).reshape(len(gr), len(dr))
             else:
                 iou = np.zeros((len(gr), len(dr)), dtype=np.float64)
-            p = Pairing(regular, keep, iou, coco.rle_areas(gr), coco.rle_areas(dr))
+            # a prediction's area is its mask's pixel count already (see _columns)
+            p = Pairing(regular, keep, iou, coco.rle_areas(gr), d.areas[keep])
             self._pairings[score_threshold] = p
         return p
 
