@@ -24,7 +24,8 @@ same data written to a GT JSON and a results JSON (RLE ``segmentation`` plus ``b
 ``python -m maskkit eval --gt G --pred P --no-boundary --out DIR`` (COCO bbox and segm AP, matching,
 PQ, confusion matrix, CSVs and plots) against a plain faster-coco-eval script scoring bbox and segm
 (``COCO`` + ``loadRes`` + ``COCOeval_faster``), run interleaved (one warm-up round, then
-``--repeats`` rounds), with the ratio of the medians.
+``--repeats`` rounds), with the ratio of the medians; ``--baseline-src DIR`` adds the same ``maskkit
+eval`` run from other sources (e.g. a checkout's ``src``) to the rounds, for a before/after table.
 
 Run: ``python benchmarks/eval_speed.py [--images 5000] [--boundary-images 1000] [--repeats 3]``
 or ``python benchmarks/eval_speed.py --whole-process [--images 5000] [--repeats 3]``.
@@ -295,6 +296,9 @@ def whole_process(args: argparse.Namespace) -> None:
                                                              os.path.join(tmp, "out")],
             "faster-coco-eval script (bbox + segm)": [sys.executable, script, gt_path, pred_path],
         }
+        if args.baseline_src:  # the same command on other sources (e.g. the main checkout), for before/after
+            commands[f"maskkit eval ... (sources of {args.baseline_src})"] = [
+                *commands["maskkit eval --gt --pred --no-boundary --out"][:-1], os.path.join(tmp, "out_baseline")]
         if args.pycocotools:
             plain = FASTER_SCRIPT.replace("from faster_coco_eval import COCO, COCOeval_faster",
                                           "from pycocotools.coco import COCO\n"
@@ -303,8 +307,11 @@ def whole_process(args: argparse.Namespace) -> None:
         times: dict[str, list[float]] = {k: [] for k in commands}
         for round_ in range(max(args.repeats, 1) + 1):  # round 0: untimed warm-up (file cache, .pyc)
             for name, cmd in commands.items():
+                env = None
+                if args.baseline_src and name.endswith(f"(sources of {args.baseline_src})"):
+                    env = {**os.environ, "PYTHONPATH": args.baseline_src}
                 t0 = time.perf_counter()
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
                 if round_:
                     times[name].append(time.perf_counter() - t0)
     base = Timing(times["faster-coco-eval script (bbox + segm)"])
@@ -327,6 +334,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--whole-process", action="store_true",
                         help="time `maskkit eval --gt --pred --no-boundary` vs a faster-coco-eval script as processes")
     parser.add_argument("--pycocotools", action="store_true", help="with --whole-process: also a pycocotools script")
+    parser.add_argument("--baseline-src", default=None,
+                        help="with --whole-process: also time maskkit eval from these sources (PYTHONPATH), e.g. "
+                             "another checkout's src/, interleaved in the same rounds (before/after)")
     args = parser.parse_args(argv)
     if args.whole_process:
         whole_process(args)
