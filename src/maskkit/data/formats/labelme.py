@@ -128,6 +128,8 @@ def _decode_mask_shape(shape: dict[str, Any], pts: np.ndarray, h: int, w: int, j
     where = {"file": jf, "annotation": f"shape {index}"}
     if len(pts) != 2 or not isinstance(shape.get("mask"), str):
         raise DataError("a mask shape needs 2 points and a base64 PNG 'mask'", **where)
+    if not (np.isfinite(pts).all() and np.abs(pts).max() < 2**31):
+        raise DataError("mask shape points must be finite pixel coordinates", **where)
     try:
         with open_bounded(io.BytesIO(base64.b64decode(shape["mask"], validate=False)), jf) as im:
             crop = np.array(im).astype(bool)
