@@ -140,11 +140,9 @@ def write_label_image(path: Path, instances: Instances) -> Path:
         write_tiff(instances, tif)
         png.unlink(missing_ok=True)
         return tif
-    from maskkit.data.formats.labelimages import render_label_image
-
     scores = np.asarray(instances.get("scores", np.zeros(n)), dtype=np.float64)
     order = np.lexsort((-np.arange(n), scores)).tolist()  # low scores first: the best is painted last, on top
-    label = render_label_image(instances.masks, order) if n else np.zeros((h, w), np.int32)
+    label = instances.masks.label_image(order) if n else np.zeros((h, w), np.int32)
     atomic_write_png(png, label.astype(np.uint16), fsync=False)
     tif.unlink(missing_ok=True)
     return png

@@ -50,6 +50,7 @@ from maskkit.errors import DataError
 from maskkit.fileio import atomic_write_text
 from maskkit.structures import Instances, Masks
 from maskkit.structures.masks import PolygonMask, RLEMask, rle_to_string
+from maskkit.structures.rle import encode_bitmap
 
 FORMAT = "voc"
 LABELIMG = "labelimg"
@@ -151,19 +152,15 @@ def _text(path: Path) -> str:
         raise DataError(f"cannot read text file ({exc})", file=path) from None
 
 
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-    return mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
-
-
 def _void_extra(obj: np.ndarray, cls: np.ndarray | None) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     void = obj == 255
     if void.any():
-        extra["voc_void"] = rle_to_string(_rle(void))
+        extra["voc_void"] = rle_to_string(encode_bitmap(void))
     if cls is not None:
         cvoid = cls == 255
         if not np.array_equal(cvoid, void):
-            extra["voc_class_void"] = rle_to_string(_rle(cvoid))
+            extra["voc_class_void"] = rle_to_string(encode_bitmap(cvoid))
     return extra
 
 
@@ -194,7 +191,7 @@ def _segmented_instances(obj: np.ndarray, cls: np.ndarray | None, xml: dict[str,
         else:
             label = 0  # no class information: an unknown category, for validation to report
         labels.append(label)
-        items.append(RLEMask(_rle(obj == k)) if present[k] else PolygonMask([], h, w))
+        items.append(RLEMask(encode_bitmap(obj == k)) if present[k] else PolygonMask([], h, w))
         boxes.append(o["box"] if o is not None else None)
         extras.append({"voc": o["fields"]} if o is not None else {})
     return labels, items, boxes, extras
