@@ -157,7 +157,7 @@ def _load_builtin() -> None:
     _LOADED = True
     import importlib
 
-    for mod in ("coco", "yolo", "labelme", "voc", "dsb", "labelimages"):
+    for mod in ("coco", "yolo", "labelme", "voc", "labelimg", "dsb", "labelimages"):
         try:
             importlib.import_module(f"maskkit.data.formats.{mod}")
         except ModuleNotFoundError as exc:  # a format module not written yet
