@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maskkit.data.annotations import AnnotationSet
+from maskkit.data.paths import confined, dataset_root, ensure_inside_root
 from maskkit.errors import DataError
 
 
@@ -115,8 +116,6 @@ def read_annotations(
     is a DataError unless ``allow_outside_root``; then the set is returned with ``aset.root`` set
     so that ``validate`` can report such images. ``reader`` replaces the format's reader.
     """
-    from maskkit.data.paths import confined, dataset_root, ensure_inside_root
-
     path = Path(path)
     name = format or detect_format(path)
     spec = formats().get(name)

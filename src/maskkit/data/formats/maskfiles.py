@@ -32,6 +32,7 @@ import numpy as np
 
 from maskkit.data.annotations import AnnotationSet, Category, ImageRecord
 from maskkit.data.formats.base import ConversionReport
+from maskkit.data.images import open_bounded, read_image
 from maskkit.errors import DataError
 from maskkit.fileio import atomic_write_json
 from maskkit.structures import Masks
@@ -182,8 +183,6 @@ def image_entry(record: ImageRecord, default_id: int) -> dict[str, Any] | None:
 # -- label arrays <-> RLE ---------------------------------------------------------------------------
 def read_label_array(path: Path) -> np.ndarray:
     """A single-channel integer ``H×W`` array from a label PNG/TIFF (DataError otherwise)."""
-    from maskkit.data.images import open_bounded, read_image
-
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             arr = read_image(path)  # H×W×1 for a label TIFF (pixel limit checked first)
