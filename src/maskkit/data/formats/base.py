@@ -24,6 +24,11 @@ class ConversionReport:
     """Reason -> number of instances changed for that reason (e.g. ``"hole filled"``)."""
     notes: list[str] = field(default_factory=list)
 
+    def note(self, count: int, text: str) -> None:
+        """Add ``text`` to the notes when ``count`` (of what it tells about) is nonzero."""
+        if count:
+            self.notes.append(text)
+
     def change(self, reason: str, count: int = 1) -> None:
         self.changes[reason] += count
 

@@ -94,6 +94,18 @@ def _label_dir(root: Path, probe: int = 20) -> Path | None:
     return None
 
 
+def _by_key(folder: Path, clash: str) -> dict[str, Path]:
+    """The image files below ``folder`` by key; DataError ``clash`` (formatted with ``key`` and both names)
+    when two share a key."""
+    out: dict[str, Path] = {}
+    for p in _files(folder):
+        key = _key(p, folder)
+        if key in out:
+            raise DataError(clash.format(out[key].name, p.name, key=key), file=p.parent)
+        out[key] = p
+    return out
+
+
 def detect_label_images(path: Path) -> bool:
     """A folder with ``images/`` and ``labels/`` (or ``masks/``) holding label images named like the images."""
     return path.is_dir() and _label_dir(path) is not None
@@ -118,19 +130,9 @@ def read_label_images(path: str | Path, names: Names = None) -> AnnotationSet:
     if not img_dir.is_dir() or lbl_dir is None:
         raise DataError("expected an images/ folder beside a labels/ (or masks/) folder", file=root)
     cmap = load_class_map(root, "object", names)
-    labels: dict[str, Path] = {}
-    for p in _files(lbl_dir):
-        key = _key(p, lbl_dir)
-        if key in labels:
-            raise DataError(f"two label images for one image: {labels[key].name} and {p.name}", file=p.parent)
-        labels[key] = p
+    labels = _by_key(lbl_dir, "two label images for one image: {} and {}")
     records: list[ImageRecord] = []
-    seen: dict[str, Path] = {}
-    for img in _files(img_dir):
-        key = _key(img, img_dir)
-        if key in seen:
-            raise DataError(f"two images share the name {key!r}: {seen[key].name} and {img.name}", file=img.parent)
-        seen[key] = img
+    for key, img in _by_key(img_dir, "two images share the name {key!r}: {} and {}").items():
         h, w = image_size(img)
         lbl = labels.pop(key, None)
         records.append(_record(cmap, key, img.relative_to(img_dir).as_posix(), lbl, (h, w), len(records) + 1))

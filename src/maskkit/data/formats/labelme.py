@@ -479,12 +479,9 @@ def write(aset: AnnotationSet, dst: Path) -> ConversionReport:
         report.images += 1
         report.instances += n
     voids = sum(1 for r in aset.images if r.extra.get("voc_void") or r.extra.get("voc_class_void"))
-    if voids:
-        report.notes.append(f"{voids} image(s) have a VOC void region, which LabelMe cannot hold (not written)")
-    if box_moved:
-        report.notes.append(f"{box_moved} box(es) differ from their mask's extent by > 1 px: not stored in LabelMe")
-    if box_only:
-        report.notes.append(f"{box_only} box-only instance(s) written as rectangle shapes (read back with a box mask)")
+    report.note(voids, f"{voids} image(s) have a VOC void region, which LabelMe cannot hold (not written)")
+    report.note(box_moved, f"{box_moved} box(es) differ from their mask's extent by > 1 px: not stored in LabelMe")
+    report.note(box_only, f"{box_only} box-only instance(s) written as rectangle shapes (read back with a box mask)")
     # labels.txt as LabelMe's own tools expect it (``__ignore__``, ``_background_``, classes): fixes the ids
     regular = [c for c in aset.categories if not is_special_label(c.name)]
     special = [c for c in aset.categories if is_special_label(c.name)]

@@ -228,5 +228,4 @@ def drawable(record: ImageRecord, report: ConversionReport) -> tuple[Masks | Non
 def note_polygons(aset: AnnotationSet, report: ConversionReport) -> None:
     """Note (once) how many polygon masks were rasterised: same pixels as COCO's, vertices not kept."""
     n = sum(r.instances.masks.kinds().count("polygon") for r in aset.images if r.instances.has("masks"))
-    if n:
-        report.notes.append(f"{n} polygon mask(s) rasterised to pixels")
+    report.note(n, f"{n} polygon mask(s) rasterised to pixels")

@@ -361,14 +361,12 @@ def write_yolo(aset: AnnotationSet, dst: str | Path) -> ConversionReport:
         # Thousands of small files: no fsync each (still atomic: a killed process never leaves half a file).
         atomic_write_bytes(dst / "labels" / Path(name).with_suffix(".txt"), text.encode("utf-8"), fsync=False)
     report.images = len(aset.images)
-    if bridged:
-        report.notes.append(f"{bridged} multi-part/holed mask(s) written as one bridged polygon (pixel-exact)")
-    if retraced:
-        report.notes.append(f"{retraced} polygon(s) re-traced along pixel edges to stay pixel-exact")
+    report.note(bridged, f"{bridged} multi-part/holed mask(s) written as one bridged polygon (pixel-exact)")
+    report.note(retraced, f"{retraced} polygon(s) re-traced along pixel edges to stay pixel-exact")
     if ious:
         report.notes.append(f"changed instances: IoU with the source mean {np.mean(ious):.4f}, min {min(ious):.4f}")
-    if dropped_extras:
-        report.notes.append(f"YOLO has no place for extra annotation fields: dropped on {dropped_extras} instance(s)")
+    report.note(dropped_extras,
+                f"YOLO has no place for extra annotation fields: dropped on {dropped_extras} instance(s)")
     doc = {"train": "images", "val": "images", "nc": len(cats), "names": {k: c.name for k, c in enumerate(cats)}}
     header = "# YOLO-seg dataset written by maskkit; paths are relative to this file's folder\n"
     atomic_write_text(dst / DATA_YAML, header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
