@@ -123,7 +123,7 @@ def write_scene(path: Path, size: int, objs: list[tuple], band: int = 256) -> No
 
 
 def gt_rles(size: int, objs: list[tuple]) -> list[dict]:
-    from maskkit.inference.stitching import crop_to_rle
+    from maskkit.structures.rle import crop_to_rle
 
     out = []
     for o in objs:
@@ -139,8 +139,8 @@ class ThresholdModel:
     def predict(self, image: np.ndarray) -> Any:
         import cv2
 
-        from maskkit.data.formats.labelimages import label_image_to_rles
         from maskkit.structures import Instances, Masks
+        from maskkit.structures.rle import label_image_to_rles
 
         fg = (image[..., 0] > (BACKGROUND + FOREGROUND) // 2).astype(np.uint8)
         _, lab, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
@@ -177,8 +177,10 @@ def run_box_nmm(path: str, tile: int, overlap: int) -> tuple[list[dict], dict]:
     """Every tile's detections shifted to the image, then SAHI's GREEDYNMM/IOS/0.5 merge (union masks)."""
     from pycocotools import mask as mask_utils
 
-    from maskkit.inference.stitching import crop_to_rle, mask_crops
-    from maskkit.inference.tiling import iter_tiles, open_image_windows
+    from maskkit.data.windows import open_image_windows
+    from maskkit.inference.stitching import mask_crops
+    from maskkit.inference.tiling import iter_tiles
+    from maskkit.structures.rle import crop_to_rle
 
     model, t_model, t_merge = ThresholdModel(), 0.0, 0.0
     rles, boxes, scores, labels = [], [], [], []

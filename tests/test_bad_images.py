@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -76,13 +75,10 @@ def test_skip_bad_images_drops_and_counts(synth_truncated: tuple[Path, Path]) ->
 
 # -- the CLI: unexpected exceptions ------------------------------------------------------------------
 def _crashing_loader(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = types.ModuleType("maskkit.data.splits")
-
     def boom(path: object, **kwargs: object) -> None:
         raise ZeroDivisionError("a bug")
 
-    module.load_dataset = boom  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "maskkit.data.splits", module)
+    monkeypatch.setattr("maskkit.cli.validate.load_dataset", boom)
 
 
 def _main(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:

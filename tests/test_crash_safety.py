@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,21 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ONE_THREAD_ENV, TINY_MASKRCNN, tiny_config
 from maskkit.data.synth import write_synthetic
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TINY_RUN = {
-    "model": {"name": "maskrcnn_r18_fpn", "pretrained_backbone": False, "anchor_sizes": [8, 16, 32, 64, 128],
-              "options": {"box_batch_size_per_image": 16, "rpn_batch_size_per_image": 16,
-                          "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20,
-                          "box_detections_per_img": 6, "box_score_thresh": 0.0}},
-    "data": {"batch_size": 4, "val_fraction": 0.0},
-    "augment": {"min_size": [64], "max_size": None},
-    "optim": {"lr": 5e-4, "warmup_steps": 1},
-    "schedule": {"epochs": 1, "val_loss": False},
-    "output": {"tensorboard": False, "plots": False, "progress": False},
-    "threads": 1,
-}
+ENV = ONE_THREAD_ENV
+TINY_RUN = tiny_config(
+    model={"options": {**TINY_MASKRCNN["model"]["options"], "box_detections_per_img": 6, "box_score_thresh": 0.0}},
+    data={"val_fraction": 0.0},
+)
 
 
 def _maskkit(*args: object) -> list[str]:

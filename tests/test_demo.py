@@ -11,25 +11,11 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import tiny_config
 from maskkit.demo import DEMO_RECIPE, print_summary, run_demo
 from maskkit.structures import Instances, Masks
 
-TINY = {
-    "model": {
-        "name": "maskrcnn_r18_fpn",
-        "pretrained_backbone": False,
-        "anchor_sizes": [8, 16, 32, 64, 128],
-        "options": {"box_batch_size_per_image": 16, "rpn_batch_size_per_image": 16, "rpn_pre_nms_top_n_train": 100,
-                    "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20,
-                    "box_detections_per_img": 10},
-    },
-    "data": {"batch_size": 4},
-    "augment": {"min_size": [64], "max_size": None},
-    "optim": {"lr": 5e-4, "warmup_steps": 1},
-    "schedule": {"epochs": 1, "val_loss": False},
-    "output": {"tensorboard": False},
-    "threads": 1,
-}
+TINY = tiny_config(output={"tensorboard": False, "plots": True, "progress": True})
 
 ROOT = Path(__file__).resolve().parents[1]
 

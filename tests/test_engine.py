@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,28 +15,23 @@ import pytest
 import torch
 import yaml
 
+from conftest import ONE_THREAD_ENV, tiny_config
 from maskkit.data.synth import write_synthetic
 
-TINY = {
-    "model": {
-        "name": "maskrcnn_r18_fpn",
-        "pretrained_backbone": False,
-        "anchor_sizes": [8, 16, 32, 64, 128],
-        "options": {"box_batch_size_per_image": 32, "rpn_batch_size_per_image": 32, "rpn_pre_nms_top_n_train": 200,
-                    "rpn_post_nms_top_n_train": 100, "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50,
-                    "box_detections_per_img": 20},
-    },
-    "data": {"batch_size": 2, "val_fraction": 0.2},
-    "augment": {"min_size": [56, 64], "max_size": None},
-    "optim": {"lr": 5e-4, "warmup_steps": 2},
-    "schedule": {"epochs": 2, "save_every_steps": 3},
-    "output": {"progress": False},
-    "threads": 1,
-}
+TINY = tiny_config(
+    model={"options": {"box_batch_size_per_image": 32, "rpn_batch_size_per_image": 32, "rpn_pre_nms_top_n_train": 200,
+                       "rpn_post_nms_top_n_train": 100, "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50,
+                       "box_detections_per_img": 20}},
+    data={"batch_size": 2, "val_fraction": 0.2},
+    augment={"min_size": [56, 64]},
+    optim={"warmup_steps": 2},
+    schedule={"epochs": 2, "save_every_steps": 3, "val_loss": True},
+    output={"progress": False, "tensorboard": True, "plots": True},
+)
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return ONE_THREAD_ENV
 
 
 def _train_cmd(cfg: Path, out: Path, *extra: str) -> list[str]:

@@ -19,8 +19,8 @@ from maskkit.data.formats import read_annotations
 from maskkit.data.images import ImageTooLargeError, decode_image_bytes, image_problem, read_image
 from maskkit.data.splits import convert_dataset, load_dataset
 from maskkit.data.validate import validate_dataset
+from maskkit.data.windows import open_image_windows
 from maskkit.errors import DataError
-from maskkit.inference.tiling import open_image_windows
 
 SECRET = b"TOP SECRET: not an image\n"
 

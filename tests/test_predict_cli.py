@@ -11,29 +11,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import TINY_MASKRCNN, tiny_config
 from maskkit.cli.main import app
 from maskkit.errors import ConfigError, DataError
 from maskkit.inference.sources import collect_sources, dataset_image_ids, sequential_ids
 from maskkit.inference.writers import ImageWriter, OutputOptions, assemble_predictions, write_label_image
 from maskkit.structures import Instances, Masks
 
-TINY = {
-    "model": {
-        "name": "maskrcnn_r18_fpn",
-        "pretrained_backbone": False,
-        "anchor_sizes": [8, 16, 32, 64, 128],
-        # box_score_thresh 0: even a barely trained model returns (low-score) detections to write
-        "options": {"box_batch_size_per_image": 16, "rpn_batch_size_per_image": 16, "rpn_pre_nms_top_n_train": 100,
-                    "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20,
-                    "box_detections_per_img": 6, "box_score_thresh": 0.0},
-    },
-    "data": {"batch_size": 4, "val_fraction": 0.0},
-    "augment": {"min_size": [64], "max_size": None},
-    "optim": {"lr": 5e-4, "warmup_steps": 1},
-    "schedule": {"epochs": 1, "val_loss": False},
-    "output": {"tensorboard": False, "plots": False, "progress": False},
-    "threads": 1,
-}
+TINY = tiny_config(  # box_score_thresh 0: even a barely trained model returns (low-score) detections to write
+    model={"options": {**TINY_MASKRCNN["model"]["options"], "box_detections_per_img": 6, "box_score_thresh": 0.0}},
+    data={"val_fraction": 0.0},
+)
 
 
 @pytest.fixture(scope="module")

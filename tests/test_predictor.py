@@ -88,7 +88,7 @@ def _variant(predictor: Predictor, **options: object) -> Predictor:
 
 
 def test_crop_to_rle_equals_pycocotools() -> None:
-    from maskkit.inference.paste import crop_to_rle
+    from maskkit.structures.rle import crop_to_rle
 
     rng = np.random.default_rng(0)
     h_img, w_img = 23, 31
@@ -99,7 +99,7 @@ def test_crop_to_rle_equals_pycocotools() -> None:
         crop = rng.random((h, w)) < rng.random() if trial % 7 else np.ones((h, w), bool)
         full = np.zeros((h_img, w_img), np.uint8)
         full[y0:y0 + h, x0:x0 + w] = crop
-        assert crop_to_rle(crop, x0, y0, h_img, w_img) == mask_utils.encode(np.asfortranarray(full)), trial
+        assert crop_to_rle(crop, y0, x0, h_img, w_img) == mask_utils.encode(np.asfortranarray(full)), trial
 
 
 def test_paste_masks_matches_torchvision() -> None:

@@ -26,7 +26,7 @@ from maskkit.data.synth import generate
 from maskkit.errors import DataError
 
 FUZZ = settings(
-    max_examples=100,
+    max_examples=200,
     deadline=None,
     print_blob=True,
     database=DirectoryBasedExampleDatabase(str(Path(__file__).resolve().parents[1] / ".hypothesis")),
@@ -76,10 +76,11 @@ def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
-def _mutate_json(doc: Any, data: st.DataObject) -> Any:
+def _mutate_json(doc: Any, data: st.DataObject) -> tuple[Any, bool]:
+    """The document with one value damaged, and whether that value sits inside a list item (an entry)."""
     paths = [p for p in _paths(doc) if p]
     if not paths:
-        return data.draw(WRONG)
+        return data.draw(WRONG), False
     path = data.draw(st.sampled_from(paths))
     parent = doc
     for key in path[:-1]:
@@ -94,10 +95,15 @@ def _mutate_json(doc: Any, data: st.DataObject) -> Any:
         parent[path[-1]] = f"{NEST}{data.draw(st.sampled_from([50, 5000]))}"
     else:
         parent[path[-1]] = data.draw(WRONG)
-    return doc
+    return doc, op != "nest" and any(isinstance(k, int) for k in path[:-1])  # deep nesting: a file-level error
 
 
-def _damage(root: Path, data: st.DataObject) -> Path:
+ENTRY_WORDS = re.compile(r"\b(line|shape|object|annotation|image|entry|category|categories|polygon)\b", re.I)
+
+
+def _damage(root: Path, data: st.DataObject) -> tuple[Path, bool]:
+    """Damage one file of ``root``; returns it and whether the damage sits in one entry (a JSON value below a
+    list item, or an inserted text line), so that the error must name the entry too."""
     files = sorted(p for p in root.rglob("*") if p.is_file())
     target = data.draw(st.sampled_from(files))
     blob = target.read_bytes()
@@ -105,6 +111,7 @@ def _damage(root: Path, data: st.DataObject) -> Path:
     if target.suffix == ".json" or target.suffix in (".xml", ".txt", ".yaml"):
         ops += ["text"] * 2
     op = data.draw(st.sampled_from(ops))
+    in_entry = False
     if op == "truncate":
         target.write_bytes(blob[: data.draw(st.integers(0, max(len(blob) - 1, 0)))])
     elif op == "flip" and blob:
@@ -113,22 +120,27 @@ def _damage(root: Path, data: st.DataObject) -> Path:
     elif op == "empty":
         target.write_bytes(b"")
     elif target.suffix == ".json":
-        text = json.dumps(_mutate_json(json.loads(blob), data))
+        doc, in_entry = _mutate_json(json.loads(blob), data)
+        text = json.dumps(doc)
         target.write_text(re.sub(f'"{NEST}(\\d+)"', lambda m: "[" * int(m[1]) + "0" + "]" * int(m[1]), text))
     else:
         lines = blob.decode("utf-8", errors="replace").splitlines()
         garbage = data.draw(st.sampled_from(GARBAGE_LINES))
         lines.insert(data.draw(st.integers(0, len(lines))), garbage)
         target.write_text("\n".join(lines))
-    return target
+        in_entry = target.suffix == ".txt"  # a YOLO label line; XML/YAML damage is a file-level parse error
+    return target, in_entry
 
 
-def _check_read(root: Path, fmt: str) -> None:
+def _check_read(root: Path, fmt: str, in_entry: bool) -> None:
     try:
         read_annotations(root, fmt)
     except DataError as exc:
         assert exc.file, f"DataError without a file: {exc}"
         assert str(exc).strip()
+        if in_entry:
+            named = exc.image is not None or exc.annotation is not None or ENTRY_WORDS.search(exc.problem)
+            assert named, f"DataError does not name the damaged entry: {exc}"
 
 
 @pytest.mark.parametrize("fmt", sorted(READERS))
@@ -138,8 +150,8 @@ def test_damaged_input_gives_data_error(fmt: str) -> None:
     @given(data=st.data())
     def run(data: st.DataObject) -> None:
         with _copy(fmt) as root:
-            _damage(root, data)
-            _check_read(root, fmt)
+            _, in_entry = _damage(root, data)
+            _check_read(root, fmt, in_entry)
 
     run()
 

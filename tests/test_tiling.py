@@ -8,18 +8,12 @@ import tifffile
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
+from maskkit.data.windows import ArrayWindows, RawWindows, TiffSegmentWindows, open_image_windows
 from maskkit.errors import ConfigError, DataError, MaskkitError
-from maskkit.inference.stitching import Stitcher, counts_to_crop, crop_to_rle, uncompressed_counts
-from maskkit.inference.tiling import (
-    ArrayWindows,
-    RawWindows,
-    TiffSegmentWindows,
-    iter_tiles,
-    open_image_windows,
-    predict_tiled,
-    write_label_image,
-)
+from maskkit.inference.stitching import Stitcher
+from maskkit.inference.tiling import iter_tiles, predict_tiled, write_label_image
 from maskkit.structures import Instances, Masks, masks_iou
+from maskkit.structures.rle import counts_to_crop, crop_to_rle, uncompressed_counts
 
 H, W, TILE, OVERLAP = 900, 1100, 256, 48
 

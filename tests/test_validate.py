@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -273,12 +272,11 @@ def test_coco_file_end_to_end(tmp_path: Path) -> None:
 # -- the command: exit codes and JSON --------------------------------------------------------------
 @pytest.fixture
 def fake_loader(monkeypatch: pytest.MonkeyPatch) -> Callable[[Splits], None]:
-    """Make ``maskkit.data.splits.load_dataset`` return the given splits (reader-independent CLI tests)."""
+    """Make ``maskkit validate``'s ``load_dataset`` return the given splits (reader-independent CLI tests)."""
 
     def install(splits: Splits) -> None:
-        module = types.ModuleType("maskkit.data.splits")
-        module.load_dataset = lambda path, **kw: types.SimpleNamespace(splits=splits, names=None, root=Path(path))
-        monkeypatch.setitem(sys.modules, "maskkit.data.splits", module)
+        fake = lambda path, **kw: types.SimpleNamespace(splits=splits, names=None, root=Path(path))  # noqa: E731
+        monkeypatch.setattr("maskkit.cli.validate.load_dataset", fake)
 
     return install
 
@@ -334,7 +332,7 @@ def test_cli_exit_2_on_loader_error(fake_loader: Callable[[Splits], None], monke
     def boom(path: object, **kw: object) -> None:
         raise DataError("not valid JSON (line 1)", file=path)
 
-    monkeypatch.setattr(sys.modules["maskkit.data.splits"], "load_dataset", boom)
+    monkeypatch.setattr("maskkit.cli.validate.load_dataset", boom)
     result = _invoke("bad.json")
     assert result.exit_code == 2 and "not valid JSON" in result.output and "Traceback" not in result.output
     result = _invoke("bad.json", "--json")

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from maskkit.errors import ConfigError
+from maskkit.fileio import atomic_write_text
 
 
 class _Strict(BaseModel):
@@ -260,6 +261,4 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from maskkit.fileio import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -22,6 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from maskkit.data.splits import load_dataset
+from maskkit.data.synth import split_counts, write_splits
+from maskkit.errors import ConfigError
+from maskkit.evaluation import InstanceEvaluator, inference_on_dataset, write_outputs
+from maskkit.evaluation.results import image_loader
+from maskkit.fileio import atomic_write_png
+from maskkit.inference.visualize import caption, class_colour, draw_instances, overlay_grid
+from maskkit.models import model_info
+
 if TYPE_CHECKING:
     from maskkit.config import TrainConfig
 
@@ -133,7 +142,6 @@ def recipe_for(model: str | None = None) -> dict[str, Any]:
     name = model or DEMO_MODEL
     if name in DEMO_RECIPES:
         return copy.deepcopy(DEMO_RECIPES[name])
-    from maskkit.models import model_info
 
     family = model_info(name).family
     same = [r for n, r in DEMO_RECIPES.items() if model_info(n).family == family]
@@ -164,7 +172,7 @@ def demo_config(
 ) -> TrainConfig:
     """The resolved ``TrainConfig`` of a demo run (the recipe, or ``config``, plus the flags; ``size`` is
     the training size, as the data is generated at it)."""
-    from maskkit.engine.api import resolve_config
+    from maskkit.engine.api import resolve_config  # deferred: torch
 
     base = recipe_for(model) if config is None else copy.deepcopy(config)
     if isinstance(base, dict):  # a config file keeps --model as an override below
@@ -201,17 +209,14 @@ def run_demo(
     """Generate, train, evaluate on test and draw (see the module docstring); returns the numbers and files.
 
     ``images`` are the train + val images (:data:`DEMO_VAL_FRACTION` val); ``test_images`` come on top."""
-    from maskkit.data.synth import split_counts, write_splits
-    from maskkit.engine.api import train
-    from maskkit.inference.predictor import load
+    from maskkit.engine.api import train  # deferred: torch
+    from maskkit.inference.predictor import load  # deferred: torch
 
     start = time.perf_counter()
     out = Path(out)
     data_dir = out / "data"
     n_train, n_val, _ = split_counts(images, DEMO_VAL_FRACTION)
     if test_images < 1:
-        from maskkit.errors import ConfigError
-
         raise ConfigError(f"--test-images must be at least 1 (the demo reports the test split), got {test_images}")
     write_splits(data_dir, n_train, n_val, test_images, size=size, seed=seed)
     cfg = demo_config(data_dir / "dataset.yaml", out, config, size, epochs, minutes, model, seed, progress)
@@ -233,7 +238,7 @@ def run_demo(
 def _chosen_on(checkpoint: Path) -> dict[str, Any]:
     """The val metrics the checkpoint carries (of the validation it was saved at: val is where its thresholds
     were tuned and it was selected), as ``{"segm": {"AP": ...}, "bbox": {...}, "tuned_on": True}``."""
-    from maskkit.models.checkpoint import load_checkpoint
+    from maskkit.models.checkpoint import load_checkpoint  # deferred: torch
 
     val: dict[str, Any] = {"tuned_on": True}
     for dotted, value in (load_checkpoint(checkpoint).get("metrics") or {}).items():
@@ -246,10 +251,6 @@ def _evaluate(predictor: Any, data_yaml: Path, out: Path, overlays: int,
               val: dict[str, Any]) -> tuple[dict, dict[str, Path]]:
     """Predict the test split: COCO metrics (``val`` added under ``"val"``) and report files into ``out``, and
     the overlay grid."""
-    from maskkit.data.splits import load_dataset
-    from maskkit.evaluation import InstanceEvaluator, inference_on_dataset, write_outputs
-    from maskkit.evaluation.results import image_loader
-
     test = load_dataset(data_yaml).splits["test"]
     evaluator = InstanceEvaluator(test.categories, extras=("matching", "confusion"))
     load_image = image_loader(test)
@@ -277,9 +278,6 @@ def write_overlays(path: Path, items: list[tuple[Any, Any, Any]], names: dict[in
                    score_threshold: float = 0.5) -> Path:
     """A PNG grid: for each ``(record, image, prediction)``, ground truth beside predictions >= threshold."""
     import numpy as np
-
-    from maskkit.fileio import atomic_write_png
-    from maskkit.inference.visualize import caption, class_colour, draw_instances, overlay_grid
 
     colours = {cid: class_colour(i) for i, cid in enumerate(sorted(names))}
     panels = []

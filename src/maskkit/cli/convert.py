@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from maskkit.data.splits import DATASET_YAML, convert_dataset
+from maskkit.errors import ConfigError
+
 LAYOUTS = {"label-images": "masks", "per-instance": "dsb"}
 """``--to masks --layout``: the label-image layout, or the lossless one-PNG-per-instance layout (format ``dsb``)."""
 
@@ -25,9 +28,6 @@ def command(
     ),
 ) -> None:
     """Convert SRC to DST in another format; prints what changed (nothing is dropped silently)."""
-    from maskkit.data.splits import DATASET_YAML, convert_dataset
-    from maskkit.errors import ConfigError
-
     if layout is not None:
         if to not in ("masks", "labelimages"):
             raise ConfigError(f"--layout applies to --to masks only (got --to {to})")

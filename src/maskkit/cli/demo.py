@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from maskkit.demo import DEMO_IMAGES, DEMO_SIZE, DEMO_TEST_IMAGES
+from maskkit.demo import DEMO_IMAGES, DEMO_SIZE, DEMO_TEST_IMAGES, print_summary, run_demo
 
 
 def command(
@@ -28,8 +28,6 @@ def command(
     """Train on synthetic shapes and evaluate on a held-out test split: metrics.json, overlays.png, curves.png
     (a few CPU minutes)."""
     import logging
-
-    from maskkit.demo import print_summary, run_demo
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = run_demo(out=out, images=images, size=size, epochs=epochs, minutes=minutes, model=model, seed=seed,

@@ -19,7 +19,13 @@ from typing import Any
 
 import typer
 
+import maskkit.inference
 from maskkit.errors import ConfigError, DataError
+from maskkit.evaluation import InstanceEvaluator, inference_on_dataset
+from maskkit.evaluation.report import EvalFigures, print_report, write_outputs
+from maskkit.evaluation.results import image_loader, read_label_folders, read_results_source
+from maskkit.perf import gc_paused
+from maskkit.structures import Instances
 
 
 def command(
@@ -45,11 +51,6 @@ def command(
                                             "that resolve outside the dataset root."),
 ) -> None:
     """Evaluate instance predictions: COCO box/mask AP, matching F1/AJI, PQ, Boundary AP."""
-    from maskkit.evaluation import InstanceEvaluator, inference_on_dataset
-    from maskkit.evaluation.report import EvalFigures, print_report, write_outputs
-    from maskkit.evaluation.results import image_loader
-    from maskkit.perf import gc_paused
-
     modes = {"--gt/--pred": gt or pred, "--gt-labels/--pred-labels": gt_labels or pred_labels,
              "--model/--data": model or data}
     chosen = [k for k, v in modes.items() if v]
@@ -76,7 +77,7 @@ def command(
         stack.callback(gc.freeze)
     try:
         if chosen[0] == "--model/--data":
-            from maskkit.inference.tta import parse_scales
+            from maskkit.inference.tta import parse_scales  # deferred: torch
 
             scales = parse_scales(tta_scales)
             aset, predict, notes, contains_training = _model_source(model, data, split, tta or scales is not None,
@@ -120,8 +121,6 @@ def command(
 
 
 def _empty(rec: Any) -> Any:
-    from maskkit.structures import Instances
-
     return Instances.empty((rec.height, rec.width), with_masks=rec.instances.has("masks"))
 
 
@@ -129,7 +128,6 @@ def _results_source(gt: Path | None, pred: Path | None, allow_outside_root: bool
                     ) -> tuple[Any, Any, list[str], str]:
     if gt is None or pred is None:
         raise ConfigError("--gt and --pred go together")
-    from maskkit.evaluation.results import read_results_source
 
     return read_results_source(gt, pred, allow_outside_root)
 
@@ -137,7 +135,6 @@ def _results_source(gt: Path | None, pred: Path | None, allow_outside_root: bool
 def _label_source(gt_labels: Path | None, pred_labels: Path | None) -> tuple[Any, Any, list[str]]:
     if gt_labels is None or pred_labels is None:
         raise ConfigError("--gt-labels and --pred-labels go together")
-    from maskkit.evaluation.results import read_label_folders
 
     return read_label_folders(gt_labels, pred_labels)
 
@@ -149,14 +146,13 @@ def _model_source(model: Path | None, data: Path | None, split: str, tta: bool,
     the images may include training images (see the module docstring)."""
     if model is None or data is None:
         raise ConfigError("--model and --data go together")
-    import maskkit.inference
-    from maskkit.inference.tta import FLIPS
+    from maskkit.inference.tta import FLIPS  # deferred: torch
 
     options: dict[str, Any] = {}
     if tta:
         options = {"tta": True, "tta_scales": tta_scales, "tta_flips": FLIPS}
     predictor = maskkit.inference.Predictor(model, **options)
-    from maskkit.engine.data import images_to_score
+    from maskkit.engine.data import images_to_score  # deferred: torch
 
     kept = images_to_score(data, split, model, allow_outside_root)
     if kept.contains_training_images:

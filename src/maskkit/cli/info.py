@@ -8,6 +8,10 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from maskkit.data.plots import write_plots
+from maskkit.data.splits import load_dataset
+from maskkit.data.stats import MASK_KINDS, dataset_stats
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -20,9 +24,6 @@ def command(
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON instead of tables."),
 ) -> None:
     """Show images, instances, per-class counts, COCO size buckets and image sizes per split."""
-    from maskkit.data.splits import load_dataset
-    from maskkit.data.stats import dataset_stats
-
     ds = load_dataset(data, allow_outside_root=True)  # annotations only: no image file is read
     stats = {name: dataset_stats(aset) for name, aset in ds.splits.items()}
     if as_json:
@@ -37,8 +38,6 @@ def command(
             for note in st.notes:
                 console.print(f"[yellow]note[/yellow] ({name}): {note}", highlight=False)
     if plots is not None:
-        from maskkit.data.plots import write_plots
-
         paths = write_plots(stats, plots)
         if not as_json:
             typer.echo(f"wrote {len(paths)} plots to {plots}: " + ", ".join(p.name for p in paths))
@@ -83,8 +82,6 @@ def summary_table(stats: dict[str, DatasetStats], title: str = "dataset") -> Tab
 
 def stats_kinds(stats: dict[str, DatasetStats]) -> list[str]:
     """Mask representations present in any split (all of them if none is)."""
-    from maskkit.data.stats import MASK_KINDS
-
     present = [k for k in MASK_KINDS if any(st.mask_kinds[k] for st in stats.values())]
     return present or list(MASK_KINDS)
 

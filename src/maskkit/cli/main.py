@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from maskkit import __version__
+from maskkit.errors import MaskkitError, one_line
 
 app = typer.Typer(
     name="maskkit",
@@ -61,8 +62,6 @@ def main() -> None:
     Any other exception is a bug: one line naming it and the file holding the full traceback
     (``maskkit --debug ...`` prints the traceback instead), exit code 3.
     """
-    from maskkit.errors import MaskkitError, one_line
-
     try:
         app()
     except MaskkitError as exc:

@@ -6,6 +6,8 @@ import json
 
 import typer
 
+from maskkit.models import list_models
+
 
 def command(
     pattern: str = typer.Argument(None, help="Glob over model names, e.g. 'maskrcnn_*'."),
@@ -13,8 +15,6 @@ def command(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {name, task, family, description}."),
 ) -> None:
     """List the models `maskkit train --model` accepts."""
-    from maskkit.models import list_models
-
     infos = list_models(pattern, task)  # type: ignore[arg-type]
     if as_json:
         typer.echo(json.dumps([i.as_dict() for i in infos], indent=2))

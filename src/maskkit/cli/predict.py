@@ -14,7 +14,12 @@ from typing import Any
 
 import typer
 
+from maskkit.data.splits import load_split
 from maskkit.errors import ConfigError, DataError, MaskkitError
+from maskkit.inference.filters import FilteredPredict, parse_class_list, resolve_classes
+from maskkit.inference.sources import category_id_map, collect_sources, dataset_image_ids, sequential_ids
+from maskkit.inference.video import predict_video, video_outputs
+from maskkit.inference.writers import ImageWriter, OutputOptions, assemble_predictions, check_settings
 
 
 def command(
@@ -46,10 +51,7 @@ def command(
     tta_scales: str | None = typer.Option(None, "--tta-scales", help="TTA scales, e.g. 0.75,1,1.25 (implies --tta)."),
 ) -> None:
     """Predict instance masks on images and videos; write overlays, COCO results, label images, LabelMe JSON."""
-    from maskkit.inference.sources import collect_sources
-    from maskkit.inference.tta import parse_scales
-    from maskkit.inference.writers import OutputOptions
-
+    from maskkit.inference.tta import parse_scales  # deferred: torch
     if not 0.0 <= conf <= 1.0:
         raise ConfigError(f"--conf must be between 0 and 1, got {conf}")
     if max_det < 1:
@@ -64,11 +66,9 @@ def command(
     if not options.any():
         raise ConfigError("every output is switched off: keep --save-overlays or --save-json, or add --save-labels")
     items = collect_sources(sources, exclude=out)
-    if tile is not None:
-        _tiling()
     scales = parse_scales(tta_scales)
     predictor = _load_predictor(model, device, conf, tta or scales is not None, scales)
-    keep = _class_filter(classes, predictor.category_ids, predictor.class_names)
+    keep = resolve_classes(parse_class_list(classes), predictor.category_ids, predictor.class_names, "--classes: ")
     class_names = dict(zip(predictor.category_ids, predictor.class_names, strict=True))
     settings = {"model": str(model.resolve()), "conf": conf, "classes": sorted(keep) if keep else None,
                 "max_det": max_det, "tile": tile, "overlap": overlap if tile else None, "track_iou": track_iou,
@@ -77,21 +77,12 @@ def command(
         settings["tta"] = scales or True
     ids, categories, cat_map = (_image_ids(items, data, split, predictor, allow_outside_root) if save_json
                                 else ({}, [], {}))
-    from maskkit.inference.writers import check_settings
 
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, settings, overwrite)
-    predict = _Predict(predictor, conf, keep, max_det, tile, overlap)
+    predict = FilteredPredict(predictor, conf, keep, max_det, tile, overlap)
     counts = _run(items, predict, out, class_names, options, overwrite, video_max_gap, track_iou)
     _finish(out, items, ids, categories, cat_map, options, counts, data)
-
-
-def _tiling() -> Any:
-    try:
-        from maskkit.inference.tiling import predict_tiled
-    except ImportError as exc:
-        raise ConfigError(f"--tile needs maskkit.inference.tiling, which cannot be imported ({exc})") from None
-    return predict_tiled
 
 
 def _load_predictor(model: Path, device: str, conf: float | None, tta: bool = False,
@@ -99,8 +90,8 @@ def _load_predictor(model: Path, device: str, conf: float | None, tta: bool = Fa
     """The Predictor; a missing or foreign checkpoint becomes one DataError line."""
     if not model.exists():
         raise DataError("checkpoint not found", file=model)
-    from maskkit.inference.predictor import Predictor
-    from maskkit.inference.tta import FLIPS
+    from maskkit.inference.predictor import Predictor  # deferred: torch
+    from maskkit.inference.tta import FLIPS  # deferred: torch
 
     flips = FLIPS if tta else None
     try:
@@ -118,75 +109,13 @@ def _load_predictor(model: Path, device: str, conf: float | None, tta: bool = Fa
         raise DataError(f"not a usable maskkit checkpoint ({type(exc).__name__}: {message})", file=model) from None
 
 
-def _class_filter(spec: str | None, category_ids: list[int], class_names: list[str]) -> set[int] | None:
-    """Category ids named by ``--classes`` (names or ids)."""
-    if not spec:
-        return None
-    by_name = dict(zip(class_names, category_ids, strict=True))
-    keep = set()
-    for token in (t.strip() for t in spec.split(",")):
-        if not token:
-            continue
-        if token in by_name:
-            keep.add(by_name[token])
-        elif token.lstrip("-").isdigit() and int(token) in category_ids:
-            keep.add(int(token))
-        else:
-            known = ", ".join(f"{i}:{n}" for i, n in zip(category_ids, class_names, strict=True))
-            raise ConfigError(f"--classes: unknown class {token!r} (the model has {known})")
-    return keep
-
-
-class _Predict:
-    """``image -> Instances`` (tiled above ``tile`` px), filtered by class, best ``max_det`` first."""
-
-    def __init__(self, predictor: Any, conf: float, keep: set[int] | None, max_det: int, tile: int | None,
-                 overlap: int) -> None:
-        self.predictor, self.conf, self.keep, self.max_det = predictor, conf, keep, max_det
-        self.tile, self.overlap = tile, overlap
-
-    def _tiled(self, shape: tuple[int, ...]) -> bool:
-        return self.tile is not None and max(shape[:2]) > self.tile
-
-    def __call__(self, image: Any) -> Any:
-        if self._tiled(image.shape):
-            return self._finish(_tiling()(self.predictor, image, tile=self.tile, overlap=self.overlap))
-        return self._finish(self.predictor.predict(image))
-
-    def file(self, path: Path) -> tuple[Any, Any]:
-        """``(image or None, instances)`` of an image file; a large one is read tile by tile (image None)."""
-        from maskkit.data.images import TILED_TIFF_HINT, ImageTooLargeError, image_size, read_image
-
-        try:
-            size = image_size(path)
-        except ImageTooLargeError as exc:
-            raise exc.with_hint(TILED_TIFF_HINT) if self.tile is not None else exc from None
-        if self.tile is not None and self._tiled(size):
-            return None, self._finish(_tiling()(self.predictor, path, tile=self.tile, overlap=self.overlap))
-        image = read_image(path)
-        return image, self(image)
-
-    def _finish(self, inst: Any) -> Any:
-        import numpy as np
-
-        scores = np.asarray(inst.scores, dtype=np.float64)
-        ok = scores >= self.conf
-        if self.keep is not None:
-            ok &= np.isin(np.asarray(inst.labels), sorted(self.keep))
-        idx = np.flatnonzero(ok)
-        return inst[idx[np.argsort(-scores[idx], kind="stable")][: self.max_det]]
-
-
 def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any, allow_outside_root: bool = False
                ) -> tuple[dict[str, int], list[dict[str, Any]], dict[int, int]]:
     """Image ids, categories for images.json and the model -> dataset category map."""
-    from maskkit.inference.sources import category_id_map, dataset_image_ids, sequential_ids
-
     keys = {it.key: it.path for it in items if it.kind == "image"}
     if data is None:
         cats = [{"id": i, "name": n} for i, n in zip(predictor.category_ids, predictor.class_names, strict=True)]
         return sequential_ids(list(keys)), cats, {}
-    from maskkit.data.splits import load_split  # the same split choice as `maskkit eval --data`
 
     aset = load_split(data, split, allow_outside_root=allow_outside_root)
     ids, missing = dataset_image_ids(keys, aset)
@@ -200,14 +129,11 @@ def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any, 
     return ids, [{"id": c.id, "name": c.name} for c in aset.categories], cat_map
 
 
-def _run(items: list[Any], predict: _Predict, out: Path, class_names: dict[int, str], options: Any,
+def _run(items: list[Any], predict: Any, out: Path, class_names: dict[int, str], options: Any,
          overwrite: bool, max_gap: int, track_iou: float) -> dict[str, int]:
     """Predict every source with a progress bar; returns counts."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from maskkit.inference.video import predict_video, video_outputs
-    from maskkit.inference.writers import ImageWriter
 
     images = [it for it in items if it.kind == "image"]
     videos = [it for it in items if it.kind == "video"]
@@ -254,8 +180,6 @@ def _finish(out: Path, items: list[Any], ids: dict[str, int], categories: list[d
     typer.echo("; ".join(parts))
     keys = [it.key for it in items if it.kind == "image"]
     if options.json and keys:
-        from maskkit.inference.writers import assemble_predictions
-
         summary = assemble_predictions(out, keys, ids, categories, cat_map)
         typer.echo(f"wrote {out / 'predictions.json'}: {summary['detections']} detections on {summary['images']} "
                    f"images (ids in {out / 'images.json'})")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from maskkit.data.synth import write_synthetic
+
 
 def command(
     out: Path = typer.Argument(..., help="Output folder (COCO layout: annotations.json beside images/)."),
@@ -23,8 +25,6 @@ def command(
     workers: int = typer.Option(None, "--workers", help="Processes rendering images (default: one per CPU)."),
 ) -> None:
     """Generate textured ellipses, polygons and rings (objects with holes) with occlusion and a 10x+ scale range."""
-    from maskkit.data.synth import write_synthetic
-
     start = time.perf_counter()
     reports = write_synthetic(out, images, size, seed, val_fraction, workers=workers, test_fraction=test_fraction)
     elapsed = time.perf_counter() - start

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from maskkit.errors import ConfigError
+
 
 def command(
     config: Path | None = typer.Option(None, "--config", "-c", help="Training config YAML (see configs/)."),
@@ -34,9 +36,7 @@ def command(
 
     import yaml
 
-    from maskkit.engine.api import train
-    from maskkit.errors import ConfigError
-
+    from maskkit.engine.api import train  # deferred: torch
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = {
         "data.path": data, "model.name": model, "schedule.epochs": epochs, "data.batch_size": batch,

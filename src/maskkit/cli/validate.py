@@ -8,6 +8,10 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from maskkit.data.splits import load_dataset
+from maskkit.data.validate import ValidateOptions, validate_dataset
+from maskkit.errors import MaskkitError
+
 if TYPE_CHECKING:
     from maskkit.data.splits import DatasetSplits
 
@@ -25,8 +29,6 @@ def command(
     Exit code: 0 without errors (warnings allowed), 1 with errors, 2 when DATA cannot be read,
     3 when a check crashed (an internal error, E000).
     """
-    from maskkit.data.validate import ValidateOptions, validate_dataset
-
     ds = _load(data, as_json)
     report = validate_dataset(dict(ds.splits), ValidateOptions(hashes=not no_hash), progress=not as_json,
                               problems=getattr(ds, "problems", None))
@@ -44,9 +46,6 @@ def command(
 def _load(data: Path, as_json: bool) -> DatasetSplits:
     """The splits of DATA; a DataError reading it exits with code 2 and a one-line message (anything
     else is a reader bug: the CLI reports it as an internal error, exit 3)."""
-    from maskkit.data.splits import load_dataset
-    from maskkit.errors import MaskkitError
-
     try:
         return load_dataset(data, allow_outside_root=True)  # outside-root images are findings (E501), not fatal
     except MaskkitError as exc:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from maskkit.data.paths import check_confined
 from maskkit.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -205,8 +206,6 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
     Pillow refuses headers beyond the pixel limit (a DataError); TIFF headers of any size are read.
     """
-    from maskkit.data.paths import check_confined
-
     path = Path(path)
     check_confined(path)
     try:

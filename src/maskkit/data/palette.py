@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskkit.data.images import open_bounded
 from maskkit.errors import DataError
 from maskkit.fileio import atomic_write_bytes
 
@@ -42,8 +43,6 @@ def read_index_png(path: str | Path) -> np.ndarray:
     Palette (``P``) and grey images give their values; RGB images drawn with the VOC palette are
     mapped back to indices (a colour outside the palette is a :class:`DataError`).
     """
-    from maskkit.data.images import open_bounded
-
     path = Path(path)
     try:
         with open_bounded(path) as im:

@@ -17,19 +17,26 @@ pointing at the same source are loaded once (the later name becomes an alias), s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from maskkit.data.annotations import AnnotationSet, Category
+from maskkit.data.dataset_yaml import (
+    DATA_YAML,
+    DATASET_YAML,
+    SPLITS,
+    dataset_root,
+    load_yaml,
+    parse_names,
+    split_paths,
+    write_dataset_yaml,
+)
 from maskkit.data.formats.base import ConversionReport, detect_format, formats, read_annotations, write_annotations
-from maskkit.data.formats.yolo import load_yaml, parse_names, read_yolo, yaml_root
+from maskkit.data.formats.yolo import read_yolo
 from maskkit.data.paths import ensure_entry_inside
 from maskkit.errors import DataError
-from maskkit.fileio import atomic_write_text
 
 __all__ = [
     "DATASET_YAML",
@@ -41,8 +48,6 @@ __all__ = [
     "write_dataset_yaml",
 ]
 
-DATASET_YAML = "dataset.yaml"
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -74,39 +79,6 @@ def load_split(path: str | Path, split: str, *, allow_outside_root: bool = False
 
 
 
-def _root(yaml_path: Path, doc: dict[str, Any]) -> Path:
-    root = yaml_root(yaml_path, doc)
-    if not root.is_dir() and doc.get("path") and Path(str(doc["path"])).is_dir():
-        root = Path(str(doc["path"]))  # an Ultralytics-style path relative to where it runs
-    if not root.is_dir():
-        raise DataError(f"dataset root {root} does not exist", file=yaml_path)
-    return root
-
-
-def _split_paths(yaml_path: Path, doc: dict[str, Any]) -> dict[str, Path]:
-    root = _root(yaml_path, doc)
-    out: dict[str, Path] = {}
-    for split in SPLITS:
-        value = doc.get(split)
-        if value in (None, ""):
-            continue
-        if isinstance(value, list) and len(value) == 1:
-            value = value[0]
-        if not isinstance(value, str):
-            raise DataError(f"split {split!r} must be one path (lists of paths are not supported)", file=yaml_path)
-        path = root / value
-        if not path.exists() and value.startswith("../"):
-            path = root / value[3:]  # as Ultralytics does
-        if not path.exists():
-            raise DataError(f"split {split!r}: {path} does not exist", file=yaml_path)
-        if path.is_file() and path.suffix.lower() == ".txt":
-            raise DataError(f"split {split!r}: image-list .txt files are not supported; give a folder", file=yaml_path)
-        out[split] = path
-    if not out:
-        raise DataError("a dataset YAML needs at least one of train/val/test", file=yaml_path)
-    return out
-
-
 def dataset_yaml_for(path: str | Path) -> Path | None:
     """The dataset YAML ``path`` stands for, if any.
 
@@ -118,10 +90,10 @@ def dataset_yaml_for(path: str | Path) -> Path | None:
         return path if path.suffix.lower() in (".yaml", ".yml") else None
     if (path / DATASET_YAML).is_file():
         return path / DATASET_YAML
-    data_yaml = path / "data.yaml"
+    data_yaml = path / DATA_YAML
     if data_yaml.is_file():
         try:
-            paths = _split_paths(data_yaml, load_yaml(data_yaml))
+            paths = split_paths(data_yaml, load_yaml(data_yaml))
         except DataError:
             return None
         if len({p.resolve() for p in paths.values()}) >= 2:
@@ -164,7 +136,7 @@ def load_dataset(path: str | Path, format: str | None = None, *, allow_outside_r
     names_doc = None
     if yaml_path is not None:
         doc = load_yaml(yaml_path)
-        sources, root, names_doc = _split_paths(yaml_path, doc), _root(yaml_path, doc), doc.get("names")
+        sources, root, names_doc = split_paths(yaml_path, doc), dataset_root(yaml_path, doc), doc.get("names")
         for split, src in sources.items():
             ensure_entry_inside(src, root, f"split {split!r} entry {doc[split]!r}", yaml_path, allow_outside_root)
     elif path.is_dir() and (folders := _split_folders(path)):
@@ -207,23 +179,6 @@ def merge_categories(sets: Sequence[AnnotationSet]) -> list[Category]:
         for c in aset.categories:
             by_id.setdefault(c.id, c)
     return [by_id[i] for i in sorted(by_id)]
-
-
-def write_dataset_yaml(
-    path: str | Path, splits: Mapping[str, str], names: Sequence[str] | Mapping[int, str]
-) -> Path:
-    """Write a dataset YAML: split -> path relative to the YAML's folder, and the class names.
-
-    No ``path`` key is written: Ultralytics resolves a relative ``path`` against its own
-    datasets folder, while without it paths are relative to the YAML (here and there).
-    """
-    path = Path(path)
-    doc: dict[str, Any] = {s: str(splits[s]) for s in SPLITS if s in splits}
-    doc.update({s: str(p) for s, p in splits.items() if s not in doc})
-    doc["names"] = {int(k): str(v) for k, v in sorted(names.items())} if isinstance(names, Mapping) else list(names)
-    text = "# maskkit dataset YAML: split paths are relative to this file's folder\n"
-    atomic_write_text(path, text + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
-    return path
 
 
 def is_dataset(path: str | Path) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from maskkit.data.annotations import AnnotationSet
+from maskkit.data.formats.yolo import find_orphan_labels
 from maskkit.structures import Instances
 from maskkit.structures.boxes import box_area
 
@@ -89,7 +90,6 @@ def source_notes(aset: AnnotationSet) -> list[str]:
     """Format-specific remarks: YOLO label files that have no image (readers skip them)."""
     if aset.format != "yolo":
         return []
-    from maskkit.data.formats.yolo import find_orphan_labels
 
     orphans = find_orphan_labels(aset)
     if not orphans:

@@ -33,6 +33,8 @@ from pycocotools import mask as mask_utils
 
 from maskkit.data.annotations import AnnotationSet, Category, ImageRecord, new_instances
 from maskkit.data.formats.base import ConversionReport, write_annotations
+from maskkit.data.splits import write_dataset_yaml
+from maskkit.errors import ConfigError
 from maskkit.fileio import atomic_write_bytes
 from maskkit.structures import Instances, Masks, PolygonMask, RLEMask
 
@@ -292,8 +294,6 @@ def split_counts(num_images: int, val_fraction: float | None,
                  test_fraction: float | None = None) -> tuple[int, int, int]:
     """``(train, val, test)`` image counts of ``num_images``: ``round(num_images * fraction)`` each for val and
     test, the rest train."""
-    from maskkit.errors import ConfigError
-
     counts = []
     for flag, fraction in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
         if fraction is None:
@@ -378,7 +378,6 @@ def write_splits(out: str | Path, train: int, val: int = 0, test: int = 0, size:
         if not val and not test:
             return {"all": _write_split(out, indices["train"], size, seed, pmap)}
         reports = {name: _write_split(out / name, idx, size, seed, pmap) for name, idx in indices.items() if idx}
-    from maskkit.data.splits import write_dataset_yaml
 
     write_dataset_yaml(out / "dataset.yaml", {name: name for name in reports}, list(CLASS_NAMES))
     return reports
@@ -390,8 +389,6 @@ def _info(size: int, seed: int) -> dict[str, dict[str, str | int]]:
 
 
 def _check_args(num_images: int, size: int) -> None:
-    from maskkit.errors import ConfigError
-
     if num_images < 1:
         raise ConfigError(f"--images must be at least 1, got {num_images}")
     if size < 32:

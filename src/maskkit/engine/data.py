@@ -22,6 +22,9 @@ from torch.utils.data import DataLoader, Sampler
 
 from maskkit.config import TrainConfig
 from maskkit.data.annotations import AnnotationSet, Category, ImageRecord
+from maskkit.data.dataset import collate_fn
+from maskkit.data.images import decode_image_bytes, read_image
+from maskkit.data.splits import load_dataset, load_split, merge_categories
 from maskkit.errors import ConfigError, DataError
 
 
@@ -84,8 +87,6 @@ def _split(aset: AnnotationSet, records: list, chosen: set[int]) -> tuple[Annota
 
 def load_train_data(cfg: TrainConfig) -> TrainData:
     """Read ``cfg.data.path`` (dataset YAML or any source) into train/val sets."""
-    from maskkit.data.splits import load_dataset, merge_categories
-
     if not cfg.data.path:
         raise ConfigError("no training data: set data.path in the config or pass --data")
     ds = load_dataset(Path(cfg.data.path), allow_outside_root=cfg.data.allow_outside_root)
@@ -124,8 +125,6 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
 
 def decode_problem(aset: AnnotationSet, record: ImageRecord) -> str | None:
     """Why the record's image fails to decode as training reads it (``"file: problem"``), or ``None``."""
-    from maskkit.data.images import decode_image_bytes, read_image
-
     try:
         if record.data is not None:
             decode_image_bytes(record.data, source=record.source)
@@ -180,8 +179,6 @@ class HeldOut:
 def images_to_score(data: str | Path, split: str, model: str | Path, allow_outside_root: bool = False) -> HeldOut:
     """The images of ``data`` (its ``split``, or its only split) to score the run of ``model`` (a run folder or a
     checkpoint in one) on: :func:`held_out` of them."""
-    from maskkit.data.splits import load_split
-
     model = Path(model)
     return held_out(load_split(data, split, allow_outside_root=allow_outside_root),
                     model if model.is_dir() else model.parent)
@@ -247,7 +244,5 @@ def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
 
 def make_loader(dataset: torch.utils.data.Dataset, sampler: Sampler, workers: int, seed: int) -> DataLoader:
     """A DataLoader over ``sampler``'s batches; its own generator keeps the global RNG untouched."""
-    from maskkit.data.dataset import collate_fn
-
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,
                       generator=torch.Generator().manual_seed(seed), persistent_workers=False)

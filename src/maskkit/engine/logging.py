@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from maskkit.fileio import atomic_write_text
+from maskkit.fileio import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger("maskkit.train")
 
@@ -163,7 +163,6 @@ def plot_curves(results_csv: Path, out: Path) -> Path | None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    from maskkit.fileio import atomic_write_bytes
 
     atomic_write_bytes(path, buf.getvalue())
     return path

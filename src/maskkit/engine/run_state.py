@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
+from maskkit import __version__
+
 
 def package_versions() -> dict[str, str]:
     """Versions of the packages that decide a run's numbers."""
     import numpy
     import torchvision
-
-    from maskkit import __version__
 
     # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
     return {"maskkit": str(__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from maskkit.config import TrainConfig, save_config
+from maskkit.data.dataset import InstanceDataset
 from maskkit.engine import run_state
 from maskkit.engine.data import (
     RUN_IMAGES,
@@ -30,11 +31,16 @@ from maskkit.engine.data import (
     steps_per_epoch,
 )
 from maskkit.engine.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
+from maskkit.engine.ema import ModelEMA
+from maskkit.engine.logging import EpochProgress, RunLogger, plot_curves
 from maskkit.engine.loop import EpochState, StepContext, metric_value, train_epoch, unwrap
+from maskkit.engine.schedule import build_optimizer, build_scheduler, lr_factor
 from maskkit.engine.validation import SUMMARY_METRICS, apply_tuning, evaluate, validation_loss
 from maskkit.errors import ConfigError
 from maskkit.fileio import atomic_write_json
+from maskkit.models import model_info
 from maskkit.models.checkpoint import load_checkpoint, save_checkpoint
+from maskkit.models.factory import build_model, load_weights, resolve_device, uses_semantic_targets
 
 log = logging.getLogger("maskkit.train")
 
@@ -73,8 +79,6 @@ class _Best:
 
 def validation_metric(cfg: TrainConfig) -> str:
     """The metric picking ``best.pt``: the configured one, else mIoU for semantic models and mask AP otherwise."""
-    from maskkit.models import model_info
-
     if cfg.schedule.metric:
         return cfg.schedule.metric
     return "semantic.miou" if model_info(cfg.model.name).task == "semantic" else "segm.AP"
@@ -181,9 +185,6 @@ class _Budget:
 
 def _build_context(cfg: TrainConfig, model: nn.Module, device: torch.device, total_steps: int,
                    budget: _Budget | None = None) -> StepContext:
-    from maskkit.engine.ema import ModelEMA
-    from maskkit.engine.schedule import build_optimizer, build_scheduler, lr_factor
-
     optimizer = build_optimizer(model, cfg.optim)
     if budget is not None and budget.seconds is not None:
         # Progress is the larger of steps and elapsed time, so the schedule decays by the deadline.
@@ -203,10 +204,6 @@ def _build_context(cfg: TrainConfig, model: nn.Module, device: torch.device, tot
 
 def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
     """Train ``cfg`` (or continue the run whose ``last.pt``/folder is ``resume``); see the module docstring."""
-    from maskkit.data.dataset import InstanceDataset
-    from maskkit.engine.logging import EpochProgress, RunLogger, plot_curves
-    from maskkit.models.factory import build_model, load_weights, resolve_device, uses_semantic_targets
-
     ckpt = load_checkpoint(resume_path(resume)) if resume is not None else None
     device = resolve_device(cfg.device)
     dinfo = init_distributed(device)
@@ -344,8 +341,6 @@ class _Validator:
 
     def __init__(self, cfg: TrainConfig, aset: Any, categories: list[Any], device: torch.device, dinfo: DistInfo,
                  semantic: bool, name: str) -> None:
-        from maskkit.data.dataset import InstanceDataset
-
         self.cfg, self.categories, self.device, self.dinfo, self.name = cfg, categories, device, dinfo, name
         self.records = {r.id: r for r in aset.images}
         self.loss_ds = InstanceDataset.from_config(aset, cfg.augment, train=False, semantic=semantic)

@@ -22,8 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskkit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sums
+from maskkit.engine.distributed import DistInfo, all_gather_objects, all_reduce_sums, broadcast_object
 from maskkit.engine.loop import to_device, weighted_total
+from maskkit.evaluation import InstanceEvaluator, inference_on_dataset
+from maskkit.evaluation.report import jsonable
+from maskkit.evaluation.semantic import SemanticAccumulator
+from maskkit.models.outputs import to_instances
 from maskkit.structures.labels import IGNORE_INDEX
 
 log = logging.getLogger("maskkit.train")
@@ -74,8 +78,6 @@ class _Semantic:
     """Semantic metrics of ``sem_seg`` outputs against the GT class maps (background 0, 255 ignore)."""
 
     def __init__(self, categories: list[Any]) -> None:
-        from maskkit.evaluation.semantic import SemanticAccumulator
-
         names = ["background", *(c.name for c in categories)]
         self.acc = SemanticAccumulator(len(names), ignore_index=IGNORE_INDEX, class_names=names)
         self.used = False
@@ -102,8 +104,6 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[list, list]], records: di
     models the thresholds with the best mask AP are chosen first (``tuning`` in the result: the choice, its
     mask AP and, under ``grid``, every combination scored with its mask AP); ``split`` names the images.
     """
-    from maskkit.models.outputs import to_instances
-
     was_training = model.training
     model.eval()
     ids_cat = [c.id for c in categories]
@@ -148,8 +148,6 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[list, list]], records: di
                  grid[best], scores[best])
     metrics = _ap(preds[best], records, categories, max_dets)
     if used:
-        from maskkit.evaluation.report import jsonable
-
         metrics["semantic"] = jsonable(semantic.acc.result())
     if tuning is not None:
         metrics["tuning"] = tuning
@@ -158,8 +156,6 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[list, list]], records: di
 
 def apply_tuning(models: Iterable[nn.Module | None], metrics: dict[str, Any], dinfo: DistInfo | None = None) -> None:
     """Set the tuned thresholds (rank 0's choice) on every given model that has them."""
-    from maskkit.engine.distributed import broadcast_object
-
     chosen = (metrics.get("tuning") or {}).get("thresholds") if metrics else None
     chosen = broadcast_object(chosen, dinfo) if dinfo is not None else chosen
     if chosen:
@@ -181,8 +177,6 @@ def _gather(pairs: list[tuple[int, Any]], dinfo: DistInfo | None) -> list[tuple[
 
 def _ap(pairs: list[tuple[int, Any]], records: dict[int, Any], categories: list[Any], max_dets: int,
         iou_types: tuple[str, ...] = ("bbox", "segm")) -> dict[str, Any]:
-    from maskkit.evaluation import InstanceEvaluator, inference_on_dataset
-
     evaluator = InstanceEvaluator(categories=categories, extras=(), max_dets=[max_dets], iou_types=iou_types)
     ordered = sorted(pairs, key=lambda p: p[0])  # gathered from every rank: predicting is a lookup
     outputs = [inst for _, inst in ordered]

@@ -10,7 +10,7 @@ __all__ = ["Predictor", "load"]
 def __getattr__(name: str) -> Any:
     """Import torch only when a predictor is asked for."""
     if name in __all__:
-        from maskkit.inference import predictor
+        from maskkit.inference import predictor  # deferred: torch
 
         return getattr(predictor, name)
     raise AttributeError(f"module 'maskkit.inference' has no attribute {name!r}")

@@ -4,49 +4,22 @@ torchvision's ``paste_masks_in_image`` builds one float ``H×W`` canvas per dete
 (``N×H×W``), and the caller then thresholds and RLE-encodes every full canvas. Here each mask is
 resized exactly as torchvision does (same padding, box expansion, integer rounding and bilinear
 ``F.interpolate``), so the pixels are bit-identical, but only its box region is kept
-(:class:`MaskCrops`); RLEs are built directly from the crops (:func:`crop_to_rle`) and a dense
-``N×H×W`` array exists only when asked for (:meth:`MaskCrops.to_dense`).
+(:class:`MaskCrops`); RLEs are built directly from the crops
+(:func:`~maskkit.structures.rle.crop_to_rle`) and a dense ``N×H×W`` array exists only when asked for
+(:meth:`MaskCrops.to_dense`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as mask_utils
 
 from maskkit.models.outputs import region_ids
-
-RLE = dict[str, Any]
-
-
-def crop_to_rle(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> RLE:
-    """Compressed COCO RLE of an ``height×width`` image that is ``crop`` (bool ``h×w``) at ``(x0, y0)``, 0 elsewhere.
-
-    The crop must lie inside the image. Equal to ``mask_utils.encode`` of the pasted full mask, but
-    the work is proportional to the crop, not to the image.
-    """
-    h, w = crop.shape
-    total = height * width
-    if h == 0 or w == 0 or not crop.any():
-        counts = [total]
-    else:
-        cols = np.zeros((w, h + 2), dtype=bool)  # column-major order (COCO RLE), a 0 above and below each column
-        cols[:, 1:-1] = crop.T
-        flips = np.flatnonzero(cols[:, 1:] != cols[:, :-1])
-        col, row = np.divmod(flips, h + 1)
-        pos = (x0 + col) * height + y0 + row  # pixel index where each run starts
-        if h == height:  # a run ending at the bottom of a column may go on at the top of the next one
-            pos, n = np.unique(pos, return_counts=True)
-            pos = pos[n == 1]
-        counts = np.diff(pos, prepend=0, append=total).tolist()
-        if counts[-1] == 0:  # a run up to the last pixel: pycocotools writes no trailing empty run
-            counts.pop()
-    return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+from maskkit.structures.rle import RLE, crop_to_rle
 
 
 @dataclass
@@ -127,7 +100,7 @@ class MaskCrops:
     def to_rles(self, threshold: float = 0.5) -> list[RLE]:
         """Compressed RLEs of the thresholded masks at the full image size."""
         h, w = self.image_size
-        return [crop_to_rle(b, int(x), int(y), h, w) for b, (x, y) in zip(self.binary(threshold), self.offsets,
+        return [crop_to_rle(b, int(y), int(x), h, w) for b, (x, y) in zip(self.binary(threshold), self.offsets,
                                                                             strict=True)]
 
     def to_dense(self, threshold: float = 0.5) -> np.ndarray:

@@ -31,9 +31,13 @@ import torch
 from torch import nn
 
 from maskkit.config import TrainConfig
+from maskkit.data.dataset import convert_channels, normalise_image
+from maskkit.data.images import read_image
 from maskkit.errors import ConfigError
-from maskkit.inference import roi_align
+from maskkit.inference import roi_align, tta
+from maskkit.inference.filters import filter_instances, resolve_classes, select
 from maskkit.inference.paste import Detections, paste_masks
+from maskkit.inference.tta import make_views
 from maskkit.models.factory import model_from_checkpoint, resolve_device
 from maskkit.models.outputs import to_instances
 from maskkit.structures import Instances, Masks
@@ -118,8 +122,6 @@ class Predictor:
                max_det: int | None, mask_threshold: float, dense_masks: bool, batch_size: int, tta: bool,
                tta_scales: Sequence[float] | None, tta_flips: Sequence[str] | None, tta_iou: float,
                optimize: bool | str, threads: int | None) -> None:
-        from maskkit.inference.tta import make_views
-
         if threads:
             torch.set_num_threads(int(threads))
         self.config = config
@@ -128,7 +130,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.model: nn.Module = model.to(self.device).eval()
         self.score_threshold = score_threshold
-        self.classes = self._class_set(classes)
+        self.classes = resolve_classes(classes, self.category_ids, self.class_names)
         self.max_det = max_det
         self.mask_threshold = float(mask_threshold)
         self.dense_masks = bool(dense_masks)
@@ -143,27 +145,10 @@ class Predictor:
         if self.channels_last:
             optimize_rcnn(self.model)
 
-    def _class_set(self, classes: Sequence[int | str] | None) -> set[int] | None:
-        """Category ids of ``classes`` (ids or names)."""
-        if classes is None:
-            return None
-        by_name = dict(zip(self.class_names, self.category_ids, strict=True))
-        out = set()
-        for c in classes:
-            cid = by_name.get(c) if isinstance(c, str) else int(c)
-            if cid is None or cid not in self.category_ids:
-                known = ", ".join(f"{i}:{n}" for i, n in zip(self.category_ids, self.class_names, strict=True))
-                raise ConfigError(f"unknown class {c!r}; the model's classes are {known}")
-            out.add(cid)
-        return out
-
     # -- inputs -----------------------------------------------------------------------------------
     def _tensor(self, image: ImageLike) -> torch.Tensor:
         if isinstance(image, torch.Tensor):
             return image.float()
-        from maskkit.data.dataset import convert_channels, normalise_image
-        from maskkit.data.images import read_image
-
         array = read_image(Path(image)) if isinstance(image, str | Path) else np.asarray(image)
         if array.ndim == 2:
             array = array[:, :, None]
@@ -209,8 +194,6 @@ class Predictor:
                 for o, x in zip(outs, batch, strict=True)]
 
     def _predict_tta(self, x: torch.Tensor, thr: float | None) -> Instances:
-        from maskkit.inference import tta
-
         assert self.views is not None
         if not self.fast and tta.has_raw_outputs(self.model):
 
@@ -238,14 +221,7 @@ class Predictor:
 
     def _to_instances(self, det: Detections, thr: float | None) -> Instances:
         """Filtered detections as Instances with category ids and RLE (or dense) masks."""
-        keep = np.ones(len(det), bool) if thr is None else det.scores >= thr
-        labels = self._keep_labels()
-        if labels is not None:
-            keep &= np.isin(det.labels, labels)
-        idx = np.flatnonzero(keep)
-        if self.max_det is not None:
-            idx = idx[np.argsort(-det.scores[idx], kind="stable")][: self.max_det]
-        det = det.take(idx)
+        det = det.take(select(det.scores, det.labels, thr, self._keep_labels(), self.max_det))
         h, w = det.image_size
         ids = np.asarray(self.category_ids, np.int64)
         masks: Any = (det.masks.to_dense(self.mask_threshold) if self.dense_masks
@@ -255,13 +231,7 @@ class Predictor:
 
     def _filter(self, inst: Instances, thr: float | None) -> Instances:
         """Score/class/count filters of Instances from the generic path (and dense masks on request)."""
-        keep = np.ones(len(inst), bool) if thr is None else np.asarray(inst.scores) >= thr
-        if self.classes is not None:
-            keep &= np.isin(np.asarray(inst.labels), sorted(self.classes))
-        idx = np.flatnonzero(keep)
-        if self.max_det is not None:
-            idx = idx[np.argsort(-np.asarray(inst.scores)[idx], kind="stable")][: self.max_det]
-        inst = inst[idx]
+        inst = filter_instances(inst, thr, self.classes, self.max_det)
         if self.dense_masks and inst.has("masks"):
             inst.masks = inst.masks.to_bitmaps()
         return inst

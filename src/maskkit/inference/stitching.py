@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -46,6 +46,7 @@ from pycocotools import mask as mask_utils
 from maskkit.errors import MaskkitError
 from maskkit.structures import RLE, Instances, Masks
 from maskkit.structures.masks import BitMask
+from maskkit.structures.rle import counts_to_crop, crop_to_rle, uncompressed_counts
 
 
 class TileLike(Protocol):
@@ -57,77 +58,6 @@ class TileLike(Protocol):
     y1: int
     x1: int
     core: tuple[int, int, int, int]
-
-
-# -- RLE <-> crop helpers (never a full-size dense array) ---------------------------------------------
-def crop_to_rle(crop: np.ndarray, y0: int, x0: int, height: int, width: int) -> RLE:
-    """Compressed full-image COCO RLE of a boolean ``crop`` placed at ``(y0, x0)`` in a ``height×width`` image.
-
-    Cost grows with the crop's area and its number of runs, not with the image size.
-    """
-    h, w = crop.shape
-    total = height * width
-    if crop.size == 0 or not crop.any():
-        return mask_utils.frPyObjects({"size": [height, width], "counts": [total]}, height, width)
-    padded = np.zeros((w, h + 2), dtype=np.int8)  # column-major runs: one row per image column
-    padded[:, 1:-1] = crop.T
-    d = np.diff(padded, axis=1)
-    sc, sr = np.nonzero(d == 1)
-    ec, er = np.nonzero(d == -1)
-    starts = (sc.astype(np.int64) + x0) * height + sr + y0
-    ends = (ec.astype(np.int64) + x0) * height + er + y0
-    if h == height:  # runs that fill a column continue into the next one
-        join = ends[:-1] == starts[1:]
-        if join.any():
-            starts = starts[np.concatenate(([True], ~join))]
-            ends = ends[np.concatenate((~join, [True]))]
-    counts = np.empty(2 * len(starts) + 1, dtype=np.int64)
-    counts[0] = starts[0]
-    counts[2:-1:2] = starts[1:] - ends[:-1]
-    counts[1::2] = ends - starts
-    counts[-1] = total - ends[-1]
-    if counts[-1] == 0:
-        counts = counts[:-1]
-    return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
-
-
-def counts_to_crop(counts: Sequence[int] | np.ndarray, height: int, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Boolean crop ``box = (y0, x0, y1, x1)`` of an uncompressed RLE of an image ``height`` pixels tall.
-
-    Works on the runs only: cost grows with the runs and the crop area, not with the image size.
-    """
-    y0, x0, y1, x1 = box
-    h, w = y1 - y0, x1 - x0
-    bounds = np.cumsum(np.asarray(counts, dtype=np.int64))
-    ends = bounds[1::2]
-    starts = bounds[0::2][: len(ends)]
-    first, last = starts // height, (ends - 1) // height
-    if len(starts) and (first == last).all() and (ends > starts).all():  # no run crosses a column (small masks)
-        col, r0, r1 = first, starts - first * height - y0, ends - first * height - y0
-    else:
-        keep = ends > starts
-        starts, ends, first, last = starts[keep], ends[keep], first[keep], last[keep]
-        n = last - first + 1  # a run spanning columns is split into one segment per column
-        seg_run = np.repeat(np.arange(len(starts)), n)
-        col = first[seg_run] + np.arange(len(seg_run)) - np.repeat(np.cumsum(n) - n, n)
-        r0 = np.maximum(starts[seg_run], col * height) - col * height - y0
-        r1 = np.minimum(ends[seg_run], (col + 1) * height) - col * height - y0
-    if len(col) and (r0.min() < 0 or r1.max() > h or col.min() < x0 or col.max() >= x1):  # clip to the box
-        r0, r1 = np.maximum(r0, 0), np.minimum(r1, h)
-        sel = (col >= x0) & (col < x1) & (r1 > r0)
-        col, r0, r1 = col[sel], r0[sel], r1[sel]
-    base = (col - x0) * h
-    marks = np.zeros(w * h + 1, dtype=np.int8)
-    marks[base + r0] = 1  # starts are unique, and so are ends; an end meeting the next start cancels it
-    marks[base + r1] -= 1
-    return np.cumsum(marks[:-1], dtype=np.int8).reshape(w, h).T.astype(bool)
-
-
-def uncompressed_counts(rles: Sequence[RLE]) -> list[Any]:
-    """Uncompressed run lengths of compressed RLEs (faster-coco-eval's C++ decoder)."""
-    from faster_coco_eval import mask_api_new_cpp as fast_mask
-
-    return [r["counts"] for r in fast_mask.toUncompressedRLE(list(rles))] if rles else []
 
 
 def mask_crops(masks: Masks) -> list[tuple[int, int, np.ndarray] | None]:

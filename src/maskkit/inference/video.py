@@ -16,7 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from maskkit.data.images import check_pixels
 from maskkit.errors import DataError
+from maskkit.fileio import atomic_write_json
+from maskkit.inference.tracking import MaskTracker
+from maskkit.inference.visualize import class_colour, draw_instances
 from maskkit.structures import Instances
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
@@ -73,8 +77,6 @@ class VideoReader:
 
     def _check_size(self) -> None:
         """Frames beyond the whole-image pixel limit (from the stream header) are refused before decoding."""
-        from maskkit.data.images import check_pixels
-
         try:
             check_pixels(self.height, self.width, self.path)
         except DataError:
@@ -237,8 +239,6 @@ def video_outputs(out: Path, key: str) -> dict[str, Path]:
 def draw_tracked(frame: np.ndarray, instances: Instances, track_ids: np.ndarray, class_names: dict[int, str],
                  scale: float | None = None) -> np.ndarray:
     """``frame`` with each instance drawn in its track's colour and labelled ``class #id score``."""
-    from maskkit.inference.visualize import class_colour, draw_instances
-
     shown = instances[np.arange(len(instances))]
     shown.labels = np.asarray(track_ids, dtype=np.int64)
     names = {int(t): f"{class_names.get(int(lab), str(int(lab)))} #{int(t)}"
@@ -266,9 +266,6 @@ def predict_video(
     The tracks JSON holds the video's ``fps``, size, frame count, class names and, per track,
     ``id``, ``category_id``, ``class``, ``frames``, ``boxes`` (XYXY) and ``scores``.
     """
-    from maskkit.fileio import atomic_write_json
-    from maskkit.inference.tracking import MaskTracker
-
     paths = video_outputs(out, key)
     tracker = MaskTracker(iou_threshold=iou_threshold, max_gap=max_gap)
     count = 0

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from maskkit.data.images import to_rgb_uint8
 from maskkit.structures import Instances
 
 # Distinct, saturated colours (RGB): one per class, in category order.
@@ -63,8 +64,6 @@ def draw_instances(
     A ``scores`` field adds the score to each label.
     """
     import cv2
-
-    from maskkit.data.images import to_rgb_uint8
 
     rgb = to_rgb_uint8(np.asarray(image))
     if rgb.ndim == 2:

@@ -32,9 +32,15 @@ from typing import Any
 
 import numpy as np
 
+from maskkit.data.formats.labelme import VERSION
+from maskkit.data.formats.polygonize import mask_to_polygons
+from maskkit.data.images import read_image
 from maskkit.errors import ConfigError, DataError
+from maskkit.evaluation.results import instances_to_results
 from maskkit.fileio import atomic_write_bytes, atomic_write_json, atomic_write_png, atomic_write_text
-from maskkit.structures import Instances
+from maskkit.inference.tiling import write_label_image as write_tiff
+from maskkit.inference.visualize import draw_instances
+from maskkit.structures import Instances, Masks
 
 SETTINGS_FILE = "predict_settings.json"
 PNG_MAX_INSTANCES = 65535
@@ -102,8 +108,6 @@ def write_overlay(path: Path, image: np.ndarray, instances: Instances, class_nam
     """
     import cv2
 
-    from maskkit.inference.visualize import draw_instances
-
     long_side = max(image.shape[:2])
     scale = OVERLAY_MAX_SIDE / long_side if long_side > OVERLAY_MAX_SIDE else None
     canvas = draw_instances(image, instances, class_names=class_names, scale=scale)
@@ -115,8 +119,6 @@ def write_overlay(path: Path, image: np.ndarray, instances: Instances, class_nam
 
 def write_result(path: Path, source: Path, key: str, instances: Instances) -> None:
     """``results/K.json``: the image's path, size and detections (COCO results entries without ``image_id``)."""
-    from maskkit.evaluation.results import instances_to_results
-
     dets = instances_to_results(0, instances)
     for d in dets:
         del d["image_id"]
@@ -135,16 +137,12 @@ def write_label_image(path: Path, instances: Instances) -> Path:
     h, w = instances.image_size
     png, tif = path.with_suffix(".png"), path.with_suffix(".tif")
     if n > PNG_MAX_INSTANCES or h * w > PNG_MAX_PIXELS:
-        from maskkit.inference.tiling import write_label_image as write_tiff
-
         write_tiff(instances, tif)
         png.unlink(missing_ok=True)
         return tif
-    from maskkit.data.formats.labelimages import render_label_image
-
     scores = np.asarray(instances.get("scores", np.zeros(n)), dtype=np.float64)
     order = np.lexsort((-np.arange(n), scores)).tolist()  # low scores first: the best is painted last, on top
-    label = render_label_image(instances.masks, order) if n else np.zeros((h, w), np.int32)
+    label = instances.masks.label_image(order) if n else np.zeros((h, w), np.int32)
     atomic_write_png(png, label.astype(np.uint16), fsync=False)
     tif.unlink(missing_ok=True)
     return png
@@ -153,8 +151,6 @@ def write_label_image(path: Path, instances: Instances) -> Path:
 def mask_polygons(bitmap: np.ndarray, tolerance: float = 1.0) -> list[np.ndarray]:
     """Outer boundaries of a mask as ``(K, 2)`` x, y polygons (holes dropped), simplified to ``tolerance`` px."""
     import cv2
-
-    from maskkit.data.formats.polygonize import mask_to_polygons
 
     out = []
     for ring in mask_to_polygons(bitmap, holes=False):
@@ -168,8 +164,6 @@ def mask_polygons(bitmap: np.ndarray, tolerance: float = 1.0) -> list[np.ndarray
 def labelme_document(instances: Instances, class_names: Mapping[int, str], image_path: str,
                      tolerance: float = 1.0) -> dict[str, Any]:
     """A LabelMe 5 JSON document of predicted ``instances`` (see the module docstring)."""
-    from maskkit.data.formats.labelme import VERSION
-
     n = len(instances)
     scores = np.asarray(instances.get("scores", np.ones(n)), dtype=np.float64)
     shapes = []
@@ -197,6 +191,16 @@ def write_labelme_labels(folder: Path, class_names: Sequence[str]) -> None:
     atomic_write_text(folder / "labels.txt", "\n".join(["__ignore__", "_background_", *class_names]) + "\n")
 
 
+def with_bitmaps(instances: Instances) -> Instances:
+    """A copy of ``instances`` whose RLE masks are decoded to bitmaps once (for several bitmap consumers)."""
+    masks = instances.get("masks")
+    if not isinstance(masks, Masks):
+        return instances
+    out = instances[np.arange(len(instances))]
+    out.masks = masks.decoded()
+    return out
+
+
 class ImageWriter:
     """Write the selected outputs of each predicted image into ``out`` (see the module docstring)."""
 
@@ -218,10 +222,10 @@ class ImageWriter:
         ``image`` may be ``None`` (a tiled prediction from the file): it is read only for the overlay.
         """
         paths = output_paths(self.out, key, self.options)
+        if "overlays" in paths and "labelme" in paths:  # both draw every mask as a bitmap: decode them once
+            instances = with_bitmaps(instances)
         if "overlays" in paths:
             if image is None:
-                from maskkit.data.images import read_image
-
                 image = read_image(source)
             write_overlay(paths["overlays"], image, instances, self.class_names)
         if "labels" in paths:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from maskkit.data.formats.labelimages import label_image_to_rles
 from maskkit.structures import Instances, Masks
+from maskkit.structures.rle import label_image_to_rles
 
 
 def masks_to_rles(probs: torch.Tensor, threshold: float = 0.5) -> list[dict[str, Any]]:

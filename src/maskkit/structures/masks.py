@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-RLE = dict[str, Any]
-"""A COCO RLE dict: ``{"size": [h, w], "counts": bytes | str | list[int]}``."""
+from maskkit.structures.rle import RLE, empty_rle, encode_bitmap, rle_areas, rles_to_label_image
 
 
 def _as_parts(parts: Iterable[Any]) -> list[np.ndarray]:
@@ -73,7 +72,7 @@ class PolygonMask:
         limit = 8 * max(self.height, self.width, 1) + 64
         parts = [np.clip(p, -limit, limit).reshape(-1).tolist() for p in self.valid_parts()]
         if not parts:
-            return _empty_rle(self.height, self.width)
+            return empty_rle(self.height, self.width)
         # A flat list of exactly 4 numbers would be read as a box by frPyObjects; valid parts have >= 6.
         rles = mask_utils.frPyObjects(parts, self.height, self.width)
         return mask_utils.merge(rles) if len(rles) > 1 else rles[0]
@@ -126,14 +125,10 @@ class BitMask:
         return int(self.array.shape[1])
 
     def to_rle(self) -> RLE:
-        return mask_utils.encode(np.asfortranarray(self.array, dtype=np.uint8))
+        return encode_bitmap(self.array)
 
 
 MaskItem = PolygonMask | RLEMask | BitMask
-
-
-def _empty_rle(height: int, width: int) -> RLE:
-    return mask_utils.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
 
 
 def rle_to_string(rle: RLE) -> RLE:
@@ -242,11 +237,20 @@ class Masks(Sequence[MaskItem]):
 
     def areas(self) -> np.ndarray:
         """Pixel areas (float64) of all instances."""
-        if not len(self):
-            return np.zeros(0, dtype=np.float64)
-        rles = self.to_rles()
-        # pycocotools' area() raises OverflowError for more than 255 RLEs under NumPy 2: call it in chunks.
-        return np.concatenate([mask_utils.area(rles[i:i + 255]) for i in range(0, len(rles), 255)]).astype(np.float64)
+        return rle_areas(self.to_rles())
+
+    def label_image(self, order: Sequence[int]) -> np.ndarray:
+        """``H×W`` int32 image of instance index + 1, painting ``order`` in turn (later wins); from the RLEs."""
+        return rles_to_label_image([self.rle(i) for i in order], [i + 1 for i in order], self.height, self.width)
+
+    def decoded(self) -> Masks:
+        """The same masks as dense :class:`BitMask` items (each decoded once here), RLEs cached so far kept.
+
+        For consumers that need every mask as a bitmap several times; memory grows with N×H×W.
+        """
+        out = Masks([BitMask(self.bitmap(i)) for i in range(len(self))], self.height, self.width)
+        out._rle_cache = list(self._rle_cache)
+        return out
 
     def boxes(self) -> np.ndarray:
         """Tight XYXY boxes of the mask pixels (``(N, 4)`` float32; empty masks give zeros)."""

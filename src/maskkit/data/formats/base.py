@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maskkit.data.annotations import AnnotationSet
+from maskkit.data.paths import confined, dataset_root, ensure_inside_root
 from maskkit.errors import DataError
 
 
@@ -22,6 +23,11 @@ class ConversionReport:
     changes: Counter[str] = field(default_factory=Counter)
     """Reason -> number of instances changed for that reason (e.g. ``"hole filled"``)."""
     notes: list[str] = field(default_factory=list)
+
+    def note(self, count: int, text: str) -> None:
+        """Add ``text`` to the notes when ``count`` (of what it tells about) is nonzero."""
+        if count:
+            self.notes.append(text)
 
     def change(self, reason: str, count: int = 1) -> None:
         self.changes[reason] += count
@@ -115,8 +121,6 @@ def read_annotations(
     is a DataError unless ``allow_outside_root``; then the set is returned with ``aset.root`` set
     so that ``validate`` can report such images. ``reader`` replaces the format's reader.
     """
-    from maskkit.data.paths import confined, dataset_root, ensure_inside_root
-
     path = Path(path)
     name = format or detect_format(path)
     spec = formats().get(name)
@@ -157,7 +161,7 @@ def _load_builtin() -> None:
     _LOADED = True
     import importlib
 
-    for mod in ("coco", "yolo", "labelme", "voc", "dsb", "labelimages"):
+    for mod in ("coco", "yolo", "labelme", "voc", "labelimg", "dsb", "labelimages"):
         try:
             importlib.import_module(f"maskkit.data.formats.{mod}")
         except ModuleNotFoundError as exc:  # a format module not written yet

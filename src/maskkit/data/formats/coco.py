@@ -486,8 +486,7 @@ def _write(aset: AnnotationSet, dst: Path) -> ConversionReport:
                 ann.update({k: v for k, v in extra.items() if k not in ann and k != "invalid_segmentation"})
             annotations.append(ann)
         row += n
-    if unknown:
-        report.notes.append(f"{unknown} annotation(s) use category ids not in the category list (kept)")
+    report.note(unknown, f"{unknown} annotation(s) use category ids not in the category list (kept)")
     categories = [
         {"id": c.id, "name": c.name, "supercategory": c.supercategory}
         | {k: v for k, v in c.extra.items() if k not in _CORE_CAT}

@@ -33,13 +33,13 @@ from maskkit.data.formats.maskfiles import (
     load_class_map,
     note_polygons,
     read_label_array,
-    transposed,
     write_class_map,
 )
 from maskkit.data.images import image_size, is_image_file
 from maskkit.errors import DataError
 from maskkit.fileio import atomic_write_png
 from maskkit.structures import Masks
+from maskkit.structures.rle import transposed
 
 DEFAULT_CLASS = "nucleus"
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import glob
 import io
-import itertools
 import os
-from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -40,68 +38,15 @@ from maskkit.data.formats.maskfiles import (
     load_class_map,
     note_polygons,
     read_label_array,
-    transposed,
     write_class_map,
 )
 from maskkit.data.images import image_size, is_image_file
 from maskkit.errors import DataError
 from maskkit.fileio import atomic_write_bytes
 from maskkit.structures import Masks
+from maskkit.structures.rle import label_image_to_rles
 
 LABEL_DIRS = ("labels", "masks")
-
-
-def label_image_to_rles(labels: np.ndarray) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Compressed RLEs of every instance of a label image (0 = background), in id order.
-
-    One pass over the column-major runs of the image: runs are grouped by id and turned into
-    COCO uncompressed counts, which pycocotools compresses. Cost grows with pixels + runs, not
-    pixels × instances.
-    """
-    from pycocotools import mask as mask_utils
-
-    h, w = labels.shape
-    flat = transposed(labels).reshape(-1)  # COCO RLE runs column by column
-    if flat.size == 0:
-        return [], np.zeros(0, dtype=np.int64)
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    starts = np.concatenate(([0], change))
-    ends = np.concatenate((change, [flat.size]))
-    values = flat[starts]
-    fg = values != 0
-    order = np.argsort(values[fg], kind="stable")  # runs of one id stay in image order
-    starts, ends, values = starts[fg][order], ends[fg][order], values[fg][order]
-    ids, first = np.unique(values, return_index=True)
-    prev_end = np.roll(ends, 1)
-    prev_end[first] = 0
-    counts = np.empty(2 * len(starts), dtype=np.int64)
-    counts[0::2] = starts - prev_end
-    counts[1::2] = ends - starts
-    bounds = np.append(first, len(starts))
-    objs = []
-    for a, b in itertools.pairwise(bounds):
-        c, tail = counts[2 * a:2 * b], flat.size - ends[b - 1]
-        objs.append({"size": [h, w], "counts": np.append(c, tail) if tail else c})
-    rles = mask_utils.frPyObjects(objs, h, w) if objs else []
-    return rles, ids.astype(np.int64)
-
-
-def render_label_image(masks: Masks, order: Sequence[int]) -> np.ndarray:
-    """``H×W`` int32 image of instance index + 1, painting ``order`` in turn (later wins)."""
-    from faster_coco_eval import mask_api_new_cpp as fast_mask
-
-    h, w = masks.height, masks.width
-    canvas = np.zeros(h * w, dtype=np.int32)  # column-major, like RLE
-    order = list(order)
-    uncompressed = fast_mask.toUncompressedRLE([masks.rle(i) for i in order]) if order else []
-    for i, rle in zip(order, uncompressed, strict=True):
-        bounds = np.cumsum(np.asarray(rle["counts"], dtype=np.int64))
-        ends = bounds[1::2]
-        starts = bounds[0::2][: len(ends)]
-        lengths = ends - starts
-        offsets = np.cumsum(lengths) - lengths  # flat pixel index of every foreground pixel, run by run
-        canvas[np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))] = i + 1
-    return canvas.reshape(w, h).T
 
 
 # -- the label-image layout -------------------------------------------------------------------------
@@ -149,6 +94,18 @@ def _label_dir(root: Path, probe: int = 20) -> Path | None:
     return None
 
 
+def _by_key(folder: Path, clash: str) -> dict[str, Path]:
+    """The image files below ``folder`` by key; DataError ``clash`` (formatted with ``key`` and both names)
+    when two share a key."""
+    out: dict[str, Path] = {}
+    for p in _files(folder):
+        key = _key(p, folder)
+        if key in out:
+            raise DataError(clash.format(out[key].name, p.name, key=key), file=p.parent)
+        out[key] = p
+    return out
+
+
 def detect_label_images(path: Path) -> bool:
     """A folder with ``images/`` and ``labels/`` (or ``masks/``) holding label images named like the images."""
     return path.is_dir() and _label_dir(path) is not None
@@ -173,19 +130,9 @@ def read_label_images(path: str | Path, names: Names = None) -> AnnotationSet:
     if not img_dir.is_dir() or lbl_dir is None:
         raise DataError("expected an images/ folder beside a labels/ (or masks/) folder", file=root)
     cmap = load_class_map(root, "object", names)
-    labels: dict[str, Path] = {}
-    for p in _files(lbl_dir):
-        key = _key(p, lbl_dir)
-        if key in labels:
-            raise DataError(f"two label images for one image: {labels[key].name} and {p.name}", file=p.parent)
-        labels[key] = p
+    labels = _by_key(lbl_dir, "two label images for one image: {} and {}")
     records: list[ImageRecord] = []
-    seen: dict[str, Path] = {}
-    for img in _files(img_dir):
-        key = _key(img, img_dir)
-        if key in seen:
-            raise DataError(f"two images share the name {key!r}: {seen[key].name} and {img.name}", file=img.parent)
-        seen[key] = img
+    for key, img in _by_key(img_dir, "two images share the name {key!r}: {} and {}").items():
         h, w = image_size(img)
         lbl = labels.pop(key, None)
         records.append(_record(cmap, key, img.relative_to(img_dir).as_posix(), lbl, (h, w), len(records) + 1))
@@ -271,7 +218,7 @@ def write_label_images(aset: AnnotationSet, dst: str | Path, layout: str = "labe
             if empty:
                 report.change("empty mask not written", len(empty))
             todo = sorted((i for i in todo if areas[i] > 0), key=lambda i: -areas[i])  # smaller ones on top
-            index = render_label_image(masks, todo)
+            index = masks.label_image(todo)
             written = np.bincount(index.reshape(-1), minlength=len(inst) + 1)[1:]
             hidden = sum(1 for i in todo if written[i] == 0)
             clipped = sum(1 for i in todo if 0 < written[i] < areas[i])

@@ -45,7 +45,7 @@ from maskkit.data.annotations import AnnotationSet, Category, ImageRecord, new_i
 from maskkit.data.copyimages import place_images, sniff_image_suffix
 from maskkit.data.formats.base import ConversionReport, register_format
 from maskkit.data.formats.polygonize import has_mask
-from maskkit.data.images import is_image_file
+from maskkit.data.images import image_size, is_image_file, open_bounded
 from maskkit.errors import DataError
 from maskkit.fileio import atomic_write_json, atomic_write_text
 from maskkit.structures import Masks
@@ -123,11 +123,11 @@ def circle_polygon(points: np.ndarray) -> np.ndarray:
 
 def _decode_mask_shape(shape: dict[str, Any], pts: np.ndarray, h: int, w: int, jf: Path, index: int) -> np.ndarray:
     """Full-size bool mask of a ``mask`` shape (base64 PNG of the region between its 2 points)."""
-    from maskkit.data.images import open_bounded
-
     where = {"file": jf, "annotation": f"shape {index}"}
     if len(pts) != 2 or not isinstance(shape.get("mask"), str):
         raise DataError("a mask shape needs 2 points and a base64 PNG 'mask'", **where)
+    if not (np.isfinite(pts).all() and np.abs(pts).max() < 2**31):
+        raise DataError("mask shape points must be finite pixel coordinates", **where)
     try:
         with open_bounded(io.BytesIO(base64.b64decode(shape["mask"], validate=False)), jf) as im:
             crop = np.array(im).astype(bool)
@@ -184,8 +184,6 @@ def _load_json(jf: Path) -> Any:
 
 def _image_source(doc: dict[str, Any], jf: Path, root: Path) -> tuple[str, bytes | None, tuple[int, int] | None]:
     """``(file_name relative to root, embedded bytes or None, (h, w) from the image or None)``."""
-    from maskkit.data.images import open_bounded
-
     rel = str(doc.get("imagePath") or "").replace("\\", "/")
     candidate = jf.parent / rel if rel else None
     if candidate is not None and candidate.is_file() and is_image_file(candidate):
@@ -233,8 +231,6 @@ def _read_file(doc: dict[str, Any], jf: Path, root: Path
     h, w = doc.get("imageHeight"), doc.get("imageWidth")
     if not isinstance(h, int) or not isinstance(w, int):
         if size is None:
-            from maskkit.data.images import image_size
-
             size = image_size(root / file_name)
         h, w = size
     groups: dict[Any, list[int]] = {}
@@ -485,12 +481,9 @@ def write(aset: AnnotationSet, dst: Path) -> ConversionReport:
         report.images += 1
         report.instances += n
     voids = sum(1 for r in aset.images if r.extra.get("voc_void") or r.extra.get("voc_class_void"))
-    if voids:
-        report.notes.append(f"{voids} image(s) have a VOC void region, which LabelMe cannot hold (not written)")
-    if box_moved:
-        report.notes.append(f"{box_moved} box(es) differ from their mask's extent by > 1 px: not stored in LabelMe")
-    if box_only:
-        report.notes.append(f"{box_only} box-only instance(s) written as rectangle shapes (read back with a box mask)")
+    report.note(voids, f"{voids} image(s) have a VOC void region, which LabelMe cannot hold (not written)")
+    report.note(box_moved, f"{box_moved} box(es) differ from their mask's extent by > 1 px: not stored in LabelMe")
+    report.note(box_only, f"{box_only} box-only instance(s) written as rectangle shapes (read back with a box mask)")
     # labels.txt as LabelMe's own tools expect it (``__ignore__``, ``_background_``, classes): fixes the ids
     regular = [c for c in aset.categories if not is_special_label(c.name)]
     special = [c for c in aset.categories if is_special_label(c.name)]

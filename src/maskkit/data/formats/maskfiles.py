@@ -32,6 +32,7 @@ import numpy as np
 
 from maskkit.data.annotations import AnnotationSet, Category, ImageRecord
 from maskkit.data.formats.base import ConversionReport
+from maskkit.data.images import open_bounded, read_image
 from maskkit.errors import DataError
 from maskkit.fileio import atomic_write_json
 from maskkit.structures import Masks
@@ -182,8 +183,6 @@ def image_entry(record: ImageRecord, default_id: int) -> dict[str, Any] | None:
 # -- label arrays <-> RLE ---------------------------------------------------------------------------
 def read_label_array(path: Path) -> np.ndarray:
     """A single-channel integer ``H×W`` array from a label PNG/TIFF (DataError otherwise)."""
-    from maskkit.data.images import open_bounded, read_image
-
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             arr = read_image(path)  # H×W×1 for a label TIFF (pixel limit checked first)
@@ -212,15 +211,6 @@ def read_label_array(path: Path) -> np.ndarray:
     return arr
 
 
-def transposed(arr: np.ndarray) -> np.ndarray:
-    """C-contiguous transpose of a 2-D array (OpenCV's is several times faster than NumPy's copy)."""
-    if arr.dtype in (np.uint8, np.uint16, np.int16, np.int32):
-        import cv2
-
-        return cv2.transpose(np.ascontiguousarray(arr))
-    return np.ascontiguousarray(arr.T)
-
-
 def drawable(record: ImageRecord, report: ConversionReport) -> tuple[Masks | None, list[int]]:
     """The record's masks and the indices of the instances that can be written as pixels."""
     inst = record.instances
@@ -238,5 +228,4 @@ def drawable(record: ImageRecord, report: ConversionReport) -> tuple[Masks | Non
 def note_polygons(aset: AnnotationSet, report: ConversionReport) -> None:
     """Note (once) how many polygon masks were rasterised: same pixels as COCO's, vertices not kept."""
     n = sum(r.instances.masks.kinds().count("polygon") for r in aset.images if r.instances.has("masks"))
-    if n:
-        report.notes.append(f"{n} polygon mask(s) rasterised to pixels")
+    report.note(n, f"{n} polygon mask(s) rasterised to pixels")

@@ -1,4 +1,4 @@
-"""Pascal VOC (instance segmentation and detection) and LabelImg XML (read-only, boxes).
+"""Pascal VOC (instance segmentation and detection); LabelImg's XML folders are :mod:`.labelimg`.
 
 VOC root layout (format ``voc``)::
 
@@ -19,9 +19,6 @@ so that the writer can put it back. XML fields (``pose``, ``truncated``, ``diffi
 ``extras["voc"]``. XML boxes are 1-based inclusive pixel indices: ``xyxy = (xmin - 1, ymin - 1,
 xmax, ymax)``.
 
-LabelImg (format ``labelimg``, read-only): a folder of VOC XML files next to the images (found by
-``filename``, then ``path``, then the XML's stem): box-only instances.
-
 The writer paints instances largest first into one label per pixel (so small objects in front of big
 ones survive); index ``k`` is still the k-th written instance in the original order. VOC cannot hold
 overlaps nor more than 254 instances per image: every instance that loses pixels to an overlapping
@@ -31,97 +28,59 @@ void (255).
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from maskkit.data.annotations import AnnotationSet, Category, ImageRecord, new_instances
+from maskkit.data.annotations import AnnotationSet, ImageRecord, new_instances
 from maskkit.data.copyimages import dest_names, place_images
 from maskkit.data.formats.base import ConversionReport, register_format
 from maskkit.data.formats.polygonize import has_mask
-from maskkit.data.formats.vocxml import build_xml, parse_xml, xml_extra
-from maskkit.data.images import image_size, is_image_file
+from maskkit.data.formats.vocxml import (
+    XmlCategories,
+    box_instances,
+    build_xml,
+    class_list,
+    parse_xml,
+    read_text,
+    xml_extra,
+    xml_size,
+)
+from maskkit.data.images import is_image_file
 from maskkit.data.palette import read_index_png, write_index_png
 from maskkit.errors import DataError
 from maskkit.fileio import atomic_write_text
-from maskkit.structures import Instances, Masks
+from maskkit.structures import Masks
 from maskkit.structures.masks import PolygonMask, RLEMask, rle_to_string
+from maskkit.structures.rle import encode_bitmap
 
 FORMAT = "voc"
-LABELIMG = "labelimg"
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
     "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
-BACKGROUND_NAMES = ("_background_", "background", "__background__")
 MAX_INSTANCES = 254
 
 
 # -- detection -------------------------------------------------------------------------------------
-def _is_voc_root(path: Path) -> bool:
+def is_voc_root(path: Path) -> bool:
+    """A folder with ``JPEGImages`` plus ``SegmentationObject`` or ``Annotations``."""
     has_labels = (path / "SegmentationObject").is_dir() or (path / "Annotations").is_dir()
     return (path / "JPEGImages").is_dir() and has_labels
 
 
 def _split_root(path: Path) -> Path | None:
     """The VOC root of a split file ``root/ImageSets/<task>/<split>.txt``."""
-    if path.suffix == ".txt" and path.parent.parent.name == "ImageSets" and _is_voc_root(path.parents[2]):
+    if path.suffix == ".txt" and path.parent.parent.name == "ImageSets" and is_voc_root(path.parents[2]):
         return path.parents[2]
     return None
 
 
 def detect(path: Path) -> bool:
     """A VOC root (``JPEGImages`` plus ``SegmentationObject`` or ``Annotations``) or one of its split files."""
-    return (path.is_dir() and _is_voc_root(path)) or (path.is_file() and _split_root(path) is not None)
-
-
-def _is_voc_xml(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(2048)
-    return re.search(rb"<annotation[\s>]", head) is not None
-
-
-def detect_labelimg(path: Path) -> bool:
-    """A VOC XML file, or a folder (not a VOC root) whose first ``*.xml`` has an ``<annotation>`` root."""
-    if path.is_file():
-        return path.suffix.lower() == ".xml" and _is_voc_xml(path)
-    if not path.is_dir() or _is_voc_root(path):
-        return False
-    first = next(iter(sorted(path.glob("*.xml"))), None)
-    return first is not None and _is_voc_xml(first)
-
-
-# -- categories ------------------------------------------------------------------------------------
-def _class_list(root: Path, use_voc_default: bool) -> list[str] | None:
-    """Class names by index (index 0 = background) from ``class_names.txt``, else the VOC classes."""
-    for name in ("class_names.txt", "classes.txt"):
-        txt = root / name
-        if txt.is_file():
-            names = [ln.strip() for ln in _text(txt).splitlines() if ln.strip()]
-            return names if names and names[0] in BACKGROUND_NAMES else ["_background_", *names]
-    return ["_background_", *VOC_CLASSES] if use_voc_default else None
-
-
-class _Categories:
-    """Category ids by name: the class list first (id = class index), then new names in order of use."""
-
-    def __init__(self, class_list: list[str] | None) -> None:
-        self.names = list(class_list or ["_background_"])
-        self.fixed = len(self.names)
-        self.ids = {n: i for i, n in enumerate(self.names) if i > 0}
-
-    def id(self, name: str) -> int:
-        if name not in self.ids:
-            self.ids[name] = len(self.names)
-            self.names.append(name)
-        return self.ids[name]
-
-    def categories(self) -> list[Category]:
-        return [Category(i, n) for i, n in enumerate(self.names) if i > 0]
+    return (path.is_dir() and is_voc_root(path)) or (path.is_file() and _split_root(path) is not None)
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -140,34 +99,22 @@ def _voc_ids(path: Path) -> tuple[Path, list[str]]:
 
 def _read_ids(txt: Path) -> list[str]:
     # detection split files may carry a second column (``id  1``/``id -1`` per-class lists)
-    return list(dict.fromkeys(ln.split()[0] for ln in _text(txt).splitlines() if ln.strip()))
-
-
-def _text(path: Path) -> str:
-    """A UTF-8 text file; DataError naming it when it cannot be read."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read text file ({exc})", file=path) from None
-
-
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-    return mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return list(dict.fromkeys(ln.split()[0] for ln in read_text(txt).splitlines() if ln.strip()))
 
 
 def _void_extra(obj: np.ndarray, cls: np.ndarray | None) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     void = obj == 255
     if void.any():
-        extra["voc_void"] = rle_to_string(_rle(void))
+        extra["voc_void"] = rle_to_string(encode_bitmap(void))
     if cls is not None:
         cvoid = cls == 255
         if not np.array_equal(cvoid, void):
-            extra["voc_class_void"] = rle_to_string(_rle(cvoid))
+            extra["voc_class_void"] = rle_to_string(encode_bitmap(cvoid))
     return extra
 
 
-def _segmented_instances(obj: np.ndarray, cls: np.ndarray | None, xml: dict[str, Any] | None, cats: _Categories,
+def _segmented_instances(obj: np.ndarray, cls: np.ndarray | None, xml: dict[str, Any] | None, cats: XmlCategories,
                          png: Path) -> tuple[list[int], list[Any], list[Any], list[dict[str, Any]]]:
     """Instances of one SegmentationObject image: labels, mask items, boxes (or None), extras."""
     h, w = obj.shape
@@ -194,18 +141,10 @@ def _segmented_instances(obj: np.ndarray, cls: np.ndarray | None, xml: dict[str,
         else:
             label = 0  # no class information: an unknown category, for validation to report
         labels.append(label)
-        items.append(RLEMask(_rle(obj == k)) if present[k] else PolygonMask([], h, w))
+        items.append(RLEMask(encode_bitmap(obj == k)) if present[k] else PolygonMask([], h, w))
         boxes.append(o["box"] if o is not None else None)
         extras.append({"voc": o["fields"]} if o is not None else {})
     return labels, items, boxes, extras
-
-
-def _box_instances(h: int, w: int, objects: list[dict[str, Any]], cats: _Categories, first_id: int) -> Instances:
-    """Box-only instances of XML objects."""
-    return new_instances(h, w, [cats.id(o["name"]) for o in objects], None,
-                         np.asarray([o["box"] for o in objects], dtype=np.float32).reshape(-1, 4),
-                         ids=list(range(first_id, first_id + len(objects))),
-                         extras=[{"voc": o["fields"]} for o in objects])
 
 
 def _image_names(folder: Path) -> dict[str, str]:
@@ -218,7 +157,7 @@ def read(path: Path) -> AnnotationSet:
     seg_dir, cls_dir, ann_dir = root / "SegmentationObject", root / "SegmentationClass", root / "Annotations"
     xmls = {stem: parse_xml(ann_dir / f"{stem}.xml") for stem in ids if (ann_dir / f"{stem}.xml").is_file()}
     used = sorted({o["name"] for x in xmls.values() for o in x["objects"]})
-    cats = _Categories(_class_list(root, use_voc_default=cls_dir.is_dir() or set(used) <= set(VOC_CLASSES)))
+    cats = XmlCategories(class_list(root, VOC_CLASSES if cls_dir.is_dir() or set(used) <= set(VOC_CLASSES) else None))
     for name in used:
         cats.id(name)
     jpegs = _image_names(root / "JPEGImages")
@@ -252,58 +191,12 @@ def read(path: Path) -> AnnotationSet:
             extra.update(_void_extra(obj, cls))
             source = png
         else:
-            h, w = _size(xml, root / file_name, xf)
-            inst = _box_instances(h, w, xml["objects"] if xml else [], cats, ann_id)
+            h, w = xml_size(xml, root / file_name, xf)
+            inst = box_instances(h, w, xml["objects"] if xml else [], cats, ann_id)
             source = xf
         ann_id += len(inst)
         images.append(ImageRecord(img_id, file_name, h, w, inst, extra=extra, source=str(source), problems=problems))
     return AnnotationSet(cats.categories(), images, image_root=root, source=Path(path), format=FORMAT, root=root)
-
-
-def _size(xml: dict[str, Any] | None, image: Path, xf: Path) -> tuple[int, int]:
-    if xml and xml["size"]:
-        return xml["size"]
-    if image.is_file():
-        return image_size(image)
-    raise DataError(f"image size unknown: no <size> and no image at {image}", file=xf)
-
-
-def _find_image(xml: dict[str, Any], xf: Path) -> Path:
-    fields = xml["fields"]
-    candidates = []
-    if fields.get("filename"):  # beside the XML, or in a VOC root's JPEGImages when given its Annotations
-        candidates += [xf.parent / str(fields["filename"]), xf.parent.parent / "JPEGImages" / str(fields["filename"])]
-    if fields.get("path"):
-        p = Path(str(fields["path"]).replace("\\", "/"))
-        candidates += [xf.parent / p.name, p]
-    candidates += [xf.with_suffix(s) for s in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")]
-    for c in candidates:
-        if c.is_file() and is_image_file(c):
-            return c
-    return candidates[0]
-
-
-def read_labelimg(path: Path) -> AnnotationSet:
-    """Read a LabelImg folder of VOC XML files (or one XML file): box-only instances."""
-    path = Path(path)
-    root = path.parent if path.is_file() else path
-    files = [path] if path.is_file() else sorted(path.glob("*.xml"))
-    parsed = [(xf, parse_xml(xf)) for xf in files]
-    listed = _class_list(root, use_voc_default=False)
-    used = sorted({o["name"] for _, x in parsed for o in x["objects"]})
-    cats = _Categories(listed)
-    for name in used:
-        cats.id(name)
-    images, ann_id = [], 1
-    for img_id, (xf, xml) in enumerate(parsed, start=1):
-        image = _find_image(xml, xf)
-        h, w = _size(xml, image, xf)
-        inst = _box_instances(h, w, xml["objects"], cats, ann_id)
-        ann_id += len(inst)
-        extra = {"voc": xml_extra(xml)}
-        file_name = os.path.relpath(image, root).replace(os.sep, "/")
-        images.append(ImageRecord(img_id, file_name, h, w, inst, extra=extra, source=str(xf)))
-    return AnnotationSet(cats.categories(), images, image_root=root, source=path, format=LABELIMG)
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -427,11 +320,4 @@ register_format(
     read=read,
     write=write,
     description="Pascal VOC root: SegmentationObject/Class palette PNGs, Annotations XML boxes",
-)
-register_format(
-    LABELIMG,
-    detect=detect_labelimg,
-    read=read_labelimg,
-    write=None,
-    description="LabelImg / VOC XML boxes beside the images (read-only, box-only)",
 )

@@ -1,16 +1,23 @@
-"""VOC annotation XML (also LabelImg's): parsing to plain data and writing it back."""
+"""VOC annotation XML (also LabelImg's): parsing to plain data, writing it back, and what both readers share
+(class lists, category ids by name, box-only instances, image sizes)."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from maskkit.data.annotations import Category, new_instances
+from maskkit.data.images import image_size
 from maskkit.errors import DataError
+from maskkit.structures import Instances
 
 _OBJ_KEYS = ("name", "bndbox")
+BACKGROUND_NAMES = ("_background_", "background", "__background__")
 
 
 def _elem_value(elem: ET.Element) -> Any:
@@ -121,3 +128,64 @@ def xml_extra(xml: dict[str, Any]) -> dict[str, Any]:
     if isinstance(size, dict) and str(size.get("depth", "")).isdigit():
         out["depth"] = int(size["depth"])
     return out
+
+
+# -- shared by the VOC and LabelImg readers ---------------------------------------------------------
+def is_voc_xml(path: Path) -> bool:
+    """Whether the file starts like a VOC annotation XML (an ``<annotation>`` root)."""
+    with open(path, "rb") as f:
+        head = f.read(2048)
+    return re.search(rb"<annotation[\s>]", head) is not None
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; DataError naming it when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read text file ({exc})", file=path) from None
+
+
+def class_list(root: Path, default: Sequence[str] | None) -> list[str] | None:
+    """Class names by index (index 0 = background) from ``class_names.txt``, else ``default`` after it."""
+    for name in ("class_names.txt", "classes.txt"):
+        txt = root / name
+        if txt.is_file():
+            names = [ln.strip() for ln in read_text(txt).splitlines() if ln.strip()]
+            return names if names and names[0] in BACKGROUND_NAMES else ["_background_", *names]
+    return ["_background_", *default] if default is not None else None
+
+
+class XmlCategories:
+    """Category ids by name: the class list first (id = class index), then new names in order of use."""
+
+    def __init__(self, class_list: list[str] | None) -> None:
+        self.names = list(class_list or ["_background_"])
+        self.fixed = len(self.names)
+        self.ids = {n: i for i, n in enumerate(self.names) if i > 0}
+
+    def id(self, name: str) -> int:
+        if name not in self.ids:
+            self.ids[name] = len(self.names)
+            self.names.append(name)
+        return self.ids[name]
+
+    def categories(self) -> list[Category]:
+        return [Category(i, n) for i, n in enumerate(self.names) if i > 0]
+
+
+def box_instances(h: int, w: int, objects: list[dict[str, Any]], cats: XmlCategories, first_id: int) -> Instances:
+    """Box-only instances of XML objects."""
+    return new_instances(h, w, [cats.id(o["name"]) for o in objects], None,
+                         np.asarray([o["box"] for o in objects], dtype=np.float32).reshape(-1, 4),
+                         ids=list(range(first_id, first_id + len(objects))),
+                         extras=[{"voc": o["fields"]} for o in objects])
+
+
+def xml_size(xml: dict[str, Any] | None, image: Path, xf: Path) -> tuple[int, int]:
+    """``(h, w)`` from the XML's ``<size>``, else from the image file; DataError naming the XML otherwise."""
+    if xml and xml["size"]:
+        return xml["size"]
+    if image.is_file():
+        return image_size(image)
+    raise DataError(f"image size unknown: no <size> and no image at {image}", file=xf)

@@ -45,6 +45,7 @@ from pycocotools import mask as mask_utils
 
 from maskkit.data.annotations import AnnotationSet, Category, ImageRecord, new_instances
 from maskkit.data.copyimages import place_images
+from maskkit.data.dataset_yaml import DATA_YAML, load_yaml, parse_names, yaml_root
 from maskkit.data.formats.base import ConversionReport, register_format
 from maskkit.data.formats.polygonize import has_mask, mask_contours, merge_parts, polygon_to_rle
 from maskkit.data.images import image_size, is_image_file
@@ -58,14 +59,10 @@ __all__ = [
     "detect_yolo",
     "find_orphan_labels",
     "label_path",
-    "load_yaml",
-    "parse_names",
     "read_yolo",
     "write_yolo",
-    "yaml_root",
 ]
 
-DATA_YAML = "data.yaml"
 CROWD = "crowd RLE region written as polygon"
 BOX_LINE = "box-only instance written as box line"
 EMPTY = "empty mask: not written"
@@ -97,38 +94,6 @@ def _labels_dir(images_dir: Path) -> Path | None:
 
 def _has_txt(folder: Path | None) -> bool:
     return folder is not None and folder.is_dir() and next(folder.rglob("*.txt"), None) is not None
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping (data.yaml / dataset.yaml); DataError naming the file otherwise."""
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
-        raise DataError(f"cannot read YAML ({type(exc).__name__}: {exc})", file=path) from None
-    if not isinstance(doc, dict):
-        raise DataError("a dataset YAML must be a mapping", file=path)
-    return doc
-
-
-def yaml_root(path: Path, doc: dict[str, Any]) -> Path:
-    """The root a data YAML's paths are relative to: its ``path`` (relative to the YAML) or its folder."""
-    base = doc.get("path")
-    if not base:
-        return path.parent
-    root = Path(str(base)).expanduser()
-    return root if root.is_absolute() else (path.parent / root)
-
-
-def parse_names(names: Any, file: Path | None = None) -> list[Category]:
-    """Categories from a ``names`` entry: a list (ids 0..K-1) or a ``{id: name}`` mapping."""
-    if isinstance(names, list | tuple):
-        return [Category(i, str(n)) for i, n in enumerate(names)]
-    if isinstance(names, dict):
-        try:
-            return sorted((Category(int(k), str(v)) for k, v in names.items()), key=lambda c: c.id)
-        except (TypeError, ValueError):
-            raise DataError("'names' keys must be integer class ids", file=file) from None
-    raise DataError(f"'names' must be a list or a mapping, got {type(names).__name__}", file=file)
 
 
 @dataclass
@@ -396,14 +361,12 @@ def write_yolo(aset: AnnotationSet, dst: str | Path) -> ConversionReport:
         # Thousands of small files: no fsync each (still atomic: a killed process never leaves half a file).
         atomic_write_bytes(dst / "labels" / Path(name).with_suffix(".txt"), text.encode("utf-8"), fsync=False)
     report.images = len(aset.images)
-    if bridged:
-        report.notes.append(f"{bridged} multi-part/holed mask(s) written as one bridged polygon (pixel-exact)")
-    if retraced:
-        report.notes.append(f"{retraced} polygon(s) re-traced along pixel edges to stay pixel-exact")
+    report.note(bridged, f"{bridged} multi-part/holed mask(s) written as one bridged polygon (pixel-exact)")
+    report.note(retraced, f"{retraced} polygon(s) re-traced along pixel edges to stay pixel-exact")
     if ious:
         report.notes.append(f"changed instances: IoU with the source mean {np.mean(ious):.4f}, min {min(ious):.4f}")
-    if dropped_extras:
-        report.notes.append(f"YOLO has no place for extra annotation fields: dropped on {dropped_extras} instance(s)")
+    report.note(dropped_extras,
+                f"YOLO has no place for extra annotation fields: dropped on {dropped_extras} instance(s)")
     doc = {"train": "images", "val": "images", "nc": len(cats), "names": {k: c.name for k, c in enumerate(cats)}}
     header = "# YOLO-seg dataset written by maskkit; paths are relative to this file's folder\n"
     atomic_write_text(dst / DATA_YAML, header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))

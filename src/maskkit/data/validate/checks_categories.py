@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from maskkit.data.validate.context import DatasetContext, InstanceView, SplitContext
+from maskkit.data.validate.context import DatasetContext, InstanceView, SplitContext, repeats
 from maskkit.data.validate.registry import Hit, check
 
 
@@ -37,22 +37,14 @@ def unused_category(ds: DatasetContext) -> Iterator[Hit]:
 
 @check("E303", "duplicate-category-name", "error", "split", "Two categories share a name (names must be unique).")
 def duplicate_category_name(split: SplitContext) -> Iterator[Hit]:
-    seen: dict[str, int] = {}
-    for cat in split.aset.categories:
-        if cat.name in seen:
-            yield Hit(f"category {cat.id} has the same name {cat.name!r} as category {seen[cat.name]}")
-        else:
-            seen[cat.name] = cat.id
+    for cat, first in repeats(split.aset.categories, lambda c: c.name):
+        yield Hit(f"category {cat.id} has the same name {cat.name!r} as category {first.id}")
 
 
 @check("E304", "duplicate-category-id", "error", "split", "Two categories share an id.")
 def duplicate_category_id(split: SplitContext) -> Iterator[Hit]:
-    seen: dict[int, str] = {}
-    for cat in split.aset.categories:
-        if cat.id in seen:
-            yield Hit(f"category id {cat.id} is used by {seen[cat.id]!r} and {cat.name!r}")
-        else:
-            seen[cat.id] = cat.name
+    for cat, first in repeats(split.aset.categories, lambda c: c.id):
+        yield Hit(f"category id {cat.id} is used by {first.name!r} and {cat.name!r}")
 
 
 @check("E305", "empty-label", "error", "instance",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 
-from maskkit.data.validate.context import ImageContext, SplitContext
+from maskkit.data.validate.context import ImageContext, SplitContext, repeats
 from maskkit.data.validate.registry import Hit, check
 
 
@@ -60,25 +60,17 @@ def empty_image(img: ImageContext) -> Iterator[str]:
 
 @check("E106", "duplicate-image-id", "error", "split", "Two image records of one split share an image id.")
 def duplicate_image_id(split: SplitContext) -> Iterator[Hit]:
-    first: dict[int, int] = {}
-    for i, rec in enumerate(split.aset.images):
-        j = first.setdefault(rec.id, i)
-        if j != i:
-            other = split.aset.images[j]
-            yield Hit(f"image id {rec.id} is also used by {other.file_name!r}", record=rec)
+    for rec, other in repeats(split.aset.images, lambda r: r.id):
+        yield Hit(f"image id {rec.id} is also used by {other.file_name!r}", record=rec)
 
 
 @check("E107", "duplicate-file-name", "error", "split",
        "Two image records of one split point to the same file: training sees the image twice, each time "
        "with only its own record's annotations (the others' objects count as background).")
 def duplicate_file_name(split: SplitContext) -> Iterator[Hit]:
-    first: dict[str, int] = {}
-    for i, rec in enumerate(split.aset.images):
-        j = first.setdefault(rec.file_name, i)
-        if j != i:
-            other = split.aset.images[j]
-            yield Hit(f"file name also used by image id {other.id} ({len(other.instances)} annotation(s) there, "
-                      f"{len(rec.instances)} here)", record=rec)
+    for rec, other in repeats(split.aset.images, lambda r: r.file_name):
+        yield Hit(f"file name also used by image id {other.id} ({len(other.instances)} annotation(s) there, "
+                  f"{len(rec.instances)} here)", record=rec)
 
 
 @check("W108", "duplicate-image-content", "warning", "split",

@@ -8,7 +8,7 @@ and the check for that problem reports it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -317,6 +317,17 @@ class InstanceView:
             return None
         x, y, w, h = (float(v) for v in mask_utils.toBbox(self.rle))
         return np.array([x, y, x + w, y + h])
+
+
+def repeats(items: Iterable[T], key: Callable[[T], Hashable]) -> Iterator[tuple[T, T]]:
+    """``(item, first)`` for each item whose key an earlier item already had (``first``: the earliest of them)."""
+    first: dict[Hashable, T] = {}
+    for item in items:
+        k = key(item)
+        if k in first:
+            yield item, first[k]
+        else:
+            first[k] = item
 
 
 def fmt_num(v: float) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from maskkit.data.annotations import AnnotationSet, ImageRecord
-from maskkit.data.images import image_size
+from maskkit.data.images import image_size, open_bounded, read_image, to_rgb_uint8
 from maskkit.data.paths import is_inside
 from maskkit.data.validate.context import ImageFacts
 from maskkit.errors import DataError
@@ -93,11 +93,7 @@ def decode_pixels(blob: bytes, path: Path | None = None) -> Image.Image:
     the cost); raises on a cut-off or corrupt file. Returns the (downsized) decoded image."""
     from PIL import Image
 
-    from maskkit.data.images import open_bounded
-
     if path is not None and path.suffix.lower() in (".tif", ".tiff"):
-        from maskkit.data.images import read_image, to_rgb_uint8
-
         return Image.fromarray(to_rgb_uint8(read_image(path)))
     im = open_bounded(io.BytesIO(blob), path)
     im.draft("RGB" if im.mode in ("RGB", "YCbCr", "CMYK") else im.mode, (PHASH_DECODE_SIZE, PHASH_DECODE_SIZE))

@@ -8,6 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from maskkit.data.annotations import AnnotationSet, ImageRecord
+from maskkit.data.validate import (  # noqa: F401 (each check module registers its checks on import)
+    checks_annotations,
+    checks_categories,
+    checks_images,
+    checks_paths,
+    checks_reader,
+    checks_splits,
+)
 from maskkit.data.validate.context import (
     DatasetContext,
     ImageContext,
@@ -26,15 +34,6 @@ PROGRESS_MIN_IMAGES = 200
 
 def all_checks() -> list[Check]:
     """Every registered check (plus the runner's ``invalid-annotation``), sorted by code number."""
-    from maskkit.data.validate import (  # noqa: F401
-        checks_annotations,
-        checks_categories,
-        checks_images,
-        checks_paths,
-        checks_reader,
-        checks_splits,
-    )
-
     return sorted([*CHECKS, INVALID, INTERNAL], key=_code_number)
 
 
