@@ -90,7 +90,7 @@ def validate_results(
         if category_id is None or category_id not in cats:
             raise bad(f"unknown category_id {entry.get('category_id')!r} (known: {sorted(cats)})")
         score = entry.get("score")
-        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+        if isinstance(score, bool) or not isinstance(score, int | float) or not _finite(score):
             raise bad(f"score must be a finite number, got {score!r}")
         if "bbox" not in entry and "segmentation" not in entry:
             raise bad("entry has neither 'bbox' nor 'segmentation'")
@@ -120,10 +120,18 @@ def _int(value: Any) -> int | None:
     return None
 
 
+def _finite(value: int | float) -> bool:
+    """Whether a number is finite as a float (an int beyond the float range is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _bbox(value: Any, bad: Any) -> list[float]:
     if not isinstance(value, list | tuple) or len(value) != 4:
         raise bad(f"bbox must be [x, y, w, h], got {value!r}")
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and _finite(v) for v in value):
         raise bad(f"bbox must hold 4 finite numbers, got {value!r}")
     if value[2] < 0 or value[3] < 0:
         raise bad(f"bbox width and height must be >= 0, got {value!r}")
@@ -327,11 +335,13 @@ def results_to_columns(
     Masks are kept only when every entry has a ``segmentation``; boxes missing from entries come
     from the mask extents (as pycocotools' ``loadRes`` does). Returns the columns and notes.
     """
-    notes = []
+    notes: list[str] = []
     n = len(table)
+    if not n:
+        return {}, notes
     with_seg = np.array([c is not None for c in table.counts], dtype=bool)
-    with_masks = bool(n) and bool(with_seg.all())
-    if n and not with_masks and with_seg.any():
+    with_masks = bool(with_seg.all())
+    if not with_masks and with_seg.any():
         notes.append(f"{int((~with_seg).sum())} results have no segmentation: masks ignored, bbox only")
     if with_masks and not table.has_box.all():
         notes.append("results without bbox: boxes taken from the mask extents (as pycocotools' loadRes does)")
