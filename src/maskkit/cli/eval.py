@@ -22,8 +22,9 @@ import typer
 import maskkit.inference
 from maskkit.errors import ConfigError, DataError
 from maskkit.evaluation import InstanceEvaluator, inference_on_dataset
+from maskkit.evaluation.label_folders import read_label_folders
 from maskkit.evaluation.report import EvalFigures, print_report, write_outputs
-from maskkit.evaluation.results import image_loader, read_label_folders, read_results_source
+from maskkit.evaluation.results import image_loader, read_results_source
 from maskkit.perf import gc_paused
 from maskkit.structures import Instances
 
