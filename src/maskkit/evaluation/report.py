@@ -201,7 +201,7 @@ def write_outputs(
     with contextlib.ExitStack() as stack:
         if figures is None:
             figures = stack.enter_context(EvalFigures(out, worker=False))
-        names = [figures.pr_curves(result, evaluator) for result in evaluator.coco_results.values()]
+        names: list[str | None] = [figures.pr_curves(r, evaluator) for r in evaluator.coco_results.values()]
         names.append(figures.confusion_matrix(evaluator))
         notes = metrics.setdefault("params", {}).setdefault("notes", [])
         gallery = None

@@ -323,11 +323,12 @@ def _table_if_plain(data: Any, image_sizes: Mapping[int, tuple[int, int]], cats:
         if not (np.array(sizes, dtype=np.int64) == expected).all():
             return None
         try:
-            counts = [c.encode("ascii") for c in strings]
+            encoded = [c.encode("ascii") for c in strings]
         except UnicodeEncodeError:
             return None
-        if not _counts_valid(counts, expected[:, 0] * expected[:, 1]).all():
+        if not _counts_valid(encoded, expected[:, 0] * expected[:, 1]).all():
             return None
+        counts = list(encoded)
     return ResultsTable(ids, labels, score, xywh, has_box, counts)
 
 
