@@ -113,19 +113,15 @@ def gt_annotations(
     """Ground-truth annotation dicts of one image (ids ``first_id``, ``first_id + 1``, ...)."""
     h, w = int(size[0]), int(size[1])
     xywh = xyxy_to_coco_boxes(boxes)
-    out = []
-    for i in range(len(labels)):
-        ann = {
-            "id": first_id + i,
-            "image_id": int(image_id),
-            "category_id": int(labels[i]),
-            "bbox": xywh[i],
-            "area": float(areas[i]),
-            "iscrowd": int(bool(iscrowd[i])),
-        }
-        if counts is not None:
-            ann["segmentation"] = {"size": [h, w], "counts": counts[i]}
-        out.append(ann)
+    cats = np.asarray(labels).astype(np.int64).tolist()  # Python numbers, converted all at once
+    area = np.asarray(areas, dtype=np.float64).tolist()
+    crowd = np.asarray(iscrowd).astype(bool).astype(np.int64).tolist()
+    image_id = int(image_id)
+    out = [{"id": first_id + i, "image_id": image_id, "category_id": cats[i], "bbox": xywh[i], "area": area[i],
+            "iscrowd": crowd[i]} for i in range(len(cats))]
+    if counts is not None:
+        for ann, c in zip(out, counts, strict=True):
+            ann["segmentation"] = {"size": [h, w], "counts": c}
     return out
 
 
@@ -139,15 +135,17 @@ def detection_annotations(
 ) -> list[dict[str, Any]]:
     """Detection dicts of one image in COCO results form (``bbox`` and/or ``segmentation``)."""
     h, w = int(size[0]), int(size[1])
-    xywh = xyxy_to_coco_boxes(boxes) if boxes is not None else None
-    out = []
-    for i in range(len(labels)):
-        det: dict[str, Any] = {"image_id": int(image_id), "category_id": int(labels[i]), "score": float(scores[i])}
-        if xywh is not None:
-            det["bbox"] = xywh[i]
-        if counts is not None:
-            det["segmentation"] = {"size": [h, w], "counts": counts[i]}
-        out.append(det)
+    cats = np.asarray(labels).astype(np.int64).tolist()
+    score = np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
+    image_id = int(image_id)
+    out: list[dict[str, Any]] = [{"image_id": image_id, "category_id": c, "score": s}
+                                 for c, s in zip(cats, score, strict=True)]
+    if boxes is not None:
+        for det, b in zip(out, xyxy_to_coco_boxes(boxes), strict=True):
+            det["bbox"] = b
+    if counts is not None:
+        for det, c in zip(out, counts, strict=True):
+            det["segmentation"] = {"size": [h, w], "counts": c}
     return out
 
 
