@@ -161,8 +161,11 @@ def _rle_bytes(masks: Any, size: tuple[int, int]) -> tuple[list[bytes], list[dic
         if len(masks) and (masks.height, masks.width) != tuple(size):
             raise ValueError(f"masks are {masks.height}x{masks.width}, image is {size[0]}x{size[1]}")
         items = masks.items
-        if all(type(m) is RLEMask and type(m.rle["counts"]) is bytes for m in items):  # as read: no conversion
+        kinds = {type(m.rle["counts"]) for m in items} if all(type(m) is RLEMask for m in items) else None
+        if kinds is not None and kinds <= {bytes}:  # compressed RLE as given: no conversion
             rles = [m.rle for m in items]
+        elif kinds == {str}:  # compressed RLE strings as read from JSON: encoded, nothing else
+            rles = [{"size": list(m.rle["size"]), "counts": m.rle["counts"].encode("ascii")} for m in items]
         else:
             rles = masks.to_rles()
     else:
@@ -276,7 +279,10 @@ class ImageStore:
         if not self._known:
             return
         for what, cols in (("ground truth", g), ("prediction", d)):
-            bad = [int(x) for x in np.unique(cols.labels) if int(x) not in self._known]
+            labels = cols.labels.tolist()
+            if self._known.issuperset(labels):
+                continue
+            bad = sorted({x for x in labels if x not in self._known})
             if bad:
                 raise DataError(f"{what} has unknown category ids {bad} (known: {sorted(self._known)})",
                                 image=image_id)
