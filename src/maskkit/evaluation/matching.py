@@ -18,7 +18,6 @@ ever held; accumulators keep counts. Ratios that would be 0/0 are ``nan``.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -182,7 +181,7 @@ class MatchingAccumulator:
         self.thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
         self.class_aware = class_aware
         t = len(self.thresholds)
-        self._per_class: dict[int, np.ndarray] = defaultdict(lambda: np.zeros((3, t), dtype=np.int64))
+        self._class_blocks: list[tuple[np.ndarray, np.ndarray]] = []  # per image: labels, C×3×T counts
         self._counts = np.zeros((3, t), dtype=np.int64)  # rows: tp, fp, fn
         self._dsb_image_sum = 0.0
         self._dsb_images = 0
@@ -227,11 +226,7 @@ class MatchingAccumulator:
             onehot[np.arange(n_g), gi] = 1
             tp_c = matched.astype(np.int64) @ onehot  # T×C
             ng_c, np_c = np.bincount(gi, minlength=len(classes)), np.bincount(pi, minlength=len(classes))
-            for j, c in enumerate(classes.tolist()):
-                pc = self._per_class[c]
-                pc[0] += tp_c[:, j]
-                pc[1] += np_c[j] - tp_c[:, j]
-                pc[2] += ng_c[j] - tp_c[:, j]
+            self._class_blocks.append((classes, np.stack([tp_c, np_c - tp_c, ng_c - tp_c]).transpose(2, 0, 1)))
         self._counts += image
         if n_g or n_p:
             self._dsb_image_sum += float(np.mean(image[0] / image.sum(axis=0)))
@@ -248,6 +243,15 @@ class MatchingAccumulator:
         if u > 0:
             self._aji_image_sum += c / u
             self._aji_images += 1
+
+    def _per_class(self) -> dict[int, np.ndarray]:
+        """Label -> ``3×T`` counts (tp, fp, fn) summed over the images (integers: any order is exact)."""
+        if not self._class_blocks:
+            return {}
+        labels, inverse = np.unique(np.concatenate([c for c, _ in self._class_blocks]), return_inverse=True)
+        total = np.zeros((len(labels), 3, len(self.thresholds)), dtype=np.int64)
+        np.add.at(total, inverse.reshape(-1), np.concatenate([b for _, b in self._class_blocks]))
+        return {int(c): total[k] for k, c in enumerate(labels.tolist())}
 
     def _scores(self, counts: np.ndarray) -> dict[str, Any]:
         tp, fp, fn = counts.astype(np.float64)
@@ -290,8 +294,9 @@ class MatchingAccumulator:
         out.update(num_images=self.num_images, num_gt=self.num_gt, num_pred=self.num_pred)
         if self.class_aware:
             out["per_class"] = {}
-            for c in sorted(self._per_class):
-                s = self._scores(self._per_class[c])
+            per_class = self._per_class()
+            for c in sorted(per_class):
+                s = self._scores(per_class[c])
                 s.update(f1_mean=float(np.mean(s["f1"])), dsb_score_mean=float(np.mean(s["dsb_score"])))
                 out["per_class"][c] = s
         return out
