@@ -35,7 +35,7 @@ blocks, 7 in all, or ResNet layers, 4; None trains everything); anything else go
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from maskkit.errors import ConfigError, DataError
 from maskkit.models.backbones import freeze_timm_stages
-from maskkit.models.dense import DenseSegmentationModel, Targets
+from maskkit.models.dense import DenseSegmentationModel, Targets, encoder_builder
 from maskkit.models.encoders import ENCODERS, DenseInput, build_smp, encoder_norm, encoder_stride, pad_to
 from maskkit.models.losses import cross_entropy, dice_loss, mse_loss
 from maskkit.models.registry import InputSpec, register_model
@@ -303,32 +303,6 @@ def build_bottomup(
     )
 
 
-def _make_builder(encoder: str) -> Callable[..., BottomUpSegmenter]:
-    def builder(
-        num_classes: int,
-        *,
-        pretrained_backbone: bool = True,
-        in_channels: int = 3,
-        min_size: int | None = None,
-        max_size: int | None = None,
-        **options: Any,
-    ) -> BottomUpSegmenter:
-        return build_bottomup(
-            num_classes,
-            options.pop("encoder", encoder),
-            pretrained_backbone=pretrained_backbone,
-            in_channels=in_channels,
-            min_size=min_size,
-            max_size=max_size,
-            **options,
-        )
-
-    builder.__name__ = builder.__qualname__ = f"bottomup_{encoder}"
-    builder.__doc__ = (f"Bottom-up instances (U-Net semantic + border + distance maps, seeded watershed) on "
-                       f"{ENCODER_NAMES[encoder]}.")
-    return builder
-
-
 OPTIONS = ("min_size", "max_size", "pretrained_backbone", "in_channels", "encoder", "decoder_channels",
            "semantic_weight", "boundary_weight", "distance_weight", *DEFAULT_THRESHOLDS, "trainable_encoder_stages")
 """Named options of every bottom-up builder (anything else goes to smp's ``Unet``)."""
@@ -340,4 +314,7 @@ CAPABILITIES: dict[str, Any] = {
 }
 
 for _encoder in ENCODERS:
-    register_model(task="instance", family="bottomup", **CAPABILITIES)(_make_builder(_encoder))
+    _doc = (f"Bottom-up instances (U-Net semantic + border + distance maps, seeded watershed) on "
+            f"{ENCODER_NAMES[_encoder]}.")
+    register_model(task="instance", family="bottomup", **CAPABILITIES)(
+        encoder_builder(build_bottomup, f"bottomup_{_encoder}", _encoder, _doc))

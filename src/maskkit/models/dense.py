@@ -16,7 +16,7 @@ The semantic models (:mod:`maskkit.models.semantic`) and the bottom-up instance 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -84,3 +84,24 @@ class DenseSegmentationModel(nn.Module):
 
     def _decode(self, raw: Any) -> dict[str, Tensor]:
         return self.decoder(raw)
+
+
+def encoder_builder(build: Callable[..., nn.Module], name: str, encoder: str, doc: str) -> Callable[..., nn.Module]:
+    """The registry builder ``name(num_classes, *, pretrained_backbone, in_channels, min_size, max_size,
+    **options)`` of one dense model: ``build(num_classes, encoder, ...)`` (``options["encoder"]`` overrides)."""
+
+    def builder(
+        num_classes: int,
+        *,
+        pretrained_backbone: bool = True,
+        in_channels: int = 3,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        **options: Any,
+    ) -> nn.Module:
+        return build(num_classes, options.pop("encoder", encoder), pretrained_backbone=pretrained_backbone,
+                     in_channels=in_channels, min_size=min_size, max_size=max_size, **options)
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc
+    return builder

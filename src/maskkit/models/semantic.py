@@ -17,7 +17,8 @@ instance, default 4 px); anything else goes to the smp architecture (e.g. ``deco
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from torchvision.models.segmentation.fcn import FCNHead
 
 from maskkit.errors import ConfigError
-from maskkit.models.dense import DenseSegmentationModel, Targets, semantic_batch
+from maskkit.models.dense import DenseSegmentationModel, Targets, encoder_builder, semantic_batch
 from maskkit.models.encoders import ENCODERS, DenseInput, build_encoder, build_smp, encoder_norm, encoder_stride
 from maskkit.models.losses import SegLoss
 from maskkit.models.registry import InputSpec, register_model
@@ -177,32 +178,6 @@ def build_semantic(
     return SemanticSegmenter(net, num_classes, dense_input, criterion, ComponentInstances(min_area))
 
 
-def _make_builder(family: str, encoder: str) -> Callable[..., SemanticSegmenter]:
-    def builder(
-        num_classes: int,
-        *,
-        pretrained_backbone: bool = True,
-        in_channels: int = 3,
-        min_size: int | None = None,
-        max_size: int | None = None,
-        **options: Any,
-    ) -> SemanticSegmenter:
-        return build_semantic(
-            family,
-            num_classes,
-            options.pop("encoder", encoder),
-            pretrained_backbone=pretrained_backbone,
-            in_channels=in_channels,
-            min_size=min_size,
-            max_size=max_size,
-            **options,
-        )
-
-    builder.__name__ = builder.__qualname__ = f"{family}_{encoder}"
-    builder.__doc__ = f"{FAMILIES[family][2]} on {ENCODER_NAMES[encoder]}."
-    return builder
-
-
 OPTIONS = ("min_size", "max_size", "pretrained_backbone", "in_channels", "encoder", "loss", "class_weights", "min_area")
 """Named options of every semantic builder (anything else goes to the smp architecture)."""
 CAPABILITIES: dict[str, Any] = {
@@ -214,4 +189,6 @@ CAPABILITIES: dict[str, Any] = {
 
 for _family in FAMILIES:
     for _encoder in ENCODERS:
-        register_model(task="semantic", family=_family, **CAPABILITIES)(_make_builder(_family, _encoder))
+        _doc = f"{FAMILIES[_family][2]} on {ENCODER_NAMES[_encoder]}."
+        register_model(task="semantic", family=_family, **CAPABILITIES)(
+            encoder_builder(partial(build_semantic, _family), f"{_family}_{_encoder}", _encoder, _doc))
