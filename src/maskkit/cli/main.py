@@ -43,7 +43,8 @@ def _root(
 
 _DEBUG = False
 INTERNAL_ERROR_EXIT = 3
-"""Exit code of an unexpected exception (a bug): distinct from 1 (data errors) and 2 (usage, unusable input)."""
+"""Exit code of an unexpected exception (a bug): distinct from 1 (`validate` found data errors) and 2 (usage
+errors, unusable input: a `DataError` or `ConfigError`)."""
 
 
 def _register() -> None:
