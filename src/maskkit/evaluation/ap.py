@@ -10,6 +10,7 @@ import numpy as np
 
 from maskkit.evaluation import coco
 from maskkit.evaluation.base import ImageEvaluator, ImageStore
+from maskkit.evaluation.boundary import boundary_evaluate
 
 
 class COCOEvaluator(ImageEvaluator):
@@ -141,8 +142,6 @@ class BoundaryEvaluator(ImageEvaluator):
         self.result = None
 
     def evaluate(self) -> dict[str, Any]:
-        from maskkit.evaluation.boundary import boundary_evaluate
-
         self.result = None
         if not self.store.with_masks:
             return {}

@@ -22,6 +22,7 @@ from pycocotools import mask as mask_utils
 from maskkit.data.annotations import Category, ImageRecord
 from maskkit.errors import DataError
 from maskkit.evaluation import coco
+from maskkit.perf import gc_paused
 from maskkit.structures import Instances, Masks
 from maskkit.structures.masks import RLEMask
 
@@ -302,8 +303,6 @@ class ImageStore:
     def coco_inputs(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The COCO ground-truth dict and the COCO results list of everything processed (built once)."""
         if self._coco is None:
-            from maskkit.perf import gc_paused
-
             images, anns, results = [], [], []
             with_masks = self.with_masks
             with gc_paused():

@@ -36,6 +36,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from maskkit.errors import DataError
+from maskkit.evaluation import coco
 from maskkit.evaluation.matching import MaskInput, as_rles
 from maskkit.structures.masks import RLE, Masks
 
@@ -202,8 +203,6 @@ def boundary_evaluate(
 
     Returns a ``CocoEvalResult`` with ``iou_type="boundary"`` (``.stats``, ``.per_class()``, arrays).
     """
-    from maskkit.evaluation import coco
-
     if backend not in ("faster", "pycocotools"):
         raise ValueError(f"backend must be 'faster' or 'pycocotools', got {backend!r}")
     mdets = coco.normalise_max_dets(max_dets)

@@ -29,6 +29,7 @@ from maskkit.evaluation.base import (
 from maskkit.evaluation.confusion import ConfusionEvaluator
 from maskkit.evaluation.matching import MatchingEvaluator
 from maskkit.evaluation.panoptic import PanopticEvaluator
+from maskkit.evaluation.report import jsonable
 from maskkit.evaluation.semantic import SemanticEvaluator
 
 EXTRAS = ("matching", "panoptic", "boundary", "semantic", "confusion")
@@ -159,8 +160,6 @@ def build_evaluators(categories: Sequence[Category | dict[str, Any]] | None = No
 def build_metrics(ev: InstanceEvaluator, sections: dict[str, Any]) -> dict[str, Any]:
     """Assemble the ``metrics.json`` dict (JSON-safe, see :func:`report.jsonable`) from the families'
     ``sections``: they, then ``per_class``, ``sizes``, ``counts`` and ``params``."""
-    from maskkit.evaluation.report import jsonable
-
     results = ev.coco_results
     metrics: dict[str, Any] = dict(sections)
     images = ev.images

@@ -8,19 +8,20 @@ from typing import Any
 
 import numpy as np
 
+from maskkit.data.annotations import AnnotationSet, Category, ImageRecord, new_instances
+from maskkit.data.formats import read_annotations
+from maskkit.data.formats.labelimages import read_label_array
+from maskkit.data.images import is_image_file, read_image
 from maskkit.errors import DataError
 from maskkit.structures import Instances, Masks
+from maskkit.structures.rle import label_image_to_rles
 
 
 def _label_tools() -> tuple[Callable[[Path], np.ndarray], Callable[[np.ndarray], list[dict[str, Any]]]]:
     """(read a label image, split it into RLEs): the labelimages format module's, else a minimal pair."""
     try:
-        from maskkit.data.formats.labelimages import label_image_to_rles, read_label_array
-
         return read_label_array, lambda labels: label_image_to_rles(labels)[0]
     except ImportError:  # pragma: no cover - the format module ships with maskkit
-        from maskkit.data.images import read_image
-
         def split(labels: np.ndarray) -> list[dict[str, Any]]:
             return Masks.from_label_image(labels)[0].to_rles()
 
@@ -28,8 +29,6 @@ def _label_tools() -> tuple[Callable[[Path], np.ndarray], Callable[[np.ndarray],
 
 
 def _label_files(folder: Path) -> dict[str, Path]:
-    from maskkit.data.images import is_image_file
-
     sub = next((folder / n for n in ("labels", "masks") if (folder / n).is_dir()), folder)
     files = sorted(p for p in sub.rglob("*") if p.is_file() and is_image_file(p))
     out: dict[str, Path] = {}
@@ -51,8 +50,6 @@ def read_label_folders(gt_dir: str | Path, pred_dir: str | Path) -> tuple[Any, d
     reflects one operating point; matching F1 / DSB score / AJI are the natural metrics) and the
     first GT category. Returns the GT ``AnnotationSet``, predictions by image id, and notes.
     """
-    from maskkit.data.annotations import AnnotationSet, Category, ImageRecord, new_instances
-
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     for d in (gt_dir, pred_dir):
         if not d.is_dir():
@@ -60,8 +57,6 @@ def read_label_folders(gt_dir: str | Path, pred_dir: str | Path) -> tuple[Any, d
     read, split = _label_tools()
     notes = ["prediction label images have no scores: every predicted instance scored 1.0"]
     if (gt_dir / "images").is_dir():
-        from maskkit.data.formats import read_annotations
-
         aset = read_annotations(gt_dir, format="labelimages")
         keys = [Path(r.file_name).with_suffix("").as_posix() for r in aset.images]
     else:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from maskkit.data.images import to_rgb_uint8
 from maskkit.evaluation.coco import CocoEvalResult
 from maskkit.fileio import atomic_write_bytes
 from maskkit.structures.masks import decode_rle
@@ -232,8 +233,6 @@ def plot_error_gallery(
     ``errors`` as from :meth:`InstanceEvaluator.errors`; ``load_image(image_id)`` returns an RGB
     uint8 image or ``None`` (unreachable). Returns ``None`` when no crop could be drawn.
     """
-    from maskkit.data.images import to_rgb_uint8
-
     rows = []
     for kind, color in (("false_positives", (1.0, 0.15, 0.1)), ("false_negatives", (0.1, 0.4, 1.0))):
         cells = []

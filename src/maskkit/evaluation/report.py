@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from maskkit.evaluation import coco
+from maskkit.evaluation import coco, plots
 from maskkit.fileio import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -121,8 +121,6 @@ class EvalFigures:
     """
 
     def __init__(self, out_dir: str | Path, worker: bool = True) -> None:
-        from maskkit.evaluation import plots
-
         self.out = Path(out_dir)
         self.worker = plots.PlotWorker(enabled=worker)
         self.jobs: dict[str, Any] = {}
@@ -144,8 +142,6 @@ class EvalFigures:
         """Submit ``pr_curves_<type>.png`` (once per type); returns its file name."""
         from dataclasses import replace
 
-        from maskkit.evaluation import plots
-
         name = f"pr_curves_{result.iou_type}.png"
         if name not in self.jobs:
             names = {c["id"]: c["name"] for c in evaluator.category_dicts()}
@@ -155,8 +151,6 @@ class EvalFigures:
 
     def confusion_matrix(self, evaluator: InstanceEvaluator) -> str | None:
         """Submit ``confusion_matrix.png`` (once; not when nothing was matched); returns its file name."""
-        from maskkit.evaluation import plots
-
         name = "confusion_matrix.png"
         if name not in self.jobs:
             class_names, confusion = evaluator.class_confusion()
@@ -195,8 +189,6 @@ def write_outputs(
     ``figures``: an :class:`EvalFigures` for ``out_dir`` attached to ``evaluator`` (figures already
     drawn or drawing in its worker are not drawn again); by default they are drawn here.
     """
-    from maskkit.evaluation import plots
-
     out = Path(out_dir)
     with contextlib.ExitStack() as stack:
         if figures is None:

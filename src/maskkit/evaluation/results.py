@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from maskkit.data.formats import read_annotations
+from maskkit.data.images import decode_image_bytes, read_image
 from maskkit.errors import DataError
 from maskkit.evaluation import coco
 from maskkit.evaluation.base import Columns, box_areas
@@ -387,8 +389,6 @@ def read_results_source(
     applies to this file (:func:`maskkit.evaluation.coco.loadres_areas`: the box area when the first
     entry has a bbox; pass it as ``InstanceEvaluator(detection_areas=...)``).
     """
-    from maskkit.data.formats import read_annotations
-
     aset = read_annotations(gt, allow_outside_root=allow_outside_root)
     sizes = {r.id: (r.height, r.width) for r in aset.images}
     table = read_results_table(pred, sizes, [c.id for c in aset.categories])
@@ -430,8 +430,6 @@ def write_results(path: str | Path, results: Sequence[dict[str, Any]]) -> None:
 
 def image_loader(aset: Any) -> Callable[[int], np.ndarray | None]:
     """``image_id -> image`` for an ``AnnotationSet`` (embedded bytes or the file; ``None`` if unreachable)."""
-    from maskkit.data.images import decode_image_bytes, read_image
-
     records = {r.id: r for r in aset.images}
 
     def load(image_id: int) -> np.ndarray | None:
