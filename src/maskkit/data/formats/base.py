@@ -29,6 +29,11 @@ class ConversionReport:
         if count:
             self.notes.append(text)
 
+    def note_renumbered(self, ids: list[int], how: str) -> None:
+        """Note that the written category ``ids`` (in writing order) are not ``1..K`` and become ``how`` on reading."""
+        if ids != list(range(1, len(ids) + 1)):
+            self.notes.append(f"category ids become {how} when read back")
+
     def change(self, reason: str, count: int = 1) -> None:
         self.changes[reason] += count
 

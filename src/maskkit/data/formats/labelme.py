@@ -489,8 +489,7 @@ def write(aset: AnnotationSet, dst: Path) -> ConversionReport:
     special = [c for c in aset.categories if is_special_label(c.name)]
     labels_txt = list(dict.fromkeys(["__ignore__", "_background_", *(c.name for c in regular + special)]))
     atomic_write_text(dst / "labels.txt", "\n".join([*labels_txt, *sorted(unknown)]) + "\n")
-    if [c.id for c in regular + special] != list(range(1, len(aset.categories) + 1)):
-        report.notes.append("category ids become 1..K when read back (labels.txt order, _name_ labels last)")
+    report.note_renumbered([c.id for c in regular + special], "1..K (labels.txt order, _name_ labels last)")
     return report
 
 

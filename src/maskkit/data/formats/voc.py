@@ -309,8 +309,7 @@ def write(aset: AnnotationSet, dst: Path) -> ConversionReport:
         report.instances += len(order)
     atomic_write_text(dst / "class_names.txt", "\n".join(["_background_", *(c.name for c in cats)]) + "\n")
     atomic_write_text(dst / "ImageSets" / "Segmentation" / "default.txt", "\n".join(stems) + "\n" if stems else "")
-    if [c.id for c in cats] != list(range(1, len(cats) + 1)):
-        report.notes.append("category ids become class indices 1..K (category order) when read back")
+    report.note_renumbered([c.id for c in cats], "class indices 1..K (category order)")
     return report
 
 
