@@ -44,10 +44,10 @@ from torch import Tensor, nn
 
 from maskkit.errors import ConfigError, DataError
 from maskkit.models.backbones import freeze_timm_stages
-from maskkit.models.dense import DenseSegmentationModel, Targets, encoder_builder
+from maskkit.models.dense import DENSE_CAPABILITIES, DenseSegmentationModel, Targets, encoder_builder
 from maskkit.models.encoders import ENCODERS, DenseInput, build_smp, encoder_norm, encoder_stride, pad_to
 from maskkit.models.losses import cross_entropy, dice_loss, mse_loss
-from maskkit.models.registry import InputSpec, register_model
+from maskkit.models.registry import register_model
 from maskkit.models.targets import bottomup_targets, checked_semantic_target
 from maskkit.models.watershed import instance_boxes, instance_stats, seeded_watershed
 from maskkit.structures.labels import IGNORE_INDEX
@@ -306,12 +306,7 @@ def build_bottomup(
 OPTIONS = ("min_size", "max_size", "pretrained_backbone", "in_channels", "encoder", "decoder_channels",
            "semantic_weight", "boundary_weight", "distance_weight", *DEFAULT_THRESHOLDS, "trainable_encoder_stages")
 """Named options of every bottom-up builder (anything else goes to smp's ``Unet``)."""
-CAPABILITIES: dict[str, Any] = {
-    "options": OPTIONS,
-    "backbone": "net.encoder",
-    "semantic_targets": True,
-    "input": InputSpec(channels=None),
-}
+CAPABILITIES: dict[str, Any] = {**DENSE_CAPABILITIES, "options": OPTIONS}
 
 for _encoder in ENCODERS:
     _doc = (f"Bottom-up instances (U-Net semantic + border + distance maps, seeded watershed) on "

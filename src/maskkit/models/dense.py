@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from maskkit.models.encoders import DenseInput, pad_to
+from maskkit.models.registry import InputSpec
 from maskkit.models.targets import checked_semantic_target
 from maskkit.structures.labels import IGNORE_INDEX
 
@@ -84,6 +85,14 @@ class DenseSegmentationModel(nn.Module):
 
     def _decode(self, raw: Any) -> dict[str, Tensor]:
         return self.decoder(raw)
+
+
+DENSE_CAPABILITIES: dict[str, Any] = {
+    "backbone": "net.encoder",
+    "semantic_targets": True,
+    "input": InputSpec(channels=None),
+}
+"""Registry capabilities every dense model shares (each family adds its ``options``)."""
 
 
 def encoder_builder(build: Callable[..., nn.Module], name: str, encoder: str, doc: str) -> Callable[..., nn.Module]:

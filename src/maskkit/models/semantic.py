@@ -28,10 +28,10 @@ from torch import Tensor, nn
 from torchvision.models.segmentation.fcn import FCNHead
 
 from maskkit.errors import ConfigError
-from maskkit.models.dense import DenseSegmentationModel, Targets, encoder_builder, semantic_batch
+from maskkit.models.dense import DENSE_CAPABILITIES, DenseSegmentationModel, Targets, encoder_builder, semantic_batch
 from maskkit.models.encoders import ENCODERS, DenseInput, build_encoder, build_smp, encoder_norm, encoder_stride
 from maskkit.models.losses import SegLoss
-from maskkit.models.registry import InputSpec, register_model
+from maskkit.models.registry import register_model
 from maskkit.structures.labels import IGNORE_INDEX
 
 DEFAULT_LOSS: dict[str, float] = {"ce": 1.0, "dice": 1.0}
@@ -180,12 +180,7 @@ def build_semantic(
 
 OPTIONS = ("min_size", "max_size", "pretrained_backbone", "in_channels", "encoder", "loss", "class_weights", "min_area")
 """Named options of every semantic builder (anything else goes to the smp architecture)."""
-CAPABILITIES: dict[str, Any] = {
-    "options": OPTIONS,
-    "backbone": "net.encoder",
-    "semantic_targets": True,
-    "input": InputSpec(channels=None),
-}
+CAPABILITIES: dict[str, Any] = {**DENSE_CAPABILITIES, "options": OPTIONS}
 
 for _family in FAMILIES:
     for _encoder in ENCODERS:
