@@ -36,11 +36,11 @@ from maskkit.data.formats.labelme import VERSION
 from maskkit.data.formats.polygonize import mask_to_polygons
 from maskkit.data.images import read_image
 from maskkit.errors import ConfigError, DataError
-from maskkit.evaluation.results import instances_to_results
 from maskkit.fileio import atomic_write_bytes, atomic_write_json, atomic_write_png, atomic_write_text
 from maskkit.inference.tiling import write_label_image as write_tiff
 from maskkit.inference.visualize import draw_instances
 from maskkit.structures import Instances, Masks
+from maskkit.structures.results import instances_to_results
 
 SETTINGS_FILE = "predict_settings.json"
 PNG_MAX_INSTANCES = 65535
