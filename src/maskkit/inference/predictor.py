@@ -9,7 +9,7 @@ torchvision Mask R-CNN models take a faster path: score/class/count filters appl
 head, masks pasted as crops straight into RLE (:mod:`maskkit.inference.paste`) instead of full-image
 canvases (bit-identical to torchvision), plus BatchNorm folded into the convolutions and
 channels-last convolutions (float rounding differences only) whose NHWC features go straight to a
-fast RoIAlign (:mod:`maskkit.inference.roi_align`, bit-identical to torchvision's, ~20x faster on
+fast RoIAlign (:mod:`maskkit.inference.roi_align`, bit-identical to torchvision's, 3-4x faster on
 CPU). ``optimize="exact"`` keeps the network unchanged (crop pasting and the fast RoIAlign only:
 outputs bit-identical to torchvision's), ``optimize=False`` runs the model's own ``forward``, as
 other models always do. A Predictor is not thread-safe (TTA scales the model's own
