@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from maskkit.perf import timed_runs
+
 GOAL = 2.0
 """Maximum accepted ratio of maskkit's COCO read time to pycocotools'."""
 
@@ -107,16 +109,8 @@ Times = list[float]
 
 
 def timed(fn: Callable[..., Any], repeats: int, setup: Callable[[], tuple[Any, ...]] = tuple) -> tuple[Times, Any]:
-    """One untimed warm-up run of ``fn(*setup())``, then ``repeats`` timed runs; ``setup`` (fresh inputs
-    for each run) is called untimed. Returns the run times and the last result."""
-    fn(*setup())
-    times, result = [], None
-    for _ in range(max(repeats, 1)):
-        args = setup()
-        t0 = time.perf_counter()
-        result = fn(*args)
-        times.append(time.perf_counter() - t0)
-    return times, result
+    """One untimed warm-up run of ``fn(*setup())``, then ``repeats`` timed runs (:func:`maskkit.perf.timed_runs`)."""
+    return timed_runs(fn, repeats, setup)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -51,6 +51,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from maskkit.perf import timed_runs
+
 SIZE = 256
 NUM_CLASSES = 5
 
@@ -227,13 +229,7 @@ def _fresh(gt: dict[str, Any]) -> dict[str, Any]:
 def measure(fn: Callable[..., Any], args: Callable[[], tuple[Any, ...]], repeats: int) -> tuple[Timing, Any]:
     """One untimed warm-up run of ``fn(*args())``, then ``repeats`` timed runs; ``args()`` (fresh inputs
     for each run) is called untimed. Returns the timings and the last result."""
-    fn(*args())
-    times, out = [], None
-    for _ in range(max(repeats, 1)):
-        a = args()
-        t = time.perf_counter()
-        out = fn(*a)
-        times.append(time.perf_counter() - t)
+    times, out = timed_runs(fn, repeats, args)
     return Timing(times), out
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -21,3 +23,18 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def timed_runs(
+    fn: Callable[..., Any], repeats: int, setup: Callable[[], tuple[Any, ...]] = tuple
+) -> tuple[list[float], Any]:
+    """One untimed warm-up run of ``fn(*setup())``, then ``repeats`` (at least one) timed runs; ``setup`` (fresh
+    inputs for each run) is called untimed. Returns the wall times of the timed runs and the last result."""
+    fn(*setup())
+    times, result = [], None
+    for _ in range(max(repeats, 1)):
+        args = setup()
+        t0 = time.perf_counter()
+        result = fn(*args)
+        times.append(time.perf_counter() - t0)
+    return times, result
