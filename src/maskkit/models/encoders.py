@@ -29,6 +29,14 @@ ENCODERS: dict[str, str] = {
     "mbv2": "mobilenet_v2",
     "effl0": "tu-tf_efficientnet_lite0",
 }
+ENCODER_NAMES: dict[str, str] = {
+    "r18": "ResNet-18",
+    "r34": "ResNet-34",
+    "r50": "ResNet-50",
+    "mbv2": "MobileNetV2",
+    "effl0": "EfficientNet-Lite0 (ImageNet weights offline)",
+}
+"""Human names of the short encoder names (registry descriptions)."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -233,6 +241,12 @@ class DenseInput(nn.Module):
         self.min_size = min_size
         self.max_size = max_size
         self.channels_last = channels_last
+
+    @classmethod
+    def for_network(cls, net: nn.Module, encoder: str, in_channels: int, min_size: int | None,
+                    max_size: int | None, channels_last: bool = False) -> DenseInput:
+        """The input pipeline of ``net`` built on ``encoder``: its weights' mean/std and its size divisor."""
+        return cls(*encoder_norm(encoder, in_channels), encoder_stride(net), min_size, max_size, channels_last)
 
     def forward(self, images: Sequence[Tensor]) -> PaddedBatch:
         channels = self.mean.shape[0]

@@ -493,10 +493,5 @@ def write(aset: AnnotationSet, dst: Path) -> ConversionReport:
     return report
 
 
-register_format(
-    FORMAT,
-    detect=detect,
-    read=read,
-    write=write,
-    description="LabelMe JSON per image (polygon/rectangle/circle/mask shapes, group_id parts)",
-)
+register_format(FORMAT, detect=detect, read=read, write=write,
+                description="LabelMe JSON per image (polygon/rectangle/circle/mask shapes, group_id parts)")
