@@ -72,11 +72,11 @@ def run_study(
     if not isinstance(space, SearchSpace):
         space = load_space(space, base)
     metric = metric or validation_metric(base_cfg)
+    sampler_, pruner_ = make_sampler(sampler, seed, startup_trials), make_pruner(pruner, startup_trials)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or default_storage(out)
-    the_study = open_study(study, make_storage(url, heartbeat), metric,
-                           make_sampler(sampler, seed, startup_trials), make_pruner(pruner, startup_trials))
+    the_study = open_study(study, make_storage(url, heartbeat), metric, sampler_, pruner_)
     remaining = trials - finished(the_study)
     log.info("study %r (%s): %d of %d trials finished, %d to run here; maximising %s", study, url,
              trials - max(remaining, 0), trials, max(remaining, 0), metric)

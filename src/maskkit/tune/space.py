@@ -48,6 +48,7 @@ class FloatParam(_Param):
         return self
 
     def values(self) -> list[Any]:
+        """The values checked against the config up front: the bounds."""
         return [self.low, self.high]
 
 
@@ -66,7 +67,10 @@ class IntParam(_Param):
         return self
 
     def values(self) -> list[Any]:
-        return [self.low, self.high]
+        """Every value the parameter can take when there are few (so ``28..56`` on a 28-or-56 field is
+        refused up front), else the bounds."""
+        every = range(self.low, self.high + 1, self.step)
+        return list(every) if len(every) <= 256 else [self.low, self.high]
 
 
 class CategoricalParam(_Param):
@@ -76,6 +80,7 @@ class CategoricalParam(_Param):
     choices: list[bool | int | float | str | None] = Field(min_length=1)
 
     def values(self) -> list[Any]:
+        """The values checked against the config up front: every choice."""
         return list(self.choices)
 
 
@@ -151,12 +156,15 @@ def load_space(path: str | Path, base: Mapping[str, Any] | None = None) -> Searc
 def _first_error(exc: ValidationError) -> str:
     """The first problem pydantic found, on one line (``field: message``)."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if p not in ("float", "int", "categorical"))
+    parts = [str(p) for p in err["loc"] if p not in ("float", "int", "categorical")]
     msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "union_tag_invalid" or err["type"] == "union_tag_not_found":
-        msg = "'type' must be one of float, int, categorical"
-        loc = "type"
-    return f"{loc}: {msg}" if loc else msg
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        parts, msg = ["type"], "'type' must be one of float, int, categorical"
+    elif err["type"] in ("model_attributes_type", "dict_type"):
+        msg = "a parameter is a mapping, e.g. {type: float, low: 1.0e-4, high: 1.0e-2, log: true}"
+    elif parts[:1] == ["choices"] and len(parts) > 1:
+        parts, msg = parts[:2], "each choice must be a number, a string, a boolean or null"
+    return f"{'.'.join(parts)}: {msg}" if parts else msg
 
 
 def _check_path(name: str, source: Path) -> None:

@@ -9,6 +9,7 @@ process was killed) is marked failed and queued again with the same parameters
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -19,6 +20,7 @@ from maskkit.errors import ConfigError
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp")
 PRUNERS = ("median", "hyperband", "none")
 INSTALL_HINT = "pip install 'maskkit[tune]'"
+CREATE_ATTEMPTS = 5
 
 
 def require_optuna() -> ModuleType:
@@ -48,10 +50,12 @@ def make_sampler(name: str, seed: int | None = None, startup_trials: int = 3) ->
     }
     if name not in builders:
         raise ConfigError(f"--sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
-    try:
-        return builders[name]()
-    except ImportError as exc:
-        raise ConfigError(f"--sampler {name}: {exc} (e.g. pip install cmaes)") from None
+    if name == "cmaes":  # Optuna imports it only when the first trial after the random ones is sampled
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise ConfigError("--sampler cmaes needs the cmaes package: pip install cmaes") from None
+    return builders[name]()
 
 
 def make_pruner(name: str, startup_trials: int = 3) -> Any:
@@ -82,16 +86,24 @@ def make_storage(url: str, heartbeat: int = 60) -> Any:
     retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None)  # Optuna >= 4.9
     key = "heartbeat_stale_trial_callback" if retry is not None else "failed_trial_callback"
     retry = retry or storages.RetryFailedTrialCallback
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return storages.RDBStorage(url, heartbeat_interval=heartbeat, **{key: retry(max_retry=2)}, **kwargs)
-        except (ImportError, ValueError) as exc:
-            raise ConfigError(f"--storage {url}: {' '.join(str(exc).split())}") from None
-        except Exception as exc:  # sqlalchemy's errors: a bad URL, an unreachable server
-            if type(exc).__module__.startswith("sqlalchemy"):
-                raise ConfigError(f"--storage {url}: {' '.join(str(exc).split())[:300]}") from None
-            raise
+    import sqlalchemy.exc
+
+    def problem(exc: Exception) -> ConfigError:
+        return ConfigError(f"--storage {url}: {' '.join(str(exc).split())[:300]}")
+
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return storages.RDBStorage(url, heartbeat_interval=heartbeat, **{key: retry(max_retry=2)}, **kwargs)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
+                # Processes starting together on a new database race to create its tables: the loser retries
+                # and finds them made; a server that stays unreachable ends in an error.
+                last = exc
+            except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as exc:  # a bad URL, a missing driver
+                raise problem(exc) from None
+        time.sleep(0.5 * attempt)
+    raise problem(last)
 
 
 def open_study(name: str, storage: Any, metric: str, sampler: Any = None, pruner: Any = None) -> Any:
