@@ -66,6 +66,13 @@ schedule.patience: {type: categorical, choices: [null, 3]}
     assert isinstance(cfg, TrainConfig) and cfg.optim.lr == 0.005 and cfg.output.out == "x"
     assert cfg.schedule.patience is None  # a sampled null sets null; an unset extra (None) is skipped
     assert cfg.model.options == {"box_batch_size_per_image": 128}
+    values, outside = space.base_values({"schedule": {"patience": 10}})  # the parameters of a baseline trial
+    assert values == {"optim.lr": 1e-3, "augment.color_jitter": 0.0, "data.batch_size": 2,
+                      "model.mask_resolution": 28}
+    assert outside == ["model.options.box_batch_size_per_image=(unset)", "loss_weights.loss_mask=(unset)",
+                       "schedule.patience=10"]
+    assert p["augment.color_jitter"].contains(0.2) and not p["augment.color_jitter"].contains(0.25)
+    assert not p["data.batch_size"].contains(2.5) and not p["model.mask_resolution"].contains(True)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -178,7 +185,8 @@ def test_three_trial_search_prunes_a_bad_trial_and_reports(data: Path, tmp_path:
     queued = open_study("s", make_storage(default_storage(out)), METRIC)
     for lr in (1e-2, 1e-9, 1e-2):
         queued.enqueue_trial({"optim.lr": lr, "augment.hflip": 0.5})
-    result = run_study(_base(data), space, 3, out, study="s", metric=METRIC, startup_trials=1, seed=0)
+    result = run_study(_base(data), space, 3, out, study="s", metric=METRIC, startup_trials=1, seed=0,
+                       baseline=False)
     trials = result.study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
     assert result.ran == 3 and trials[1].params["optim.lr"] == 1e-9
@@ -259,10 +267,12 @@ def test_killed_search_resumes_from_the_database(data: Path, tmp_path: Path) -> 
     states = [t.state for t in after]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert after[0].value == before[0].value and after[0].params == before[0].params  # the earlier trial is kept
+    assert after[0].params == {"optim.lr": 1e-2} and after[0].user_attrs["baseline"]  # the base config's values
     assert after[0].datetime_complete == before[0].datetime_complete
     assert after[2].system_attrs["failed_trial"] == 1 and after[2].params == after[1].params  # retried as is
     with (out / "trials.csv").open() as f:
-        assert [r["retry_of"] for r in csv.DictReader(f)] == ["", "", "1", ""]
+        assert [(r["retry_of"], r["baseline"]) for r in csv.DictReader(f)] == [("", "yes"), ("", ""), ("1", ""),
+                                                                               ("", "")]
     assert (out / "best_config.yaml").is_file()
 
 

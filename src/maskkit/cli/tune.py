@@ -34,6 +34,8 @@ def command(
                                        "results, and trials completed before the median pruner prunes."),
     heartbeat: int = typer.Option(60, "--heartbeat", help="Seconds between a running trial's heartbeats; a trial "
                                   "silent for twice that (killed) is failed and queued again."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="First trial: the base config's own "
+                                  "values (when the space can take them), to compare the search with."),
 ) -> None:
     """Search hyperparameters with Optuna: each trial a training run, pruned on the validation metric."""
     import logging
@@ -46,7 +48,7 @@ def command(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = run_study(config, space, trials, out, minutes_per_trial=minutes_per_trial, storage=storage, study=study,
                        sampler=sampler, pruner=pruner, seed=seed, metric=metric, startup_trials=startup_trials,
-                       heartbeat=heartbeat)
+                       heartbeat=heartbeat, baseline=baseline)
     _print_summary(result)
 
 

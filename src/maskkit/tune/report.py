@@ -57,14 +57,16 @@ def write_trials_csv(study: Any, path: Path) -> Path:
         names += [k for k in t.params if k not in names]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["number", "state", "value", *names, "epochs", "last_step", "run", "start", "seconds", "retry_of"])
+    w.writerow(["number", "state", "value", *names, "epochs", "last_step", "run", "start", "seconds", "retry_of",
+                "baseline"])
     for t in trials:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else ""
         w.writerow([t.number, t.state.name, "" if t.value is None else t.value, *(t.params.get(k, "") for k in names),
                     t.user_attrs.get("epochs", ""), "" if t.last_step is None else t.last_step,
                     t.user_attrs.get("run", ""), t.datetime_start.isoformat(timespec="seconds") if t.datetime_start
-                    else "", f"{seconds:.1f}" if seconds != "" else "", t.system_attrs.get("failed_trial", "")])
+                    else "", f"{seconds:.1f}" if seconds != "" else "", t.system_attrs.get("failed_trial", ""),
+                    "yes" if t.user_attrs.get("baseline") else ""])
     atomic_write_text(path, buf.getvalue())
     return path
 

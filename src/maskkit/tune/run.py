@@ -53,6 +53,7 @@ def run_study(
     metric: str | None = None,
     startup_trials: int = 3,
     heartbeat: int = 60,
+    baseline: bool = True,
 ) -> TuneResult:
     """Run the study ``study`` until it holds ``trials`` finished (complete or pruned) trials, then report.
 
@@ -60,7 +61,8 @@ def run_study(
     :class:`SearchSpace`); each trial trains in ``out/trial-NNNN/``. ``storage`` is an SQLAlchemy URL
     (default ``sqlite:///out/study.db``): processes on one URL and study name share the trials, and a rerun
     resumes. ``metric`` (default: the engine's, ``segm.AP`` or ``semantic.miou``) is maximised;
-    ``minutes_per_trial`` is each run's ``schedule.max_minutes``.
+    ``minutes_per_trial`` is each run's ``schedule.max_minutes``. ``baseline`` queues the base config's own
+    values as a trial (once per study, when the space can take them): the search is compared with it.
     """
     require_optuna()  # the install hint before any work
     if trials < 1:
@@ -77,6 +79,8 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     url = storage or default_storage(out)
     the_study = open_study(study, make_storage(url, heartbeat), metric, sampler_, pruner_)
+    if baseline:
+        queue_baseline(the_study, space, base)
     remaining = trials - finished(the_study)
     log.info("study %r (%s): %d of %d trials finished, %d to run here; maximising %s", study, url,
              trials - max(remaining, 0), trials, max(remaining, 0), metric)
@@ -94,3 +98,14 @@ def run_study(
 
     files = write_report(the_study, base, out)
     return TuneResult(study=the_study, out=out, storage=url, files=files, ran=ran)
+
+
+def queue_baseline(study: Any, space: SearchSpace, base: Mapping[str, Any]) -> bool:
+    """Queue the base config's values of the searched parameters as a trial (marked ``baseline``) unless the
+    study already has a trial with them; False (and a log line) when the space cannot take them."""
+    values, outside = space.base_values(base)
+    if outside:
+        log.info("no baseline trial: the base config's %s outside the search space", ", ".join(outside))
+        return False
+    study.enqueue_trial(values, user_attrs={"baseline": True}, skip_if_exists=True)
+    return True

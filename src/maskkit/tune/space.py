@@ -51,6 +51,10 @@ class FloatParam(_Param):
         """The values checked against the config up front: the bounds."""
         return [self.low, self.high]
 
+    def contains(self, value: Any) -> bool:
+        """Whether the parameter can take ``value``."""
+        return _on_grid(value, self.low, self.high, self.step)
+
 
 class IntParam(_Param):
     """An integer in ``[low, high]``: uniform, log-uniform (``log``) or every ``step``-th."""
@@ -72,6 +76,11 @@ class IntParam(_Param):
         every = range(self.low, self.high + 1, self.step)
         return list(every) if len(every) <= 256 else [self.low, self.high]
 
+    def contains(self, value: Any) -> bool:
+        """Whether the parameter can take ``value``."""
+        return isinstance(value, int) and not isinstance(value, bool) and _on_grid(value, self.low, self.high,
+                                                                                  self.step)
+
 
 class CategoricalParam(_Param):
     """One of ``choices`` (numbers, strings, booleans or null)."""
@@ -83,9 +92,19 @@ class CategoricalParam(_Param):
         """The values checked against the config up front: every choice."""
         return list(self.choices)
 
+    def contains(self, value: Any) -> bool:
+        """Whether the parameter can take ``value``."""
+        return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in self.choices)
+
 
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 _PARAM: TypeAdapter[Any] = TypeAdapter(Param)
+
+
+def _on_grid(value: Any, low: float, high: float, step: float | None) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        return False
+    return step is None or abs((value - low) / step - round((value - low) / step)) < 1e-9
 
 
 def _check_bounds(low: float, high: float, log: bool, step: float | None) -> None:
@@ -125,6 +144,26 @@ class SearchSpace(BaseModel):
         shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
         data = merge_overrides(merge_overrides(base, values, keep_none=True), extra)
         return validate_config(data, f"{self.source} with {shown}")
+
+
+    def base_values(self, base: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The base config's value of every parameter (its defaults filled in), and a note for each one the
+        space cannot take (outside the range or the choices): the parameters of a baseline trial."""
+        node_all = validate_config(base).model_dump(mode="json")
+        values: dict[str, Any] = {}
+        outside: list[str] = []
+        for name, p in self.params.items():
+            node: Any = node_all
+            for part in name.split("."):
+                node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+            if node is _MISSING or not p.contains(node):
+                outside.append(f"{name}={'(unset)' if node is _MISSING else repr(node)}")
+            else:
+                values[name] = node
+        return values, outside
+
+
+_MISSING = object()
 
 
 def load_space(path: str | Path, base: Mapping[str, Any] | None = None) -> SearchSpace:
