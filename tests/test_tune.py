@@ -112,6 +112,18 @@ def test_space_checks_values_against_the_base_config(tmp_path: Path) -> None:
         load_space(path, {"optim": {"lr": -1}})
 
 
+def test_nuclei_space_fits_the_nuclei_recipe() -> None:
+    """configs/space-dsb2018.yaml loads against configs/dsb2018.yaml, and the recipe's own values are a trial."""
+    from maskkit.config import read_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    base = read_config(root / "dsb2018.yaml")
+    space = load_space(root / "space-dsb2018.yaml", base)
+    values, outside = space.base_values(base)
+    assert outside == [] and values == {"optim.lr": 1e-3, "optim.weight_decay": 1e-4, "augment.color_jitter": 0.2,
+                                        "model.mask_resolution": 28}
+
+
 # -- the command line without optuna, and --help ----------------------------------------------------------------
 
 
