@@ -95,10 +95,11 @@ def write_plots(study: Any, out: Path) -> list[Path]:
         if complete < needed:
             log.info("%s.png: needs %d completed trial(s), the study has %d", name, needed, complete)
             continue
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # experimental API; degenerate axes of few trials (harmless)
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", UserWarning)
             ax = make()
-        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        fig: Any = (ax.flat[0] if hasattr(ax, "flat") else ax).figure  # a Figure (Optuna draws with plt.subplots)
         fig.set_size_inches(9, 5.5)
         fig.tight_layout()
         buf = io.BytesIO()

@@ -99,6 +99,7 @@ class CategoricalParam(_Param):
 
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 _PARAM: TypeAdapter[Any] = TypeAdapter(Param)
+_MISSING = object()
 
 
 def _on_grid(value: Any, low: float, high: float, step: float | None) -> bool:
@@ -145,7 +146,6 @@ class SearchSpace(BaseModel):
         data = merge_overrides(merge_overrides(base, values, keep_none=True), extra)
         return validate_config(data, f"{self.source} with {shown}")
 
-
     def base_values(self, base: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The base config's value of every parameter (its defaults filled in), and a note for each one the
         space cannot take (outside the range or the choices): the parameters of a baseline trial."""
@@ -161,9 +161,6 @@ class SearchSpace(BaseModel):
             else:
                 values[name] = node
         return values, outside
-
-
-_MISSING = object()
 
 
 def load_space(path: str | Path, base: Mapping[str, Any] | None = None) -> SearchSpace:
