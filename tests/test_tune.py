@@ -124,6 +124,30 @@ def test_nuclei_space_fits_the_nuclei_recipe() -> None:
                                         "model.mask_resolution": 28}
 
 
+def test_samplers_pruners_and_storage_errors(tmp_path: Path) -> None:
+    import importlib.util
+
+    import optuna
+
+    from maskkit.tune.study import PRUNERS, SAMPLERS, make_pruner, make_sampler, make_storage
+
+    for name in SAMPLERS:
+        if name == "cmaes" and importlib.util.find_spec("cmaes") is None:  # an optional package of Optuna's
+            with pytest.raises(ConfigError, match="pip install cmaes"):
+                make_sampler(name)
+        else:
+            assert isinstance(make_sampler(name, seed=0), optuna.samplers.BaseSampler)
+    assert all(isinstance(make_pruner(name), optuna.pruners.BasePruner) for name in PRUNERS)
+    with pytest.raises(ConfigError, match="--sampler 'grid': choose one of tpe, random"):
+        make_sampler("grid")
+    with pytest.raises(ConfigError, match="--pruner 'x': choose one of median, hyperband, none"):
+        make_pruner("x")
+    with pytest.raises(ConfigError, match="--storage nonsense://: "):
+        make_storage("nonsense://")
+    storage = make_storage(f"sqlite:///{tmp_path / 'new' / 'study.db'}", heartbeat=5)  # creates the folder
+    assert storage.heartbeat_interval == 5 and (tmp_path / "new" / "study.db").is_file()
+
+
 # -- the command line without optuna, and --help ----------------------------------------------------------------
 
 
