@@ -262,6 +262,37 @@ def test_unknown_metric_is_a_config_error(data: Path, tmp_path: Path, one_thread
         run_study(_base(data, epochs=1), space, 1, tmp_path / "o", metric="segm.APX")
 
 
+def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training that fails under some values (diverged) is a failed trial; a setup error stops the search."""
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState
+
+    from maskkit.errors import DataError, MaskkitError
+    from maskkit.tune import objective
+    from maskkit.tune.run import run_study
+    from maskkit.tune.study import default_storage, make_storage, open_study
+
+    def fake_train(cfg: TrainConfig, on_validation: Any) -> Any:
+        if cfg.optim.lr > 0.05:
+            raise MaskkitError("training diverged: 21 steps with a non-finite loss")
+        if cfg.optim.lr < 1e-4:
+            raise DataError("cannot decode", file="a.png")
+        on_validation(0, {"segm": {"AP": 0.5}})
+        return SimpleNamespace(best_metric=0.5, epochs=1, steps=3)
+
+    monkeypatch.setattr(objective, "train", fake_train)
+    space = _space(tmp_path, "optim.lr: {type: categorical, choices: [0.1, 0.01, 1.0e-5]}\n")
+    study = open_study("maskkit", make_storage(default_storage(tmp_path / "o")), "segm.AP")
+    for lr in (0.1, 0.01):
+        study.enqueue_trial({"optim.lr": lr})
+    result = run_study({}, space, 2, tmp_path / "o", baseline=False)
+    assert [t.state for t in result.study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    study.enqueue_trial({"optim.lr": 1e-5})
+    with pytest.raises(DataError, match=r"a\.png: cannot decode"):
+        run_study({}, space, 2, tmp_path / "o", baseline=False)
+
+
 # -- processes: a killed search resumes, two processes share a study ---------------------------------------------
 
 
