@@ -5,10 +5,14 @@ Outputs (in ``--out``, default ``runs/predict``; see :mod:`maskkit.inference.wri
 (COCO results and their image list), optionally ``labels/<key>.png`` and ``labelme/<key>.json``;
 for a video ``<key>.mp4`` (overlays, a colour per track) and ``<key>.tracks.json``. Folders are
 searched recursively. A rerun skips images whose outputs all exist (``--overwrite`` redoes them).
+``--ray`` predicts the images (and the tiles of huge ones) on Ray (:mod:`maskkit.inference.distributed`);
+the outputs are written here, identical to a single-process run; videos stay in this process.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,12 @@ def command(
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: merge predictions over flips at mask "
                              "level (about 2-4x the time)."),
     tta_scales: str | None = typer.Option(None, "--tta-scales", help="TTA scales, e.g. 0.75,1,1.25 (implies --tta)."),
+    ray: str | None = typer.Option(None, "--ray", help="Predict the images (and tiles) on Ray: auto, a Ray address "
+                                   "or local:N (a local instance with N CPUs). Needs maskkit[ray]."),
+    ray_workers: int | None = typer.Option(None, "--ray-workers", help="With --ray: actors, one model each "
+                                           "(default: as many as the CPUs or GPUs allow)."),
+    ray_cpus: int = typer.Option(1, "--ray-cpus", help="With --ray: CPUs (and torch threads) per worker."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="With --ray: GPUs per worker (e.g. 1, or 0.5 to share)."),
 ) -> None:
     """Predict instance masks on images and videos; write overlays, COCO results, label images, LabelMe JSON."""
     from maskkit.inference.tta import parse_scales  # deferred: torch
@@ -65,6 +75,7 @@ def command(
     options = OutputOptions(overlays=save_overlays, json=save_json, labels=save_labels, labelme=save_labelme)
     if not options.any():
         raise ConfigError("every output is switched off: keep --save-overlays or --save-json, or add --save-labels")
+    distributed = _ray_settings(ray, ray_workers, ray_cpus, ray_gpus)
     items = collect_sources(sources, exclude=out)
     scales = parse_scales(tta_scales)
     predictor = _load_predictor(model, device, conf, tta or scales is not None, scales)
@@ -81,7 +92,9 @@ def command(
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, settings, overwrite)
     predict = FilteredPredict(predictor, conf, keep, max_det, tile, overlap)
-    counts = _run(items, predict, out, class_names, options, overwrite, video_max_gap, track_iou)
+    with _ray_images(distributed, predict, model, _predictor_options(device, conf, tta or scales is not None,
+                                                                      scales)) as remote:
+        counts = _run(items, predict, out, class_names, options, overwrite, video_max_gap, track_iou, remote)
     _finish(out, items, ids, categories, cat_map, options, counts, data)
 
 
@@ -91,12 +104,9 @@ def _load_predictor(model: Path, device: str, conf: float | None, tta: bool = Fa
     if not model.exists():
         raise DataError("checkpoint not found", file=model)
     from maskkit.inference.predictor import Predictor  # deferred: torch
-    from maskkit.inference.tta import FLIPS  # deferred: torch
 
-    flips = FLIPS if tta else None
     try:
-        return Predictor(model, device=device, score_threshold=conf, tta=tta, tta_scales=tta_scales,
-                         tta_flips=flips)
+        return Predictor(model, **_predictor_options(device, conf, tta, tta_scales))
     except DataError as exc:  # torch's messages can run over many lines: keep the first
         first = exc.problem.splitlines()[0] if exc.problem else ""
         if len(first) > 160 and ". " in first:
@@ -107,6 +117,37 @@ def _load_predictor(model: Path, device: str, conf: float | None, tta: bool = Fa
     except Exception as exc:  # a foreign .pt: missing keys, a config that does not validate, mismatched weights
         message = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise DataError(f"not a usable maskkit checkpoint ({type(exc).__name__}: {message})", file=model) from None
+
+
+def _predictor_options(device: str, conf: float | None, tta: bool, tta_scales: list[float] | None
+                       ) -> dict[str, Any]:
+    """The Predictor's options (the same in this process and in each Ray worker)."""
+    from maskkit.inference.tta import FLIPS  # deferred: torch
+
+    return {"device": device, "score_threshold": conf, "tta": tta, "tta_scales": tta_scales,
+            "tta_flips": FLIPS if tta else None}
+
+
+def _ray_settings(address: str | None, workers: int | None, cpus: int, gpus: float) -> Any:
+    """``--ray`` settings (None without the flag); Ray's absence is reported before a model is loaded."""
+    if address is None:
+        return None
+    from maskkit.inference.distributed import RaySettings, import_ray
+
+    import_ray()
+    return RaySettings(address, workers=workers, cpus=cpus, gpus=gpus)
+
+
+@contextlib.contextmanager
+def _ray_images(settings: Any, predict: Any, model: Path, options: dict[str, Any]) -> Iterator[Any]:
+    """With ``--ray``: a Ray session and ``images -> (item, image, instances)`` run on it; else None."""
+    if settings is None:
+        yield None
+        return
+    from maskkit.inference.distributed import predict_files, ray_session
+
+    with ray_session(settings):
+        yield lambda images: predict_files(images, predict, model.resolve(), options, settings)
 
 
 def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any, allow_outside_root: bool = False
@@ -130,8 +171,8 @@ def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any, 
 
 
 def _run(items: list[Any], predict: Any, out: Path, class_names: dict[int, str], options: Any,
-         overwrite: bool, max_gap: int, track_iou: float) -> dict[str, int]:
-    """Predict every source with a progress bar; returns counts."""
+         overwrite: bool, max_gap: int, track_iou: float, remote: Any = None) -> dict[str, int]:
+    """Predict every source with a progress bar (images on Ray with ``remote``, see ``_ray_images``); counts."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -143,14 +184,14 @@ def _run(items: list[Any], predict: Any, out: Path, class_names: dict[int, str],
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         if images:
             task = bar.add_task("images", total=len(images))
-            for it in images:
-                if not overwrite and writer.done(it.key):
-                    counts["skipped"] += 1
-                else:
-                    image, inst = predict.file(it.path)
-                    writer.write(it.key, it.path, image, inst)
-                    counts["images"] += 1
-                    counts["instances"] += len(inst)
+            todo = [it for it in images if overwrite or not writer.done(it.key)]
+            counts["skipped"] = len(images) - len(todo)
+            bar.advance(task, counts["skipped"])
+            results = remote(todo) if remote is not None else ((it, *predict.file(it.path)) for it in todo)
+            for it, image, inst in results:
+                writer.write(it.key, it.path, image, inst)
+                counts["images"] += 1
+                counts["instances"] += len(inst)
                 bar.advance(task)
         for it in videos:
             paths = video_outputs(out, it.key)

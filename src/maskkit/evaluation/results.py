@@ -416,12 +416,16 @@ def image_loader(aset: Any) -> Callable[[int], np.ndarray | None]:
         rec = records.get(image_id)
         if rec is None:
             return None
-        try:
-            if rec.data is not None:
-                return decode_image_bytes(rec.data, rec.source)
-            path = aset.image_path(rec)
-            return read_image(path) if path.is_file() else None
-        except (DataError, OSError):
-            return None
+        return read_record_image(rec.data, rec.source, aset.image_path(rec))
 
     return load
+
+
+def read_record_image(data: bytes | None, source: str | None, path: Path) -> np.ndarray | None:
+    """An image record's pixels: its embedded ``data`` (from ``source``), else the file; ``None`` if unreachable."""
+    try:
+        if data is not None:
+            return decode_image_bytes(data, source)
+        return read_image(path) if path.is_file() else None
+    except (DataError, OSError):
+        return None

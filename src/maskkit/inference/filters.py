@@ -87,22 +87,27 @@ class FilteredPredict:
     def _tiled(self, shape: tuple[int, ...]) -> bool:
         return self.tile is not None and max(shape[:2]) > self.tile
 
-    def _finish(self, inst: Instances) -> Instances:
+    def finish(self, inst: Instances) -> Instances:
+        """The ``--conf``/``--classes``/``--max-det`` filter of a (stitched) prediction."""
         scores = np.asarray(inst.scores, dtype=np.float64)  # --conf compares in float64
         return inst[select(scores, inst.labels, self.conf, self.classes, self.max_det)]
 
     def __call__(self, image: np.ndarray) -> Instances:
         if self._tiled(image.shape):
-            return self._finish(predict_tiled(self.predictor, image, tile=self.tile, overlap=self.overlap))
-        return self._finish(self.predictor.predict(image))
+            return self.finish(predict_tiled(self.predictor, image, tile=self.tile, overlap=self.overlap))
+        return self.finish(self.predictor.predict(image))
 
     def file(self, path: Path) -> tuple[np.ndarray | None, Instances]:
         """``(image or None, instances)`` of an image file; a large one is read tile by tile (image None)."""
+        if self.tiled_size(path) is not None:
+            return None, self.finish(predict_tiled(self.predictor, path, tile=self.tile, overlap=self.overlap))
+        image = read_image(path)
+        return image, self(image)
+
+    def tiled_size(self, path: Path) -> tuple[int, int] | None:
+        """``(height, width)`` of an image file that :meth:`file` predicts tile by tile, else None."""
         try:
             size = image_size(path)
         except ImageTooLargeError as exc:
             raise exc.with_hint(TILED_TIFF_HINT) if self.tile is not None else exc from None
-        if self.tile is not None and self._tiled(size):
-            return None, self._finish(predict_tiled(self.predictor, path, tile=self.tile, overlap=self.overlap))
-        image = read_image(path)
-        return image, self(image)
+        return size if self.tile is not None and self._tiled(size) else None

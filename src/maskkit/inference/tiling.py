@@ -15,7 +15,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -105,35 +105,50 @@ def predict_tiled(
     if windows is None:
         windows = ArrayWindows(image) if isinstance(image, np.ndarray) else open_image_windows(image)
     owned = windows is not image
-    try:
-        tiles = list(iter_tiles(windows.height, windows.width, tile, overlap))
-        stitcher = Stitcher(windows.height, windows.width, tiles, match_threshold, margin=overlap // 4)
-        times = {"time_read": 0.0, "time_model": 0.0, "time_stitch": 0.0}
-        single = None
+    times = {"time_read": 0.0, "time_model": 0.0}
+
+    def predicted(tiles: list[Tile]) -> Iterator[tuple[Tile, Instances]]:
         for k, t in enumerate(tiles):
             t0 = time.perf_counter()
             arr = windows.read(t.y0, t.y1, t.x0, t.x1)
             t1 = time.perf_counter()
             inst = predictor.predict(arr)
-            t2 = time.perf_counter()
-            if len(tiles) == 1:
-                single = inst  # one tile: the predictor's output is already the answer
-            else:
-                stitcher.add(t, inst)
             times["time_read"] += t1 - t0
-            times["time_model"] += t2 - t1
-            times["time_stitch"] += time.perf_counter() - t2
+            times["time_model"] += time.perf_counter() - t1
+            yield t, inst
             if progress is not None:
                 progress(k + 1, len(tiles))
+
+    try:
         t0 = time.perf_counter()
-        result = single if single is not None else stitcher.result()
-        times["time_stitch"] += time.perf_counter() - t0
+        tiles = list(iter_tiles(windows.height, windows.width, tile, overlap))
+        result, counts = stitch_tiles(windows.height, windows.width, tiles, predicted(tiles), overlap, match_threshold)
         if stats is not None:
-            stats.update(stitcher.stats, **times, tiles=len(tiles), objects=len(result), source=windows.source)
+            spent = time.perf_counter() - t0
+            stats.update(counts, **times, time_stitch=spent - times["time_read"] - times["time_model"],
+                         tiles=len(tiles), objects=len(result), source=windows.source)
         return result
     finally:
         if owned:
             windows.close()
+
+
+def stitch_tiles(height: int, width: int, tiles: list[Tile], predictions: Iterable[tuple[Tile, Instances]],
+                 overlap: int, match_threshold: float = 0.5) -> tuple[Instances, dict[str, int]]:
+    """Stitch per-tile predictions (``(tile, Instances in the tile's coordinates)``, consumed one by one) of the
+    ``tiles`` of one ``height × width`` image into full-image instances, as :func:`predict_tiled` does.
+
+    Returns the instances and the stitcher's counts. One tile: its prediction is the answer as it is.
+    Feed the tiles in a fixed order (e.g. their index order) for bit-identical results run after run.
+    """
+    stitcher = Stitcher(height, width, tiles, match_threshold, margin=overlap // 4)
+    single = None
+    for t, inst in predictions:
+        if len(tiles) == 1:
+            single = inst  # one tile: the predictor's output is already the answer
+        else:
+            stitcher.add(t, inst)
+    return (single if single is not None else stitcher.result()), dict(stitcher.stats)
 
 
 # -- writing ----------------------------------------------------------------------------------------------------
