@@ -9,8 +9,8 @@ Each result comes back to the driver as a pickled ``Instances`` with RLE masks (
 per-image files through :mod:`maskkit.inference.writers` or feeds the evaluators while later images
 are still being predicted, and stitches the tiles of one image in tile order exactly as
 :func:`~maskkit.inference.tiling.predict_tiled` does, so every output is identical to the
-single-process run. A killed worker is restarted by Ray and its batch retried (``max_restarts``
-and ``max_task_retries`` of the actors).
+single-process run. A killed worker is restarted by Ray and its batch retried (Ray Data's actor
+fault tolerance: ``max_restarts=-1``, ``max_task_retries=-1``).
 
 Ray is imported only here and only when a function needs it; without it the flag fails with one
 line (:data:`RAY_HINT`).
@@ -47,20 +47,20 @@ class RaySettings:
     """Where and how to run: ``address`` is ``auto`` (the running cluster), a Ray address, or ``local:N`` (a
     local Ray instance with N CPUs on 127.0.0.1); ``workers`` actors (None: as many as the cluster's CPUs, or
     GPUs, allow), each with ``cpus`` CPUs (also its torch threads) and ``gpus`` GPUs; ``batch_size`` rows per
-    actor call; ``max_retries`` restarts of a dead actor and retries of its batch."""
+    actor call. A dead actor is restarted and its batch retried as Ray Data does by default (actors with
+    ``max_restarts=-1`` and ``max_task_retries=-1``)."""
 
     address: str
     workers: int | None = None
     cpus: int = 1
     gpus: float = 0.0
     batch_size: int = 1
-    max_retries: int = 3
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--ray-workers must be >= 1, got {self.workers}")
-        if self.cpus < 1 or self.gpus < 0 or self.batch_size < 1 or self.max_retries < 0:
-            raise ConfigError("--ray-cpus must be >= 1 and --ray-gpus >= 0")
+        if self.cpus < 1 or self.gpus < 0 or self.batch_size < 1:
+            raise ConfigError("--ray-cpus must be >= 1, --ray-gpus >= 0 and the batch size >= 1")
         local_cpus(self.address)  # validates local:N
 
 
@@ -202,14 +202,17 @@ def run_rows(rows: list[dict[str, Any]], model: str | Path, options: Mapping[str
     before = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
     ctx.execution_options.preserve_order = True  # results in the rows' order: deterministic outputs
     ctx.enable_progress_bars = False  # the CLI draws its own
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     try:
         ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / settings.batch_size)))
         gpus = {"num_gpus": settings.gpus} if settings.gpus else {}
         ds = ds.map_batches(
-            PredictWorker, batch_format="numpy", batch_size=settings.batch_size, concurrency=workers,
-            num_cpus=settings.cpus, fn_constructor_kwargs={"model": str(model), "filters": filters,
-                                                           "options": {**options, "threads": settings.cpus}},
-            max_restarts=settings.max_retries, max_task_retries=settings.max_retries, **gpus)
+            PredictWorker, batch_format="numpy", batch_size=settings.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=settings.cpus,
+            fn_constructor_kwargs={"model": str(model), "filters": filters,
+                                   "options": {**options, "threads": settings.cpus}}, **gpus)
         for row in ds.iter_rows():
             status, value = pickle.loads(row["result"])
             if status == "error":
@@ -217,6 +220,7 @@ def run_rows(rows: list[dict[str, Any]], model: str | Path, options: Mapping[str
             yield int(row["index"]), int(row["tile"]), value
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = before
+        logger.setLevel(level)
 
 
 def predict_files(items: Sequence[Any], predict: FilteredPredict, model: str | Path, options: Mapping[str, Any],
