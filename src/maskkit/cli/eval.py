@@ -7,7 +7,8 @@ folders (``--gt-labels`` + ``--pred-labels``), or a checkpoint run on a dataset 
 ``--model`` never scores training images silently: when the data holds images the run trained (or chose)
 on, only the run's val images (``val_images.json``, matched by resolved file path) are scored; when the run
 folder does not say what it trained on, stderr and ``metrics.json`` (``"contains_training_images": true``)
-say so.
+say so. ``--ray`` predicts on Ray (:mod:`maskkit.inference.distributed`) and evaluates the results here as
+they stream in, in the images' order: the metrics equal the single-process run's.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ def command(
     tta_scales: str | None = typer.Option(None, "--tta-scales", help="With --model: TTA scales, e.g. 0.75,1,1.25."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Accept image paths of --data/--gt "
                                             "that resolve outside the dataset root."),
+    ray: str | None = typer.Option(None, "--ray", help="With --model: predict on Ray (auto, a Ray address or "
+                                   "local:N), evaluate here as results stream in. Needs maskkit[ray]."),
+    ray_workers: int | None = typer.Option(None, "--ray-workers", help="With --ray: actors, one model each."),
+    ray_cpus: int = typer.Option(1, "--ray-cpus", help="With --ray: CPUs (and torch threads) per worker."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="With --ray: GPUs per worker."),
 ) -> None:
     """Evaluate instance predictions: COCO box/mask AP, matching F1/AJI, PQ, Boundary AP."""
     modes = {"--gt/--pred": gt or pred, "--gt-labels/--pred-labels": gt_labels or pred_labels,
@@ -67,6 +73,9 @@ def command(
     extras = ["matching", "panoptic", "confusion"]
     extras += (["boundary"] if boundary else []) + (["semantic"] if semantic else [])
     areas = "detectron2"  # predictions' areas for the size buckets; a results file: as pycocotools reads it
+    if ray is not None and chosen[0] != "--model/--data":
+        raise ConfigError("--ray goes with --model and --data")
+    distributed = _ray_settings(ray, ray_workers, ray_cpus, ray_gpus)
 
     stack = contextlib.ExitStack()
     # the figures are drawn by a worker process started now: matplotlib imports while the files are read
@@ -84,6 +93,14 @@ def command(
             aset, predict, notes, contains_training = _model_source(model, data, split, tta or scales is not None,
                                                                     scales, allow_outside_root)
             preds: Any = None
+            remote: Any = None
+            if distributed is not None:  # predicted on Ray, in the records' order, one at a time
+                from maskkit.inference.distributed import predict_records, ray_session
+
+                stack.enter_context(ray_session(distributed))
+                remote = predict_records(aset.images, aset.image_path, Path(str(model)).resolve(),
+                                         _predictor_options(tta or scales is not None, scales), distributed)
+                stack.callback(remote.close)  # before the session ends
         elif chosen[0] == "--gt/--pred":
             aset, preds, notes, areas = _results_source(gt, pred, allow_outside_root)
         else:
@@ -100,6 +117,12 @@ def command(
                 return [preds.get(rec.id) or _empty(rec) for rec in batch]
             out = []
             for rec in batch:
+                if remote is not None:
+                    inst = next(remote)
+                    if inst is None:
+                        raise DataError("image file not found or unreadable", file=aset.image_path(rec))
+                    out.append(inst)
+                    continue
                 image = load_image(rec.id)
                 if image is None:
                     raise DataError("image file not found or unreadable", file=aset.image_path(rec))
@@ -119,6 +142,22 @@ def command(
             typer.echo(f"wrote {len(paths)} files to {out}: " + ", ".join(p.name for p in paths))
     finally:
         stack.close()
+
+
+def _predictor_options(tta: bool, tta_scales: list[float] | None) -> dict[str, Any]:
+    """The Predictor's options for ``--model`` (the same in this process and in each Ray worker)."""
+    from maskkit.inference.tta import FLIPS  # deferred: torch
+
+    return {"tta": True, "tta_scales": tta_scales, "tta_flips": FLIPS} if tta else {}
+
+
+def _ray_settings(address: str | None, workers: int | None, cpus: int, gpus: float) -> Any:
+    """``--ray`` settings (None without the flag); Ray's absence is reported before a model is loaded."""
+    if address is None:
+        return None
+    from maskkit.inference.distributed import ray_settings
+
+    return ray_settings(address, workers, cpus, gpus)
 
 
 def _empty(rec: Any) -> Any:
@@ -147,12 +186,7 @@ def _model_source(model: Path | None, data: Path | None, split: str, tta: bool,
     the images may include training images (see the module docstring)."""
     if model is None or data is None:
         raise ConfigError("--model and --data go together")
-    from maskkit.inference.tta import FLIPS  # deferred: torch
-
-    options: dict[str, Any] = {}
-    if tta:
-        options = {"tta": True, "tta_scales": tta_scales, "tta_flips": FLIPS}
-    predictor = maskkit.inference.Predictor(model, **options)
+    predictor = maskkit.inference.Predictor(model, **_predictor_options(tta, tta_scales))
     from maskkit.engine.data import images_to_score  # deferred: torch
 
     kept = images_to_score(data, split, model, allow_outside_root)

@@ -132,10 +132,9 @@ def _ray_settings(address: str | None, workers: int | None, cpus: int, gpus: flo
     """``--ray`` settings (None without the flag); Ray's absence is reported before a model is loaded."""
     if address is None:
         return None
-    from maskkit.inference.distributed import RaySettings, import_ray
+    from maskkit.inference.distributed import ray_settings
 
-    import_ray()
-    return RaySettings(address, workers=workers, cpus=cpus, gpus=gpus)
+    return ray_settings(address, workers, cpus, gpus)
 
 
 @contextlib.contextmanager
@@ -146,8 +145,18 @@ def _ray_images(settings: Any, predict: Any, model: Path, options: dict[str, Any
         return
     from maskkit.inference.distributed import predict_files, ray_session
 
+    streams: list[Any] = []
+
+    def run(images: list[Any]) -> Any:
+        streams.append(predict_files(images, predict, model.resolve(), options, settings))
+        return streams[-1]
+
     with ray_session(settings):
-        yield lambda images: predict_files(images, predict, model.resolve(), options, settings)
+        try:
+            yield run
+        finally:
+            for stream in streams:  # an interrupted stream is closed while Ray still runs
+                stream.close()
 
 
 def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any, allow_outside_root: bool = False

@@ -86,6 +86,12 @@ def import_ray() -> Any:
     return ray
 
 
+def ray_settings(address: str, workers: int | None = None, cpus: int = 1, gpus: float = 0.0) -> RaySettings:
+    """:class:`RaySettings` of the ``--ray*`` flags, checked (Ray's absence first: one line)."""
+    import_ray()
+    return RaySettings(address, workers=workers, cpus=cpus, gpus=gpus)
+
+
 @contextlib.contextmanager
 def ray_session(settings: RaySettings) -> Iterator[Any]:
     """Connect to (or start) Ray for ``settings.address``; a session started here is shut down on exit.
