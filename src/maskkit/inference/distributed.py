@@ -80,7 +80,7 @@ def import_ray() -> Any:
     """The ``ray`` module (with Ray Data); a one-line ConfigError naming the extra when it is missing."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise ConfigError(RAY_HINT) from None
     return ray
