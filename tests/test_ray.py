@@ -136,6 +136,42 @@ def test_killed_worker_is_retried(cluster: Path, run: dict[str, Path], sources: 
     _same_tree(single, out)  # ... and Ray redid it: complete and identical
 
 
+def test_bad_image_is_one_line_error(cluster: Path, run: dict[str, Path], sources: list[Path],
+                                     tmp_path: Path) -> None:
+    """A worker's DataError reaches the driver as the same one-line error as in a single process."""
+    from maskkit.errors import DataError
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(sources[0].read_bytes()[:300])
+    errors = [_cli_error("predict", sources[0], broken, "--model", run["ckpt"], "--out", tmp_path / name, *extra)
+              for name, extra in (("single", ()), ("ray", ("--ray", "local:2")))]
+    assert all(isinstance(e, DataError) for e in errors) and str(errors[0]) == str(errors[1])
+    assert str(broken) in str(errors[1]) and "\n" not in str(errors[1])
+
+
+def test_worker_rows_in_process(run: dict[str, Path], sources: list[Path], tmp_path: Path) -> None:
+    """PredictWorker without Ray: an eval record with embedded bytes equals its file; unreadable -> None."""
+    import pickle
+
+    from maskkit.inference.distributed import PredictWorker, _row
+    from maskkit.inference.tiling import Tile
+
+    worker = PredictWorker(str(run["ckpt"]), {"threads": 1}, None)
+    path = sources[0]
+    rows = [_row(0, "record", path), _row(1, "record", tmp_path / "nowhere.png", data=path.read_bytes(),
+                                                 source="x.json"),
+            _row(2, "record", tmp_path / "missing.png"),
+            _row(3, "tile", path, Tile(0, 0, 0, 0, 0, 256, 256, (0, 0, 256, 256)))]
+    batch = {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
+    out = [pickle.loads(b) for b in worker(batch)["result"]]
+    assert [status for status, _ in out] == ["ok"] * 4
+    file, embedded, missing, tile = (value for _, value in out)
+    assert missing is None and len(file) > 0
+    for other in (embedded, tile):  # the whole 256 px image as one tile: the same prediction
+        assert other.masks.to_rles() == file.masks.to_rles()
+        assert np.array_equal(other.scores, file.scores)
+
+
 def test_tiles_fan_out_in_rows(run: dict[str, Path], sources: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """The 1024 px image becomes 9 tile rows (the other two one row each), in order."""
     from maskkit.inference import distributed

@@ -159,13 +159,17 @@ class PredictWorker:
             assert self.filtered is not None
             return self.filtered.file(path)[1]
         if row["kind"] == "tile":
-            windows = self._open(str(path))
-            return self.predictor.predict(windows.read(int(row["y0"]), int(row["y1"]), int(row["x0"]),
-                                                       int(row["x1"])))
-        from maskkit.evaluation.results import read_record_image
+            image: np.ndarray | None = self._open(str(path)).read(int(row["y0"]), int(row["y1"]), int(row["x0"]),
+                                                                  int(row["x1"]))
+        else:
+            from maskkit.evaluation.results import read_record_image
 
-        image = read_record_image(bytes(row["data"]) or None, str(row["source"]) or None, path)
-        return None if image is None else self.predictor.predict(image)
+            image = read_record_image(bytes(row["data"]) or None, str(row["source"]) or None, path)
+        if image is None:
+            return None
+        inst = self.predictor.predict(image)
+        assert isinstance(inst, Instances)  # one image in, one Instances out
+        return inst
 
     def _open(self, path: str) -> Any:
         from maskkit.data.windows import open_image_windows
@@ -210,7 +214,7 @@ def run_rows(rows: list[dict[str, Any]], model: str | Path, options: Mapping[str
     ctx.enable_progress_bars = False  # the CLI draws its own
     logger = logging.getLogger("ray.data")
     level = logger.level
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.ERROR)  # not its notes on the progress bars switched off, and the like
     try:
         ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / settings.batch_size)))
         gpus = {"num_gpus": settings.gpus} if settings.gpus else {}
