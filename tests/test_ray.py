@@ -127,7 +127,12 @@ def test_predict_on_ray_equals_single_process_then_rerun_skips(cluster: Path, ru
 
 
 def test_killed_worker_is_retried(cluster: Path, run: dict[str, Path], sources: list[Path], single: Path,
-                                  tmp_path: Path) -> None:
+                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker dies on its first batch; with 11 rows in 2 blocks (several batches per task) the whole block is
+    redone by a restarted actor."""
+    from maskkit.inference import distributed
+
+    monkeypatch.setattr(distributed, "MAX_BLOCKS", 2)
     cluster.write_text("armed")
     out = tmp_path / "ray"
     _cli("predict", *sources, "--model", run["ckpt"], "--out", out, *FLAGS, "--ray", "local:2",

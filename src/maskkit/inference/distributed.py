@@ -37,6 +37,9 @@ from maskkit.inference.tiling import Tile, iter_tiles, stitch_tiles
 from maskkit.structures import Instances
 
 RAY_HINT = "--ray needs Ray, which is not installed: pip install 'maskkit[ray]'"
+MAX_BLOCKS = 4096
+"""At most this many blocks (Ray Data tasks): one row (batch) per block up to it, then several per block (a
+retried task redoes its block)."""
 CRASH_ONCE_ENV = "MASKKIT_RAY_CRASH_ONCE"
 """Fault injection for tests: a worker whose environment names an existing file deletes it and kills its own
 process on its next batch (once), so the tests can check that Ray retries the batch."""
@@ -216,7 +219,8 @@ def run_rows(rows: list[dict[str, Any]], model: str | Path, options: Mapping[str
     level = logger.level
     logger.setLevel(logging.ERROR)  # not its notes on the progress bars switched off, and the like
     try:
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / settings.batch_size)))
+        per_block = max(settings.batch_size, math.ceil(len(rows) / MAX_BLOCKS))
+        ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_block))
         gpus = {"num_gpus": settings.gpus} if settings.gpus else {}
         ds = ds.map_batches(
             PredictWorker, batch_format="numpy", batch_size=settings.batch_size,
