@@ -243,3 +243,18 @@ def test_bad_ray_flags(run: dict[str, Path], tmp_path: Path) -> None:
         RaySettings("auto", workers=0)
     exc = _cli_error("eval", "--gt", run["data"], "--pred", tmp_path / "p.json", "--ray", "auto")
     assert isinstance(exc, ConfigError) and "--ray goes with --model" in str(exc)
+
+
+def test_unreachable_ray_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from maskkit.inference.distributed import ray_session
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("Could not find any running Ray instance.\nPlease specify ...")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(ConfigError, match=r"^--ray auto: cannot start or reach Ray \(Could not find any running Ray "
+                                          r"instance. Please specify \.\.\.\)$"), ray_session(RaySettings("auto")):
+        pass

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from maskkit.errors import ConfigError, MaskkitError
+from maskkit.errors import ConfigError, MaskkitError, one_line
 from maskkit.inference.filters import FilteredPredict
 from maskkit.inference.tiling import Tile, iter_tiles, stitch_tiles
 from maskkit.structures import Instances
@@ -106,10 +106,13 @@ def ray_session(settings: RaySettings) -> Iterator[Any]:
     if started:
         n = local_cpus(settings.address)
         quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
-        if n is not None:
-            ray.init(num_cpus=n, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
-        else:
-            ray.init(settings.address, **quiet)
+        try:
+            if n is not None:
+                ray.init(num_cpus=n, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+            else:
+                ray.init(settings.address, **quiet)
+        except Exception as exc:  # ConnectionError, TimeoutError, ValueError...: Ray's messages run long
+            raise ConfigError(f"--ray {settings.address}: cannot start or reach Ray ({one_line(exc)})") from None
     try:
         yield ray
     finally:
