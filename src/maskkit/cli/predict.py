@@ -54,7 +54,7 @@ def command(
                              "level (about 2-4x the time)."),
     tta_scales: str | None = typer.Option(None, "--tta-scales", help="TTA scales, e.g. 0.75,1,1.25 (implies --tta)."),
     ray: str | None = typer.Option(None, "--ray", help="Predict the images (and tiles) on Ray: auto, a Ray address "
-                                   "or local:N (a local instance with N CPUs). Needs maskkit[ray]."),
+                                   "or local:N (a local instance with N CPUs); --device is then the workers'. Needs maskkit[ray]."),
     ray_workers: int | None = typer.Option(None, "--ray-workers", help="With --ray: actors, one model each "
                                            "(default: as many as the CPUs or GPUs allow)."),
     ray_cpus: int = typer.Option(1, "--ray-cpus", help="With --ray: CPUs (and torch threads) per worker."),
@@ -78,7 +78,9 @@ def command(
     distributed = _ray_settings(ray, ray_workers, ray_cpus, ray_gpus)
     items = collect_sources(sources, exclude=out)
     scales = parse_scales(tta_scales)
-    predictor = _load_predictor(model, device, conf, tta or scales is not None, scales)
+    # with --ray the model here gives the class names (and runs videos): --device is the workers'
+    predictor = _load_predictor(model, device if distributed is None else "auto", conf, tta or scales is not None,
+                                scales)
     keep = resolve_classes(parse_class_list(classes), predictor.category_ids, predictor.class_names, "--classes: ")
     class_names = dict(zip(predictor.category_ids, predictor.class_names, strict=True))
     settings = {"model": str(model.resolve()), "conf": conf, "classes": sorted(keep) if keep else None,
