@@ -54,7 +54,8 @@ def command(
                              "level (about 2-4x the time)."),
     tta_scales: str | None = typer.Option(None, "--tta-scales", help="TTA scales, e.g. 0.75,1,1.25 (implies --tta)."),
     ray: str | None = typer.Option(None, "--ray", help="Predict the images (and tiles) on Ray: auto, a Ray address "
-                                   "or local:N (a local instance with N CPUs); --device is then the workers'. Needs maskkit[ray]."),
+                                   "or local:N (a local instance with N CPUs); --device is then the workers'. "
+                                   "Needs maskkit[ray]."),
     ray_workers: int | None = typer.Option(None, "--ray-workers", help="With --ray: actors, one model each "
                                            "(default: as many as the CPUs or GPUs allow)."),
     ray_cpus: int = typer.Option(1, "--ray-cpus", help="With --ray: CPUs (and torch threads) per worker."),
