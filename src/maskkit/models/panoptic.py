@@ -69,6 +69,7 @@ class SemanticFPNHead(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         nn.init.normal_(self.predictor.weight, std=0.001)
+        assert self.predictor.bias is not None  # built with a bias
         nn.init.zeros_(self.predictor.bias)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
@@ -135,7 +136,7 @@ class PanopticFPN(MaskRCNN):
         self.semantic_weight = float(semantic_weight)
         self.criterion = criterion
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses (train mode, ``targets`` required) or per-image detections + ``sem_seg`` (eval mode)."""
@@ -143,7 +144,7 @@ class PanopticFPN(MaskRCNN):
             raise ValueError("targets are required in train mode")
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         semantics = None
-        if self.training:
+        if self.training and targets is not None:  # (not None in training: checked above)
             semantics = [checked_semantic_target(t, size, self.num_classes)
                          for t, size in zip(targets, original_sizes, strict=True)]
         image_list, targets = self.transform(images, targets)
