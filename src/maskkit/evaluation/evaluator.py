@@ -163,7 +163,7 @@ def build_metrics(ev: InstanceEvaluator, sections: dict[str, Any]) -> dict[str, 
     results = ev.coco_results
     metrics: dict[str, Any] = dict(sections)
     images = ev.images
-    gt_labels = np.concatenate([im.gt.labels[~im.gt.iscrowd] for im in images]) if images else np.zeros(0)
+    gt_labels = np.concatenate([im.gt.labels[~im.gt.gt_crowd] for im in images]) if images else np.zeros(0)
     dt_labels = np.concatenate([im.dt.labels for im in images]) if images else np.zeros(0)
     gt_ids, gt_n = np.unique(gt_labels, return_counts=True)
     dt_ids, dt_n = np.unique(dt_labels, return_counts=True)
@@ -189,7 +189,7 @@ def build_metrics(ev: InstanceEvaluator, sections: dict[str, Any]) -> dict[str, 
     metrics["counts"] = {
         "images": len(images),
         "gt_instances": len(gt_labels),
-        "gt_crowd": sum(int(im.gt.iscrowd.sum()) for im in images),
+        "gt_crowd": sum(int(im.gt.gt_crowd.sum()) for im in images),
         "pred_instances": len(dt_labels),
     }
     metrics["params"] = {
@@ -207,7 +207,7 @@ def build_metrics(ev: InstanceEvaluator, sections: dict[str, Any]) -> dict[str, 
 def _sizes(ev: InstanceEvaluator, results: dict[str, coco.CocoEvalResult]) -> dict[str, Any]:
     """GT / prediction counts (``lo <= area < hi``, so each counts once) and AP per COCO area range."""
     images = ev.images
-    gt_areas = np.concatenate([im.gt.areas[~im.gt.iscrowd] for im in images]) if images else np.zeros(0)
+    gt_areas = np.concatenate([im.gt.areas[~im.gt.gt_crowd] for im in images]) if images else np.zeros(0)
     if ev.detection_areas == "box":  # the areas the evaluation used (see coco.DETECTION_AREAS)
         dt_areas = np.concatenate([_box_areas(im.dt.boxes) for im in images]) if images else np.zeros(0)
     else:

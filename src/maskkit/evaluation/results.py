@@ -367,7 +367,7 @@ def results_to_columns(
         boxes = xyxy[idx]
         counts: list[bytes] | None = None
         if with_masks:
-            counts = [table.counts[i] for i in idx.tolist()]  # type: ignore[misc]
+            counts = [table.counts[i] for i in idx.tolist()]
             no_box = np.flatnonzero(~table.has_box[idx])
             if len(no_box):
                 boxes[no_box] = Masks.from_rles([{"size": [h, w], "counts": counts[i]} for i in no_box], h, w
