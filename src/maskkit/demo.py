@@ -32,6 +32,8 @@ from maskkit.inference.visualize import caption, class_colour, draw_instances, o
 from maskkit.models import model_info
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from maskkit.config import TrainConfig
 
 DEMO_IMAGES = 250
@@ -254,7 +256,7 @@ def _evaluate(predictor: Any, data_yaml: Path, out: Path, overlays: int,
     test = load_dataset(data_yaml).splits["test"]
     evaluator = InstanceEvaluator(test.categories, extras=("matching", "confusion"))
     load_image = image_loader(test)
-    shown = []
+    shown: list[tuple[Any, np.ndarray | None, Any]] = []
 
     def predict(batch: list[Any]) -> list[Any]:
         out = []

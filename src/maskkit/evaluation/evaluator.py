@@ -232,15 +232,15 @@ def _box_areas(xyxy: np.ndarray) -> np.ndarray:
 
 
 def inference_on_dataset(
-    predict: Callable[[Sequence[Any]], Sequence[Any]],
-    data: Iterable[Sequence[Any]],
+    predict: Callable[[list[Any]], Sequence[Any]],
+    data: Iterable[Iterable[Any]],
     evaluator: DatasetEvaluator,
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
 ) -> dict[str, Any]:
     """The one predict-then-evaluate loop: ``evaluator.reset()``, then for each batch of ground-truth
     inputs in ``data`` ``evaluator.process(batch, predict(batch))``, then ``evaluator.evaluate()``.
 
-    ``predict`` maps a batch of inputs (e.g. ``ImageRecord``\\ s) to their outputs (predicted
+    ``predict`` maps a batch (a list) of inputs (e.g. ``ImageRecord``\\ s) to their outputs (predicted
     ``Instances``); ``progress`` optionally wraps the batches (e.g. a progress bar).
     """
     evaluator.reset()
