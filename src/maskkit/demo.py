@@ -250,7 +250,7 @@ def _chosen_on(checkpoint: Path) -> dict[str, Any]:
 
 
 def _evaluate(predictor: Any, data_yaml: Path, out: Path, overlays: int,
-              val: dict[str, Any]) -> tuple[dict, dict[str, Path]]:
+              val: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
     """Predict the test split: COCO metrics (``val`` added under ``"val"``) and report files into ``out``, and
     the overlay grid."""
     test = load_dataset(data_yaml).splits["test"]

@@ -46,7 +46,9 @@ class EpochState:
     """Running sums of this epoch's loss terms (and ``n``, the steps summed)."""
 
 
-def to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device) -> tuple[list, list]:
+def to_device(
+    images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device
+) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     images = [im.to(device, non_blocking=True) for im in images]
     targets = [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
                for t in targets]

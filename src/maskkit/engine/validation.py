@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
     from maskkit.models.dense import TunableModel
 
+Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
+"""A collated batch: images and their target dicts."""
+
 log = logging.getLogger("maskkit.train")
 
 SUMMARY_METRICS = ("segm.AP", "segm.AP50", "segm.AP75", "bbox.AP", "bbox.AP50", "semantic.miou")
@@ -55,7 +58,7 @@ def frozen_norm_train_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, batches: Iterable[tuple[list, list]], device: torch.device,
+def validation_loss(model: nn.Module, batches: Iterable[Batch], device: torch.device,
                     weights: dict[str, float], dinfo: DistInfo | None = None) -> dict[str, float]:
     """Mean loss terms (and weighted ``loss``) over the val batches (of all ranks), updating no statistic."""
     sums: dict[str, float] = {}
@@ -100,7 +103,7 @@ class _Semantic:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[list, list]], records: dict[int, Any],
+def evaluate(model: nn.Module, batches: Iterable[Batch], records: dict[int, Any],
              categories: list[Any], device: torch.device, max_dets: int = 100,
              dinfo: DistInfo | None = None, tune: bool = True, split: str = "val") -> dict[str, Any]:
     """The ``metrics.json`` dict of the eval-mode model on the val records (all ranks' images).
@@ -120,7 +123,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[list, list]], records: di
     try:
         for images, targets in batches:
             images = [im.to(device) for im in images]
-            sizes = [tuple(im.shape[-2:]) for im in images]
+            sizes = [(im.shape[-2], im.shape[-1]) for im in images]
             ids = [int(t["image_id"]) for t in targets]
             if tuned is not None and len(grid) > 1:
                 raws = tuned.predict_raw(images)

@@ -190,7 +190,8 @@ def _rle_bytes(masks: Any, size: tuple[int, int]) -> tuple[list[bytes], list[dic
 
 def box_areas(boxes: np.ndarray) -> np.ndarray:
     """Areas of XYXY boxes (negative sides count as 0): a prediction's area when it has no mask."""
-    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    areas: np.ndarray = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    return areas
 
 
 def _columns(inst: Instances, size: tuple[int, int], is_gt: bool) -> Columns:

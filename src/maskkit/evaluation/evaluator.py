@@ -146,9 +146,9 @@ class InstanceEvaluator(Evaluators):
     def class_confusion(self) -> tuple[list[str], np.ndarray]:
         """See :meth:`ConfusionEvaluator.class_confusion` (all zeros without the ``confusion`` extra)."""
         family = self.families.get("confusion")
-        if family is None:
+        if not isinstance(family, ConfusionEvaluator):  # (the "confusion" family is one when present)
             family = ConfusionEvaluator(self.store, self.score_threshold)
-        return family.class_confusion()  # type: ignore[attr-defined]
+        return family.class_confusion()
 
 
 def build_evaluators(categories: Sequence[Category | dict[str, Any]] | None = None, **options: Any
@@ -201,7 +201,8 @@ def build_metrics(ev: InstanceEvaluator, sections: dict[str, Any]) -> dict[str, 
         "detection_areas": ev.detection_areas,
         "notes": ev.all_notes,
     }
-    return jsonable(metrics)
+    out: dict[str, Any] = jsonable(metrics)
+    return out
 
 
 def _sizes(ev: InstanceEvaluator, results: dict[str, coco.CocoEvalResult]) -> dict[str, Any]:

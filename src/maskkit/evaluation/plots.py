@@ -43,7 +43,8 @@ class PlotJob:
 
     def result(self) -> Path:
         try:
-            return self.future.result()
+            path: Path = self.future.result()
+            return path
         except BrokenProcessPool:
             return self.fn(*self.args)
 

@@ -285,8 +285,8 @@ class Predictor:
                                   s.float().cpu().numpy(), paste_masks(p, b, size)))
         return out
 
-    def _mask_probs(self, features: OrderedDict, boxes: list[torch.Tensor], labels: list[torch.Tensor],
-                    image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    def _mask_probs(self, features: OrderedDict[str, torch.Tensor], boxes: list[torch.Tensor],
+                    labels: list[torch.Tensor], image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
         """``n×M×M`` mask probabilities of each image's detections (of their predicted class)."""
         rh: Any = self.model.roi_heads  # torchvision's RoIHeads (no type information)
         counts = [len(b) for b in boxes]

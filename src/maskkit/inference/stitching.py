@@ -253,7 +253,8 @@ class Stitcher:
             self._union(i, j)
         self.stats["matches"] += len(pairs)
 
-    def _resolve(self, pairs: dict[tuple[int, int], int], own: TileLike, other: TileLike, side: int) -> dict:
+    def _resolve(self, pairs: dict[tuple[int, int], int], own: TileLike, other: TileLike,
+                 side: int) -> dict[tuple[int, int], int]:
         """One fragment of ``own`` matching several of ``other``: the tile owning more of it decides."""
         partners: dict[int, list[tuple[int, int]]] = {}
         for pair in pairs:

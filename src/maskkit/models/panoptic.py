@@ -33,7 +33,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from maskkit.errors import ConfigError
 from maskkit.models import maskrcnn as mrcnn
 from maskkit.models.losses import SegLoss
-from maskkit.models.registry import register_model
+from maskkit.models.registry import BuilderT, register_model
 from maskkit.models.targets import checked_semantic_target
 from maskkit.structures.labels import IGNORE_INDEX
 
@@ -196,7 +196,7 @@ def _panoptic(build_detector: Callable[..., MaskRCNN], num_classes: int, options
     return PanopticFPN(build_detector(num_classes, **options), num_classes, **semantic)
 
 
-def _register(variant: str) -> Callable[[Callable], Callable]:
+def _register(variant: str) -> Callable[[BuilderT], BuilderT]:
     """Registered as an instance model with the Mask R-CNN ``variant``'s capabilities plus the semantic options."""
     options = {*mrcnn.VARIANTS[variant].options(), *SEMANTIC_OPTIONS}
     return register_model(task="instance", family="panoptic", options=options, semantic_targets=True,
