@@ -55,8 +55,9 @@ class ImageTooLargeError(DataError):
 
 
 def _limit(kind: str, env: str, default: int) -> int:
-    if _limits[kind] is not None:
-        return int(_limits[kind])  # type: ignore[arg-type]
+    cached = _limits[kind]
+    if cached is not None:
+        return int(cached)
     raw = os.environ.get(env, "").strip()
     if not raw:
         return default
@@ -98,14 +99,18 @@ def check_pixels(height: int, width: int, file: str | Path | None, limit: int | 
         )
 
 
+_pillow_state = {"configured": False}
+"""Whether :func:`_pillow` has turned Pillow's bomb warning into an error (once per process)."""
+
+
 def _pillow() -> Any:
     """PIL.Image with its decompression-bomb limit equal to ours and its warning an error."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = max_image_pixels()
-    if not getattr(_pillow, "configured", False):
+    if not _pillow_state["configured"]:
         warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
-        _pillow.configured = True  # type: ignore[attr-defined]
+        _pillow_state["configured"] = True
     return Image
 
 
