@@ -36,7 +36,7 @@ blocks, 7 in all, or ResNet layers, 4; None trains everything); anything else go
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -192,7 +192,7 @@ class BottomUpSegmenter(DenseSegmentationModel):
     @property
     def encoder(self) -> nn.Module:
         """The U-Net's encoder."""
-        return self.net.encoder
+        return cast(nn.Module, self.net.encoder)
 
     # -- thresholds ------------------------------------------------------------------------------
     @property
@@ -279,7 +279,7 @@ def build_bottomup(
     net = build_smp("Unet", encoder, num_classes + 3, in_channels, pretrained_backbone, decoder_channels=channels,
                     **options)
     if trainable_encoder_stages is not None:
-        freeze_encoder_stages(net.encoder, int(trainable_encoder_stages))
+        freeze_encoder_stages(cast(nn.Module, net.encoder), int(trainable_encoder_stages))
     net = net.to(memory_format=torch.channels_last)
     # NHWC inputs too: ~25% faster convolutions on CPU with the channels-last weights
     dense_input = DenseInput.for_network(net, encoder, in_channels, min_size, max_size, channels_last=True)
