@@ -25,7 +25,7 @@ CLASS_NAMES = ["ellipse", "polygon", "ring"]
 NUCLEI = "dsb2018-stage1-train-subset/stage1_train"
 
 
-def make_checkpoint(folder: Path, seed: int = 0) -> Path:
+def make_checkpoint(folder: Path, seed: int = 0, mask_bias: float = 0.5) -> Path:
     """A checkpoint of random weights (trained-looking BatchNorm statistics), 64 px inputs."""
     import torch
 
@@ -42,6 +42,8 @@ def make_checkpoint(folder: Path, seed: int = 0) -> Path:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
+        # random mask logits sit near 0 (masks of a few pixels): a positive bias gives blob-like masks to draw
+        model.roi_heads.mask_predictor.mask_fcn_logits.bias.fill_(mask_bias)
     path = folder / "best.pt"
     save_checkpoint(path, {"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
                            "class_names": CLASS_NAMES, "category_ids": CATEGORY_IDS, "epoch": 1, "step": 1})
