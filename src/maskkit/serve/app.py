@@ -98,8 +98,9 @@ def create_app(predictor: Any, settings: ServeSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
         yield
-        batcher.close()
+        await run_in_threadpool(batcher.close)
 
     app = FastAPI(title="maskkit serve", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Instance segmentation over HTTP. Errors are JSON `{\"error\", \"detail\"}`.")

@@ -49,8 +49,16 @@ class Batcher:
         self.predict, self.max_batch, self.max_wait = predict, int(max_batch), float(max_wait)
         self.on_batch = on_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=int(max_queue))
-        self._thread = threading.Thread(target=self._run, name="maskkit-batcher", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start the worker thread (again, after :meth:`close`); does nothing while it runs."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="maskkit-batcher", daemon=True)
+                self._thread.start()
 
     def depth(self) -> int:
         """Images waiting for inference (not counting the batch running now)."""
@@ -59,6 +67,7 @@ class Batcher:
     def submit(self, image: np.ndarray) -> Future:
         """Queue ``image``; the future holds its result (or the exception of its batch)."""
         job = _Job(image)
+        self.start()
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -66,10 +75,12 @@ class Batcher:
         return job.future
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the worker after the images already queued."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join(timeout)
+        """Stop the worker after the images already queued (:meth:`submit` starts it again)."""
+        with self._lock:
+            thread = self._thread
+            if thread is not None and thread.is_alive():
+                self._queue.put(None)
+                thread.join(timeout)
 
     def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
         jobs, stop = [first], False

@@ -100,7 +100,7 @@ def decode_upload(data: bytes, max_pixels: int, name: str = "upload") -> np.ndar
         raise UploadError(400, "bad_image", f"{name}: {exc.problem}") from None
     except Exception as exc:  # Pillow raises many types for broken files
         text = " ".join(str(exc).split())[:200]
-        code = "truncated_image" if "truncated" in text or isinstance(exc, EOFError) else "bad_image"
+        code = "truncated_image" if "truncated" in text.lower() or isinstance(exc, EOFError) else "bad_image"
         raise UploadError(400, code, f"{name} cannot be decoded as {fmt} ({type(exc).__name__}: {text})") from None
 
 
