@@ -392,3 +392,33 @@ def test_cli_serves_until_stopped(checkpoint: Path) -> None:
             proc.kill()
             _, err = proc.communicate()
     assert "without an API key" not in err
+
+
+def test_cli_warns_without_a_key_off_loopback(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import maskkit.serve.server as server
+    from maskkit.cli.main import app
+
+    started: list[tuple[ServeSettings, str, int, int]] = []
+    monkeypatch.setattr(server, "run", lambda s, host, port, workers: started.append((s, host, port, workers)))
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    args = ["serve", "--model", str(checkpoint), "--host", "0.0.0.0", "--workers", "2", "--max-batch", "8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "without an API key" in result.output
+    settings, host, _, workers = started[-1]
+    assert (host, workers, settings.max_batch, settings.api_key) == ("0.0.0.0", 2, 8, None)
+    result = CliRunner().invoke(app, [*args, "--api-key", "k"])
+    assert result.exit_code == 0 and "without an API key" not in result.output and started[-1][0].api_key == "k"
+    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    result = CliRunner().invoke(app, args)
+    assert "without an API key" not in result.output and started[-1][0].api_key == "from-env"
+
+
+def test_the_batcher_survives_lifespan_restarts(predictor: Any, checkpoint: Path) -> None:
+    app = create_app(predictor, _settings(checkpoint))
+    for _ in range(2):  # each TestClient context runs startup and shutdown (which stops the worker thread)
+        with TestClient(app) as c:
+            assert _post(c, conf=0).status_code == 200
+    with TestClient(app) as c:
+        assert _post(c, conf=0).json()["count"] > 0

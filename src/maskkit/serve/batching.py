@@ -26,7 +26,7 @@ class QueueFull(Exception):
 @dataclass
 class _Job:
     image: np.ndarray
-    future: Future = field(default_factory=Future)
+    future: Future[Any] = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -64,7 +64,7 @@ class Batcher:
         """Images waiting for inference (not counting the batch running now)."""
         return self._queue.qsize()
 
-    def submit(self, image: np.ndarray) -> Future:
+    def submit(self, image: np.ndarray) -> Future[Any]:
         """Queue ``image``; the future holds its result (or the exception of its batch)."""
         job = _Job(image)
         self.start()
