@@ -422,3 +422,15 @@ def test_the_batcher_survives_lifespan_restarts(predictor: Any, checkpoint: Path
             assert _post(c, conf=0).status_code == 200
     with TestClient(app) as c:
         assert _post(c, conf=0).json()["count"] > 0
+
+
+def test_a_failing_model_is_a_json_500(checkpoint: Path) -> None:
+    class Broken(_Gate):
+        def predict_batch(self, images: list[np.ndarray], score_threshold: float | None = None) -> list[Any]:
+            raise RuntimeError("boom")
+
+    with TestClient(create_app(Broken(), _settings(checkpoint)), raise_server_exceptions=False) as c:
+        r = _post(c)
+        assert r.status_code == 500 and r.json()["error"] == "internal_error" and "RuntimeError" in r.json()["detail"]
+        assert _post(c, b"nope").status_code == 415  # the worker thread is still there for the next request
+        assert 'maskkit_errors_total{kind="internal_error"} 1.0' in c.get("/metrics").text

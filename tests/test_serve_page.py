@@ -162,3 +162,30 @@ def test_docs_page_without_cdn(server: str, browser: Any) -> None:
     assert page.locator("section.op").count() >= 4
     assert not outside, outside
     context.close()
+
+
+def test_the_pages_rle_decoder_matches_pycocotools(server: str, browser: Any) -> None:
+    """``maskPixels`` (static/rle.js) against pycocotools' encoder: every foreground pixel, nothing else."""
+    import numpy as np
+
+    from maskkit.structures.masks import rle_to_string
+    from maskkit.structures.rle import encode_bitmap
+
+    rng = np.random.default_rng(0)
+    bitmaps = [np.zeros((7, 5), bool), np.ones((6, 9), bool), rng.random((40, 31)) > 0.5,
+               rng.random((300, 200)) > 0.97, np.pad(np.ones((120, 90), bool), ((3, 400), (250, 1)))]
+    one = np.zeros((5, 4), bool)
+    one[4, 3] = True
+    bitmaps.append(one)
+    rles = [rle_to_string(encode_bitmap(b)) for b in bitmaps]
+    page = browser.new_page()
+    page.goto(server + "/", timeout=30_000)
+    got = page.evaluate("""(rles) => rles.map((r) => {
+        const scratch = new Uint8Array(r.size[0] * r.size[1]);
+        const px = maskPixels(r, scratch);
+        return [Array.from(px.fill).sort((a, b) => a - b), px.edge.length, scratch.some((v) => v !== 0)];
+    })""", rles)
+    for bitmap, (fill, edges, dirty) in zip(bitmaps, got, strict=True):
+        assert fill == np.flatnonzero(bitmap).tolist()  # row-major indices y * width + x
+        assert not dirty and (edges > 0) == bool(bitmap.any()) and edges <= len(fill)
+    page.close()

@@ -125,6 +125,10 @@ def create_app(predictor: Any, settings: ServeSettings) -> FastAPI:
         code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return fail(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:  # a bug, never client input: still JSON
+        return fail(500, "internal_error", f"internal error ({type(exc).__name__}); see the server log")
+
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Required when the server has a key")
 
     async def require_key(request: Request, key: str | None = Depends(key_header)) -> None:

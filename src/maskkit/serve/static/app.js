@@ -144,19 +144,30 @@ function redraw() {
 }
 
 function drawLabels(ctx, order, width, height) {
+  // best score first: each label moves down past the labels already placed, so none covers another
   const size = Math.max(8, Math.round(Math.min(width, height) / 40));
   ctx.font = `${size}px system-ui, sans-serif`;
   ctx.textBaseline = "top";
-  for (const inst of order) {
-    const [r, g, b] = colourOf(inst.class_id);
+  const placed = [];
+  for (const inst of [...order].reverse()) {
     const text = `${inst.class_name} ${inst.score.toFixed(2)}`;
-    const w = ctx.measureText(text).width + 4;
+    const w = ctx.measureText(text).width + 4, h = size + 3;
     const x = Math.min(Math.max(inst.box[0], 0), Math.max(width - w, 0));
-    const y = Math.min(Math.max(inst.box[1] - size - 3, 0), height - size - 3);
+    let y = Math.min(Math.max(inst.box[1] - h, 0), height - h);
+    for (let tries = 0; tries < placed.length; tries++) {
+      const hit = placed.filter((p) => x < p.x + p.w && p.x < x + w && y < p.y + p.h && p.y < y + h);
+      if (!hit.length) break;
+      y = Math.max(...hit.map((p) => p.y + p.h)) + 1;
+    }
+    if (y + h > height) continue; // no room left below: the table lists it
+    placed.push({ x, y, w, h, text, inst });
+  }
+  for (const p of placed) {
+    const [r, g, b] = colourOf(p.inst.class_id);
     ctx.fillStyle = `rgba(${r},${g},${b},0.85)`;
-    ctx.fillRect(x, y, w, size + 3);
+    ctx.fillRect(p.x, p.y, p.w, p.h);
     ctx.fillStyle = r + g + b > 400 ? "#000" : "#fff";
-    ctx.fillText(text, x + 2, y + 1);
+    ctx.fillText(p.text, p.x + 2, p.y + 1);
   }
 }
 
