@@ -130,6 +130,26 @@ def test_other_formats_and_no_detections(client: TestClient) -> None:
 
 # -- bad input ----------------------------------------------------------------------------------------
 GIF = encode(IMAGE, "GIF")
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A small JPEG whose frame header (SOF0) claims ``width x height``."""
+    data = bytearray(encode(IMAGE, "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def _tiff_claiming(width: int, height: int) -> bytes:
+    """A small TIFF whose ImageWidth/ImageLength tags claim ``width x height``."""
+    data = bytearray(encode(IMAGE, "TIFF"))
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for i in range(struct.unpack("<H", data[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * i
+        tag = struct.unpack("<H", data[entry:entry + 2])[0]
+        if tag in (256, 257):
+            data[entry + 2:entry + 12] = struct.pack("<HII", 4, 1, width if tag == 256 else height)
+    return bytes(data)
 BAD_INPUTS = [  # (content, content type, query, status, error code)
     (b"hello, not an image", "image/png", {}, 415, "not_an_image"),
     (PNG[: len(PNG) // 2], "image/png", {}, 400, "truncated_image"),
@@ -140,6 +160,9 @@ BAD_INPUTS = [  # (content, content type, query, status, error code)
     (GIF, "image/png", {}, 415, "not_an_image"),
     (_png_header_only(100_000, 100_000), "image/png", {}, 413, "too_many_pixels"),
     (_png_header_only(400, 400), "image/png", {}, 413, "too_many_pixels"),
+    (_jpeg_claiming(60_000, 60_000), "image/jpeg", {}, 413, "too_many_pixels"),
+    (_jpeg_claiming(400, 400), "image/jpeg", {}, 413, "too_many_pixels"),
+    (_tiff_claiming(100_000, 100_000), "image/tiff", {}, 413, "too_many_pixels"),
     (_png_header_only(0, 10), "image/png", {}, 400, "bad_image"),
     (PNG[:40], "image/png", {}, 400, None),
     (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "image/png", {}, 400, "bad_image"),

@@ -95,8 +95,10 @@ def decode_upload(data: bytes, max_pixels: int, name: str = "upload") -> np.ndar
     except UploadError:
         raise
     except DataError as exc:
-        if "above the limit" in exc.problem:
-            raise UploadError(413, "too_many_pixels", f"{name}: {exc.problem}") from None
+        if "above the limit" in exc.problem:  # the server's limit is --max-pixels, not the environment variable
+            problem = exc.problem.split(" (raise it with")[0]
+            raise UploadError(413, "too_many_pixels", f"{name}: {problem} (judged from the header; the server's "
+                              f"--max-pixels is {max_pixels:,})") from None
         raise UploadError(400, "bad_image", f"{name}: {exc.problem}") from None
     except Exception as exc:  # Pillow raises many types for broken files
         text = " ".join(str(exc).split())[:200]
