@@ -50,7 +50,7 @@ errors, unusable input: a `DataError` or `ConfigError`)."""
 def _register() -> None:
     import importlib
 
-    for verb in ("demo", "train", "eval", "models", "synth", "validate", "info", "convert", "predict"):
+    for verb in ("demo", "train", "eval", "models", "synth", "validate", "info", "convert", "predict", "export"):
         app.command(verb)(importlib.import_module(f"maskkit.cli.{verb}").command)
 
 
