@@ -34,7 +34,8 @@ def command(
     pred: Path | None = typer.Option(None, "--pred", help="COCO results JSON (list of detections) to score."),
     gt_labels: Path | None = typer.Option(None, "--gt-labels", help="Folder of GT instance-label images."),
     pred_labels: Path | None = typer.Option(None, "--pred-labels", help="Folder of predicted instance-label images."),
-    model: Path | None = typer.Option(None, "--model", help="Checkpoint, run folder or exported model to evaluate (needs --data)."),
+    model: Path | None = typer.Option(None, "--model", help="Checkpoint, run folder or exported model (needs "
+                                      "--data)."),
     data: Path | None = typer.Option(None, "--data", help="dataset.yaml or annotation source for --model."),
     split: str = typer.Option("val", "--split", help="Split of a dataset.yaml for --model."),
     out: Path | None = typer.Option(None, "--out", help="Write metrics.json, CSVs and plots to this folder."),
