@@ -153,7 +153,11 @@ def _model_source(model: Path | None, data: Path | None, split: str, tta: bool,
     options: dict[str, Any] = {}
     if tta:
         options = {"tta": True, "tta_scales": tta_scales, "tta_flips": FLIPS}
-    predictor = maskkit.inference.load(model, **options)  # checkpoint, run folder or exported model
+    from maskkit.inference.backends.artefact import is_exported
+
+    # an exported model runs through its runtime backend (maskkit.load), a checkpoint or run folder through PyTorch
+    predictor = (maskkit.inference.load(model, **options) if is_exported(model)
+                 else maskkit.inference.Predictor(model, **options))
     from maskkit.engine.data import images_to_score  # deferred: torch
 
     kept = images_to_score(data, split, model, allow_outside_root)
