@@ -125,7 +125,8 @@ def assert_parity(ref: list[Instances], got: list[Instances], key: tuple[str, st
         ious, diffs = match(a, b)
         assert (ious >= 0.99).all(), ious
         assert (diffs <= 1e-3).all(), diffs
-        worst_iou, worst_score = min(worst_iou, float(ious.min(initial=1.0))), max(worst_score, float(diffs.max(initial=0)))
+        worst_iou = min(worst_iou, float(ious.min(initial=1.0)))
+        worst_score = max(worst_score, float(diffs.max(initial=0)))
     if key is not None:
         seen = OBSERVED.setdefault(key, {"min_iou": 1.0, "max_score_diff": 0.0})
         seen["min_iou"] = min(seen["min_iou"], worst_iou)
