@@ -18,6 +18,7 @@ import torch
 from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
+from conftest import save_tiny_checkpoint
 from maskkit.inference.predictor import Predictor, load
 from maskkit.structures import Instances
 
@@ -38,30 +39,11 @@ BACKENDS = {"onnxruntime": "onnx", "openvino": "openvino", "torchscript": "torch
 SIZES = [(96, 128), (120, 88)]  # two image sizes (H, W), neither a multiple of the strides
 
 
-def _checkpoint(root: Path, family: str) -> Path:
-    from maskkit.config import TrainConfig
-    from maskkit.models.checkpoint import save_checkpoint
-    from maskkit.models.factory import build_model
-
-    torch.manual_seed(0)
-    cfg = TrainConfig.model_validate({"model": {**MODELS[family], "pretrained_backbone": False},
-                                      "data": {"path": "x"}, "augment": {"min_size": [64], "max_size": 128}})
-    model = build_model(cfg, len(CATEGORY_IDS), pretrained=False)
-    with torch.no_grad():  # trained-looking BatchNorm statistics
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    path = root / family / "best.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
-                           "class_names": CLASS_NAMES, "category_ids": CATEGORY_IDS, "epoch": 1, "step": 1})
-    return path
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("export")
-    return {family: _checkpoint(root, family) for family in MODELS}
+    return {family: save_tiny_checkpoint(root / family / "best.pt", MODELS[family], CATEGORY_IDS, CLASS_NAMES)
+            for family in MODELS}
 
 
 @pytest.fixture(scope="module")

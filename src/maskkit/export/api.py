@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from maskkit.errors import ConfigError, MaskkitError
-from maskkit.fileio import atomic_write_json
+from maskkit.fileio import atomic_write_bytes, atomic_write_json
 from maskkit.inference.backends.artefact import GRAPH_FILES, METADATA_FILE
 from maskkit.models.factory import LoadedModel, inference_sizes, model_from_checkpoint
 
@@ -100,8 +100,20 @@ def export_model(model: str | Path | LoadedModel, format: str, out: str | Path,
                               f"{type(exc).__name__}: {first}") from None
         for file in Path(tmp).iterdir():
             os.replace(file, out / file.name)
+    if not isinstance(model, LoadedModel):
+        _copy_split_record(Path(model), out)
     atomic_write_json(out / METADATA_FILE, meta, indent=2)
     return out / graph_file
+
+
+def _copy_split_record(model: Path, out: Path) -> None:
+    """The run's record of its training and val images, beside the graph: ``maskkit eval --model`` on the export
+    then scores only held-out images, as it does for the checkpoint."""
+    from maskkit.engine.data import RUN_IMAGES
+
+    record = (model if model.is_dir() else model.parent) / RUN_IMAGES
+    if record.is_file():
+        atomic_write_bytes(out / RUN_IMAGES, record.read_bytes())
 
 
 def _write_graph(format: str, graph: nn.Module, kind: str, example: tuple[torch.Tensor, ...], target: Path,
