@@ -3,8 +3,9 @@
 Formats: ``onnx`` (``model.onnx``, run by ONNX Runtime), ``torchscript`` (``model.torchscript``) and
 ``openvino`` (``model.xml`` + ``model.bin``). The batch size is always dynamic; ``dynamic=True`` also lets
 the height and width vary (else the graph takes ``imgsz`` images only). ONNX uses the TorchScript-based
-exporter (``dynamo=False``): the dynamo exporter could not export these graphs (data-dependent output
-sizes of the NMS and the per-level RoI selection).
+exporter (``dynamo=False``); the dynamo exporter (torch 2.14, ``dynamic_shapes`` on batch/height/width) fails
+in ``torch.export`` on the graphs' tensor-valued shape arithmetic (``torch._shape_as_tensor`` under fake
+tensors: "data is not allocated yet"), for the Mask R-CNN and the dense graphs alike.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """ONNX export of a graph module (TorchScript-based ``torch.onnx.export``, ``dynamo=False``).
 
-The dynamo exporter (``dynamo=True``) was tried on these graphs and is not used: see the README of the
-export (docs in :mod:`maskkit.export.api`).
+The dynamo exporter (``dynamo=True``) was tried on these graphs and fails: see :mod:`maskkit.export.api`.
 """
 
 from __future__ import annotations
