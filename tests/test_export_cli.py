@@ -181,3 +181,37 @@ def test_exporter_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.Monkey
     expected = "maskrcnn_r18_fpn cannot be exported to onnx: RuntimeError: unsupported operator aten::foo"
     assert expected in str(info.value)
     assert not (tmp_path / "o" / "model.onnx").exists() and not (tmp_path / "o" / "metadata.json").exists()
+
+
+def test_accuracy_gate_bottomup(tmp_path: Path) -> None:
+    """The accuracy gate on a model that scores: a bottom-up U-Net trained ~20 s on synthetic shapes (mask AP
+    ~0.05), exported to every format: mask AP within 0.3 points and box AP within 0.2 of PyTorch's."""
+    import maskkit
+    from maskkit.data.synth import write_synthetic
+    from maskkit.export.api import export_model
+
+    write_synthetic(tmp_path / "data", images=24, size=64, seed=3, workers=1)
+    cfg = tiny_config({"model": {"name": "bottomup_mbv2", "pretrained_backbone": False,
+                                 "options": {"decoder_channels": [16, 16, 16, 16, 16]}},
+                       "data": {"batch_size": 4, "path": str(tmp_path / "data"), "val_fraction": 0.25},
+                       "augment": {"min_size": [64], "max_size": None}, "optim": {"lr": 3e-3, "warmup_steps": 1},
+                       "schedule": {"epochs": 15, "val_loss": False},
+                       "output": {"tensorboard": False, "plots": False, "progress": False,
+                                  "out": str(tmp_path / "run")}, "threads": 1})
+    maskkit.train(cfg)
+    models = {"ckpt": tmp_path / "run"}
+    for fmt in FORMATS:
+        models[fmt] = export_model(tmp_path / "run", fmt, tmp_path / fmt, dynamic=True)
+    metrics = {}
+    for name, model in models.items():
+        _cli("eval", "--model", model, "--data", tmp_path / "data", "--out", tmp_path / f"eval_{name}",
+             "--no-boundary", "--gallery", "0")
+        metrics[name] = json.loads((tmp_path / f"eval_{name}" / "metrics.json").read_text())
+    ref = metrics.pop("ckpt")
+    assert ref["segm"]["AP"] > 0.02 and ref["counts"]["images"] == 6  # a gate that can fail: the model scores
+    for fmt, m in metrics.items():
+        assert m["counts"] == ref["counts"]
+        assert abs(m["segm"]["AP"] - ref["segm"]["AP"]) <= 0.003, fmt
+        assert abs(m["bbox"]["AP"] - ref["bbox"]["AP"]) <= 0.002, fmt
+        print(f"\naccuracy gate bottomup {fmt}: segm AP {m['segm']['AP']:.4f} vs {ref['segm']['AP']:.4f}, "
+              f"bbox AP {m['bbox']['AP']:.4f} vs {ref['bbox']['AP']:.4f}")
