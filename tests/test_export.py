@@ -168,9 +168,48 @@ def test_dense_maps_parity(family: str, backend: str, checkpoints: dict[str, Pat
             tensors = [runtime._tensor(im) for im in images[size][:batch]]
             with torch.inference_mode():
                 ref = _reference_maps(model, tensors).numpy()
-            got = runtime.session.run({"images": torch.stack(tensors).numpy()})[0]
+            got = runtime.session.run(runtime._inputs(torch.stack(tensors).numpy()))[0]
             assert got.shape == ref.shape
             diff = float(np.abs(got - ref).max())
             assert diff <= 1e-3, diff
             seen = OBSERVED.setdefault((family, backend), {})
             seen["max_map_diff"] = max(seen.get("max_map_diff", 0.0), diff)
+
+
+def test_in_graph_resize_rules_match_the_eager_ones() -> None:
+    """The graphs' integer size rules (+ float64 correction) give the eager sizes, including the few percent of
+    sizes where float64 rounding lands just below an integer (e.g. 103 px at max_size 853 gives 852, not 853)."""
+    from types import SimpleNamespace
+
+    from maskkit.export.graphs import DenseGraph, RCNNGraph
+    from maskkit.models.encoders import resized_size
+
+    rng = np.random.default_rng(0)
+    sides = [(22, 50), (26, 103), (30, 100), (50, 103), (64, 64), (300, 512)]
+    sides += [tuple(int(v) for v in rng.integers(16, 2000, 2)) for _ in range(300)]
+    for min_size, max_size in ((512, 853), (800, 1333), (64, 128)):
+        rcnn = SimpleNamespace(min_size=float(min_size), max_size=float(max_size), float_rounding=True)
+        dense = SimpleNamespace(min_size=min_size, max_size=max_size, float_rounding=True)
+        for h, w in sides:
+            scale = min(min_size / min(h, w), max_size / max(h, w))  # torchvision's eager rule
+            expected = [int(np.floor(h * scale)), int(np.floor(w * scale))]
+            _, got = RCNNGraph.resize(rcnn, torch.zeros(1, 1, h, w))
+            assert got.tolist() == expected, (h, w, min_size, max_size)
+            hw = torch.tensor([h, w])
+            assert DenseGraph._resized(dense, hw).tolist() == list(resized_size(h, w, min_size, max_size)), (h, w)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_parity_where_float_rounding_decides_the_resize(backend: str, checkpoints: dict[str, Path],
+                                                        exports: dict[tuple[str, str], Path],
+                                                        images: dict[tuple[int, int], list[np.ndarray]]) -> None:
+    """40 x 98 px at max_size 128: torchvision resizes the long side to floor(98 * (128 / 98)) = 127 px (float64
+    rounding), not 128; the graph must too (OpenVINO, computing float64 in float32, gets the size as an input)."""
+    import cv2
+
+    small = [cv2.resize(im, (98, 40), interpolation=cv2.INTER_AREA) for im in images[SIZES[0]]]
+    reference = Predictor(checkpoints["maskrcnn"], device="cpu", score_threshold=0.05)
+    runtime = load(exports["maskrcnn", BACKENDS[backend]], backend=backend, score_threshold=0.05)
+    ref = reference.predict_batch(small)
+    assert sum(len(r) for r in ref) > 0
+    assert_parity(ref, runtime.predict_batch(small), ("maskrcnn 40x98", backend))

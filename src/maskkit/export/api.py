@@ -19,13 +19,13 @@ from torch import nn
 
 from maskkit.errors import ConfigError, MaskkitError
 from maskkit.fileio import atomic_write_bytes, atomic_write_json
-from maskkit.inference.backends.artefact import GRAPH_FILES, METADATA_FILE
+from maskkit.inference.backends.artefact import GRAPH_FILES, METADATA_FILE, resized_size
 from maskkit.models.factory import LoadedModel, inference_sizes, model_from_checkpoint
 
 FORMATS = tuple(GRAPH_FILES)
 
 
-def graph_module(model: nn.Module, float_rounding: bool = True) -> tuple[nn.Module, str]:
+def graph_module(model: nn.Module, size_input: bool = False) -> tuple[nn.Module, str]:
     """The export wrapper of ``model`` and its kind (``rcnn``/``dense``); a ConfigError says why not."""
     from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
@@ -37,9 +37,9 @@ def graph_module(model: nn.Module, float_rounding: bool = True) -> tuple[nn.Modu
         rh = model.roi_heads
         if not rh.has_mask() or rh.keypoint_predictor is not None:
             raise ConfigError(f"{name} cannot be exported: only Mask R-CNN detectors (mask head, no keypoints)")
-        return RCNNGraph(model, float_rounding).eval(), "rcnn"
+        return RCNNGraph(model, size_input).eval(), "rcnn"
     if isinstance(model, DenseSegmentationModel) and hasattr(model.decoder, "activate_maps"):
-        return DenseGraph(model, float_rounding).eval(), "dense"
+        return DenseGraph(model, size_input).eval(), "dense"
     raise ConfigError(f"{name} cannot be exported: not a Mask R-CNN, Panoptic FPN, bottom-up or semantic model")
 
 
@@ -79,16 +79,20 @@ def export_model(model: str | Path | LoadedModel, format: str, out: str | Path,
     loaded = model if isinstance(model, LoadedModel) else model_from_checkpoint(model, ema=ema)
     loaded.model.eval()
     size = parse_imgsz(imgsz) or (inference_sizes(loaded.config)[0],) * 2
-    graph, kind = graph_module(loaded.model, float_rounding=format != "openvino")
+    size_input = format == "openvino"  # OpenVINO computes float64 in float32: the runtime gives the resized size
+    graph, kind = graph_module(loaded.model, size_input)
     channels = int(graph.mean.shape[1])
     images = torch.rand(2, channels, *size)
-    example = (images, torch.tensor(0.05), torch.tensor(100)) if kind == "rcnn" else (images,)
+    example: tuple[torch.Tensor, ...] = (images, torch.tensor(0.05), torch.tensor(100)) if kind == "rcnn" else (images,)
+    if size_input:
+        example = (*example, torch.tensor(resized_size(kind, size, graph.min_size, graph.max_size)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     graph_file = GRAPH_FILES[format]
     from maskkit.export.metadata import build_metadata
 
-    meta = build_metadata(loaded, kind, format, graph_file, size, dynamic, opset if format != "torchscript" else None)
+    meta = build_metadata(loaded, graph, kind, format, graph_file, size, dynamic,
+                          opset if format != "torchscript" else None)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
         target = Path(tmp) / graph_file
         try:

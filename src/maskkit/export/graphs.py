@@ -30,6 +30,12 @@ def _hw(x: Tensor) -> Tensor:
     return torch._shape_as_tensor(x)[-2:]
 
 
+def _over(numerator: float, t: Tensor) -> Tensor:
+    """``numerator / t`` correctly rounded (torch computes ``scalar / tensor`` as a reciprocal product, which can
+    differ from Python's division in the last bit, and so floor/round a size 1 px differently)."""
+    return torch.full_like(t, float(numerator)) / t
+
+
 def _pad_to_multiple(x: Tensor, divisor: int) -> Tensor:
     """Pad bottom/right with zeros to multiples of ``divisor``."""
     hw = _hw(x)
@@ -37,17 +43,15 @@ def _pad_to_multiple(x: Tensor, divisor: int) -> Tensor:
     return F.pad(x, [torch.zeros_like(pad[1]), pad[1], torch.zeros_like(pad[0]), pad[0]])
 
 
-def exact_size(exact: Tensor, approx: Tensor | None) -> Tensor:
+def exact_size(exact: Tensor, approx: Tensor) -> Tensor:
     """A resized size as the eager code computes it (``approx``: its float64 ``floor``/``round``), as an integer
     tensor derived from the exact integer rule ``exact`` (which differs from ``approx`` by at most 1, where
     float64 rounding lands just beside an integer: a few percent of image sizes).
 
-    Sizes cast from floats make OpenVINO fail to infer shapes, so the floats only enter through comparisons;
-    OpenVINO still miscomputes those (float64 demoted), so its graphs are built with ``approx=None``: the
-    exact integer rule, 1 px off the eager size in those rare rounding cases.
+    Sizes cast from floats make OpenVINO fail to infer shapes, so the floats only enter through comparisons.
+    OpenVINO still computes float64 in float32, so its graphs take the size as an input instead
+    (``size_input``; the runtime computes it with the eager rule).
     """
-    if approx is None:
-        return exact
     ref = exact.to(approx.dtype)
     return exact + (approx > ref).to(exact.dtype) - (approx < ref).to(exact.dtype)
 
@@ -93,9 +97,9 @@ def multiscale_roi_align(pool: MultiScaleRoIAlign, features: dict[str, Tensor], 
 class RCNNGraph(nn.Module):
     """A torchvision Mask R-CNN (or Panoptic FPN's detector) with a batch-vectorised inference forward."""
 
-    def __init__(self, model: nn.Module, float_rounding: bool = True) -> None:
+    def __init__(self, model: nn.Module, size_input: bool = False) -> None:
         super().__init__()
-        self.float_rounding = float_rounding  # see exact_size
+        self.size_input = size_input  # resized size as the input ``resized_size`` (see exact_size)
         t = model.transform
         self.register_buffer("mean", torch.tensor(t.image_mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(t.image_std, dtype=torch.float32).view(1, -1, 1, 1))
@@ -104,22 +108,26 @@ class RCNNGraph(nn.Module):
         self.size_divisible = int(t.size_divisible)
         self.backbone, self.rpn, self.roi_heads = model.backbone, model.rpn, model.roi_heads
 
-    def resize(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """torchvision's eval resize (shorter side to ``min_size``, longer capped at ``max_size``) of a batch."""
+    def resize(self, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """torchvision's eval resize (shorter side to ``min_size``, longer capped at ``max_size``) of a batch, or
+        to ``size`` when given."""
+        if size is not None:
+            return F.interpolate(x, size=[size[0], size[1]], mode="bilinear", align_corners=False), size
         hw = _hw(x)
         lo, hi = hw.min(), hw.max()
         a, b = int(self.min_size), int(self.max_size)
         short_binds = a * hi <= b * lo  # a / lo <= b / hi
         num, den = torch.where(short_binds, a, b), torch.where(short_binds, lo, hi)
         hwf = hw.to(torch.float64)
-        scale = torch.minimum(a / hwf.min(), b / hwf.max())
-        out = exact_size(hw * num // den, torch.floor(hwf * scale) if self.float_rounding else None)
+        scale = torch.minimum(_over(a, hwf.min()), _over(b, hwf.max()))
+        out = exact_size(hw * num // den, torch.floor(hwf * scale))
         x = F.interpolate(x, size=[out[0], out[1]], mode="bilinear", align_corners=False)
         return x, out
 
-    def forward(self, images: Tensor, score_threshold: Tensor, max_detections: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, images: Tensor, score_threshold: Tensor, max_detections: Tensor,
+                resized_size: Tensor | None = None) -> tuple[Tensor, ...]:
         x = (images - self.mean) / self.std
-        x, resized_hw = self.resize(x)
+        x, resized_hw = self.resize(x, resized_size if self.size_input else None)
         x = _pad_to_multiple(x, self.size_divisible)
         features = self.backbone(x)
         if isinstance(features, Tensor):
@@ -201,9 +209,9 @@ class RCNNGraph(nn.Module):
 class DenseGraph(nn.Module):
     """A dense model's network with its input pipeline (normalise, resize, pad, crop back) and activation."""
 
-    def __init__(self, model: nn.Module, float_rounding: bool = True) -> None:
+    def __init__(self, model: nn.Module, size_input: bool = False) -> None:
         super().__init__()
-        self.float_rounding = float_rounding  # see exact_size
+        self.size_input = size_input  # resized size as the input ``resized_size`` (see exact_size)
         inp = model.input
         self.register_buffer("mean", inp.mean[None].clone())
         self.register_buffer("std", inp.std[None].clone())
@@ -211,10 +219,10 @@ class DenseGraph(nn.Module):
         self.net = model.net
         self.decoder = model.decoder
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, resized_size: Tensor | None = None) -> Tensor:
         hw = _hw(images)
         x = (images - self.mean) / self.std
-        resized = self._resized(hw)
+        resized = resized_size if self.size_input else self._resized(hw)
         if resized is not None:
             x = F.interpolate(x, size=[resized[0], resized[1]], mode="bilinear", align_corners=False)
         size = resized if resized is not None else hw
@@ -233,14 +241,13 @@ class DenseGraph(nn.Module):
         hwf = hw.to(torch.float64)
         if a is not None:
             num, den = torch.full_like(lo, int(a)), lo
-            scale = a / hwf.min()
+            scale = _over(a, hwf.min())
         else:
             num, den = torch.ones_like(lo), torch.ones_like(lo)
             scale = torch.ones((), dtype=torch.float64)
         if b is not None:
             capped = hi * num > int(b) * den  # hi * scale > max_size
             num, den = torch.where(capped, int(b), num), torch.where(capped, hi, den)
-            scale = torch.where(hwf.max() * scale > b, b / hwf.max(), scale)
-        approx = torch.round(hwf * scale) if self.float_rounding else None
-        out = exact_size((2 * hw * num + den) // (2 * den), approx)  # round half up, then fixed
+            scale = torch.where(hwf.max() * scale > b, _over(b, hwf.max()), scale)
+        out = exact_size((2 * hw * num + den) // (2 * den), torch.round(hwf * scale))  # round half up, then fixed
         return torch.clamp(out, min=1)

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskkit.inference.backends.artefact import DENSE_INPUTS, DENSE_OUTPUTS, RCNN_INPUTS, RCNN_OUTPUTS
-from maskkit.models.factory import LoadedModel, inference_sizes
+from maskkit.inference.backends.artefact import graph_inputs, graph_outputs
+from maskkit.models.factory import LoadedModel
 from maskkit.models.registry import model_info
 
 
@@ -38,15 +38,15 @@ def postprocess_spec(model: nn.Module, kind: str) -> dict[str, Any]:
     return {"decoder": "components", "min_area": int(decoder.min_area), "params": {}}
 
 
-def build_metadata(loaded: LoadedModel, kind: str, fmt: str, graph_file: str, imgsz: tuple[int, int],
-                   dynamic: bool, opset: int | None) -> dict[str, Any]:
+def build_metadata(loaded: LoadedModel, graph: nn.Module, kind: str, fmt: str, graph_file: str,
+                   imgsz: tuple[int, int], dynamic: bool, opset: int | None) -> dict[str, Any]:
     """The metadata dict of one export."""
     import maskkit
 
     cfg = loaded.config
     info = model_info(cfg.model.name)
     model = loaded.model
-    min_size, max_size = inference_sizes(cfg)
+    min_size, max_size = (None if v is None else int(v) for v in (graph.min_size, graph.max_size))  # the graph's
     if kind == "rcnn":
         t = model.transform
         mean, std, divisor = list(t.image_mean), list(t.image_std), int(t.size_divisible)
@@ -63,8 +63,8 @@ def build_metadata(loaded: LoadedModel, kind: str, fmt: str, graph_file: str, im
         "family": info.family,
         "task": info.task,
         "classes": [{"id": int(c), "name": n} for c, n in zip(loaded.category_ids, loaded.class_names, strict=True)],
-        "inputs": list(RCNN_INPUTS if kind == "rcnn" else DENSE_INPUTS),
-        "outputs": list(RCNN_OUTPUTS if kind == "rcnn" else DENSE_OUTPUTS),
+        "inputs": list(graph_inputs(kind, graph.size_input)),
+        "outputs": list(graph_outputs(kind)),
         "preprocessing": {
             "image": "B x C x H x W float32 in [0, 1], RGB order as read by maskkit (one size per batch)",
             "channels": cfg.augment.channels, "normalise": cfg.augment.normalise, "fixed_max": cfg.augment.fixed_max,

@@ -1,6 +1,7 @@
-"""OpenVINO export: the ONNX graph (built with integer size rules, see
-:func:`maskkit.export.graphs.exact_size`) converted by ``openvino.convert_model`` and saved as IR
-(``model.xml`` + ``model.bin``, float32 weights)."""
+"""OpenVINO export: the ONNX graph converted by ``openvino.convert_model`` and saved as IR (``model.xml`` +
+``model.bin``, float32 weights). The graph takes the resized size as an input (``resized_size``, computed by
+the runtime with the eager rule): OpenVINO computes float64 in float32, so the in-graph rule of
+:func:`maskkit.export.graphs.exact_size` would resize some image sizes 1 px differently."""
 
 from __future__ import annotations
 

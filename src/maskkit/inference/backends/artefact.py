@@ -14,6 +14,7 @@ Graph contract (all backends; ``B x C x H x W`` float32 images in ``[0, 1]`` of 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,30 @@ RCNN_INPUTS = ("images", "score_threshold", "max_detections")
 RCNN_OUTPUTS = ("boxes", "scores", "labels", "masks", "batch_index")
 DENSE_INPUTS = ("images",)
 DENSE_OUTPUTS = ("maps",)
+SIZE_INPUT = "resized_size"
+"""Extra last input of OpenVINO graphs: the int64 ``(h, w)`` the images are resized to (:func:`resized_size`)."""
+
+
+def graph_inputs(kind: str, size_input: bool = False) -> tuple[str, ...]:
+    return (RCNN_INPUTS if kind == "rcnn" else DENSE_INPUTS) + ((SIZE_INPUT,) if size_input else ())
+
+
+def graph_outputs(kind: str) -> tuple[str, ...]:
+    return RCNN_OUTPUTS if kind == "rcnn" else DENSE_OUTPUTS
+
+
+def resized_size(kind: str, size: tuple[int, int], min_size: float | None, max_size: float | None) -> list[int]:
+    """The size a graph resizes ``(h, w)`` images to: torchvision's eval rule (``rcnn``) or
+    :func:`maskkit.models.encoders.resized_size` (``dense``)."""
+    h, w = size
+    if kind == "rcnn":
+        assert min_size is not None and max_size is not None
+        scale = min(float(min_size) / min(h, w), float(max_size) / max(h, w))  # torchvision's eager arithmetic
+        return [math.floor(h * scale), math.floor(w * scale)]
+    from maskkit.models.encoders import resized_size as dense_size
+
+    return list(dense_size(h, w, None if min_size is None else int(min_size),
+                           None if max_size is None else int(max_size)))
 
 
 def is_exported(path: str | Path) -> bool:
@@ -64,7 +89,7 @@ def locate(path: str | Path, backend: str | None = None) -> tuple[Path, str, dic
     if fmt is None:
         raise DataError(f"not an exported graph (expected {', '.join(SUFFIX_FORMAT)})", file=graph)
     chosen = backend or DEFAULT_BACKEND[fmt]
-    if BACKENDS[chosen] != fmt:  # OpenVINO runs its own conversion (see maskkit.export.graphs.exact_size)
+    if BACKENDS[chosen] != fmt:  # OpenVINO runs its own conversion (see maskkit.export.openvino)
         raise ConfigError(f"backend {chosen} cannot run {graph.name} ({fmt} graph)")
     return graph, chosen, meta
 

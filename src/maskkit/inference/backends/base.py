@@ -18,7 +18,7 @@ import torch
 
 from maskkit.config import TrainConfig
 from maskkit.errors import ConfigError
-from maskkit.inference.backends.artefact import locate
+from maskkit.inference.backends.artefact import SIZE_INPUT, locate, resized_size
 from maskkit.inference.common import PredictorBase
 from maskkit.inference.paste import Detections
 from maskkit.models.outputs import to_instances
@@ -122,13 +122,22 @@ class RuntimePredictor(PredictorBase):
         if channels is not None and x.shape[0] != channels:
             raise ConfigError(f"{self.graph.name} takes {channels}-channel images, got {x.shape[0]}")
 
+    def _inputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's image inputs (and the resized size, for graphs that take it: OpenVINO's)."""
+        inputs = {"images": images}
+        if SIZE_INPUT in self.metadata["inputs"]:
+            rules = self.input_rules
+            size = resized_size(self.kind, images.shape[-2:], rules["min_size"], rules["max_size"])
+            inputs[SIZE_INPUT] = np.asarray(size, np.int64)
+        return inputs
+
     def _predict_same_size(self, batch: list[torch.Tensor], thr: float | None) -> list[Instances]:
         self._check_size(batch[0])
         images = torch.stack(batch).float().contiguous().numpy()
         sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in batch]
         if self.kind == "rcnn":
             return self._rcnn(images, sizes, thr)
-        maps = self.session.run({"images": images})[0]
+        maps = self.session.run(self._inputs(images))[0]
         out = []
         for m, size in zip(maps, sizes, strict=True):
             decoded = self.decoder(self.decoder.from_maps(torch.from_numpy(np.ascontiguousarray(m))),
@@ -147,7 +156,7 @@ class RuntimePredictor(PredictorBase):
     def _rcnn(self, images: np.ndarray, sizes: list[tuple[int, int]], thr: float | None) -> list[Instances]:
         graph_thr, cap = self._rcnn_limits(thr)
         boxes, scores, labels, masks, index = self.session.run({
-            "images": images, "score_threshold": np.asarray(graph_thr, np.float32),
+            **self._inputs(images), "score_threshold": np.asarray(graph_thr, np.float32),
             "max_detections": np.asarray(cap, np.int64)})
         out = []
         for i, size in enumerate(sizes):

@@ -22,9 +22,13 @@ class OpenVinoSession:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()
         self.model = core.compile_model(core.read_model(str(graph)), "CPU", config)
-        self.inputs = {name for port in self.model.inputs for name in port.get_names()}
+        self.ports = [set(port.get_names()) for port in self.model.inputs]
+        self.inputs = set().union(*self.ports)
         self.request = self.model.create_infer_request()
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        missing = [sorted(names)[0] for names in self.ports if not names & set(inputs)]
+        if missing:  # OpenVINO would read uninitialised memory
+            raise ValueError(f"graph input(s) {missing} missing")
         result = self.request.infer({k: v for k, v in inputs.items() if k in self.inputs})
         return [np.array(result[port]) for port in self.model.outputs]

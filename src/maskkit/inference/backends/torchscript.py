@@ -10,7 +10,7 @@ import torch
 
 from maskkit.errors import DataError
 
-INPUT_ORDER = ("images", "score_threshold", "max_detections")
+INPUT_ORDER = ("images", "score_threshold", "max_detections", "resized_size")
 
 
 class TorchScriptSession:
