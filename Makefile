@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,pretrained,onnx,openvino]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,pretrained,tune,onnx,openvino]'
 	touch $(STAMP)
 
 # The main job: synthetic data -> train the bottom-up U-Net (about 5 CPU minutes) -> evaluate -> overlays, metrics,
@@ -31,6 +31,7 @@ test: lint
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python benchmarks/data_io.py

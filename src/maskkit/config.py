@@ -212,15 +212,16 @@ class TrainConfig(_Strict):
     """CPU threads of torch (None: torch's default)."""
 
 
-def merge_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def merge_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
+                    keep_none: bool = False) -> dict[str, Any]:
     """A copy of the config dict ``data`` with dotted ``overrides`` (``{"schedule.epochs": 3}``) merged in.
 
-    Intermediate sections are created as needed; ``None`` values are skipped (an unset flag). ``data`` is
-    not modified.
+    Intermediate sections are created as needed; ``None`` values are skipped (an unset flag) unless
+    ``keep_none`` (then they set the field to null). ``data`` is not modified.
     """
     merged = copy.deepcopy(dict(data))
     for dotted, value in (overrides or {}).items():
-        if value is None:
+        if value is None and not keep_none:
             continue
         node = merged
         *parents, leaf = dotted.split(".")

@@ -133,7 +133,7 @@ def _run(items: list[Any], predict: Any, out: Path, class_names: dict[int, str],
          overwrite: bool, max_gap: int, track_iou: float) -> dict[str, int]:
     """Predict every source with a progress bar; returns counts."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
     images = [it for it in items if it.kind == "image"]
     videos = [it for it in items if it.kind == "video"]
@@ -159,10 +159,13 @@ def _run(items: list[Any], predict: Any, out: Path, class_names: dict[int, str],
                 counts["videos_skipped"] += 1
                 continue
             task = bar.add_task(f"video {it.key}", total=None)
+
+            def on_frame(done: int, total: int, t: TaskID = task) -> None:
+                bar.update(t, completed=done, total=total or None)
+
             summary = predict_video(it.path, predict, out, it.key, class_names, overlay=options.overlays,
                                     tracks=options.json, iou_threshold=track_iou, max_gap=max_gap,
-                                    on_frame=lambda done, total, t=task: bar.update(t, completed=done,
-                                                                                    total=total or None))
+                                    on_frame=on_frame)
             counts["videos"] += 1
             counts["frames"] += summary["frames"]
             counts["tracks"] += summary["tracks"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from maskkit.config import TrainConfig, load_config, merge_overrides, validate_config
-from maskkit.engine.trainer import TrainResult, fit, resume_path
+from maskkit.engine.trainer import TrainResult, ValidationHook, fit, resume_path
 from maskkit.errors import ConfigError
 from maskkit.models.checkpoint import load_checkpoint
 
@@ -54,7 +54,12 @@ def _apply(data: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
 def train(
     config: TrainConfig | dict[str, Any] | str | Path | None = None,
     resume: str | Path | None = None,
+    on_validation: ValidationHook | None = None,
     **overrides: Any,
 ) -> TrainResult:
-    """Train a model; ``overrides`` are dotted config keys (``train(cfg, **{"schedule.epochs": 3})``)."""
-    return fit(resolve_config(config, overrides, resume), resume=resume)
+    """Train a model; ``overrides`` are dotted config keys (``train(cfg, **{"schedule.epochs": 3})``).
+
+    ``on_validation(epoch, metrics) -> stop`` is called after each validation (see
+    :data:`~maskkit.engine.trainer.ValidationHook`); returning true ends the run there.
+    """
+    return fit(resolve_config(config, overrides, resume), resume=resume, on_validation=on_validation)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,13 @@ def _build_context(cfg: TrainConfig, model: nn.Module, device: torch.device, tot
     )
 
 
-def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
+ValidationHook = Callable[[int, dict[str, Any]], bool]
+"""``on_validation(epoch, metrics) -> stop``: called on rank 0 after each validation (``epoch`` 0-based, as in
+``results.csv``) with the metrics the run's choices are made on (``tune.split``); a true return ends the run
+after that epoch is saved, like early stopping (a hyperparameter search prunes trials through it)."""
+
+
+def fit(cfg: TrainConfig, resume: str | Path | None = None, on_validation: ValidationHook | None = None) -> TrainResult:
     """Train ``cfg`` (or continue the run whose ``last.pt``/folder is ``resume``); see the module docstring."""
     ckpt = load_checkpoint(resume_path(resume)) if resume is not None else None
     device = resolve_device(cfg.device)
@@ -275,7 +282,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         n = max(st.sums.get("n", 0.0), 1.0)
         row: dict[str, Any] = {"epoch": st.epoch, "step": st.step, "lr": ctx.optimizer.param_groups[0]["lr"]}
         row.update({f"train/{k}": v / n for k, v in st.sums.items() if k != "n"})
-        is_best = False
+        is_best = requested_stop = False
         last_epoch = st.epoch + 1 == epochs or out_of_time
         if val is not None and ((st.epoch + 1) % cfg.schedule.val_every == 0 or last_epoch):
             eval_model = ctx.ema.module if ctx.ema is not None else unwrap(ctx.model)
@@ -290,6 +297,9 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
             summary = {k: val_row[k] for k in SUMMARY_METRICS if k in val_row}
             value = broadcast_object(metric_value(chosen_on, metric_key), dinfo)
             is_best = best.update(value, st.epoch)
+            if on_validation is not None:
+                requested_stop = broadcast_object(bool(on_validation(st.epoch, chosen_on)) if dinfo.is_main
+                                                  else False, dinfo)
             shown = ("val/loss", "segm.AP", "bbox.AP", "semantic.", "train_slice/segm.AP")
             log.info("epoch %d/%d: %s", st.epoch + 1, epochs, ", ".join(
                 f"{k}={v:.4f}" for k, v in row.items() if k.startswith(shown) and isinstance(v, float)
@@ -306,6 +316,10 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         if stopped and dinfo.is_main:
             log.info("early stopping: %s did not improve for %d epochs (best %.4f at epoch %d)",
                      cfg.schedule.metric, best.stale, best.value or float("nan"), (best.epoch or 0) + 1)
+        if requested_stop and st.epoch < epochs and not stopped:
+            stopped = True
+            if dinfo.is_main:
+                log.info("stopped after epoch %d by the on_validation callback", st.epoch)
         if out_of_time and (cut_short or st.epoch < epochs):
             stopped = True
             if dinfo.is_main:

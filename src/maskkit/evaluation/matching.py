@@ -28,6 +28,8 @@ from maskkit.evaluation.base import ImageStore, MaskEvaluator, Pairing, Prepared
 from maskkit.structures.masks import RLE, Masks, masks_iou
 
 MaskInput = Masks | Sequence[RLE] | np.ndarray
+LabelInput = Sequence[int] | np.ndarray | None
+"""Per-instance class labels (None: one class)."""
 """Instance masks of one image: ``Masks``, a list of COCO RLE dicts, or an ``N×H×W`` boolean array."""
 
 IOU_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.linspace(0.5, 0.95, 10), 10).tolist())
@@ -86,7 +88,8 @@ def intersections(iou: np.ndarray, gt_areas: np.ndarray, pred_areas: np.ndarray)
 
 
 def _pair_intersections(iou: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.rint(iou * (a + b) / (1.0 + iou))
+    inter: np.ndarray = np.rint(iou * (a + b) / (1.0 + iou))
+    return inter
 
 
 def match_at_threshold(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +165,7 @@ def aggregated_jaccard_index(gt: MaskInput, pred: MaskInput) -> float:
     g, p = as_masks(gt), as_masks(pred)
     check_same_size(g, p)
     c, u = aji_counts(masks_iou(g, p), g.areas(), p.areas())
-    return safe_div(c, u)
+    return float(safe_div(c, u))
 
 
 class MatchingAccumulator:
@@ -193,13 +196,8 @@ class MatchingAccumulator:
         self.num_gt = 0
         self.num_pred = 0
 
-    def add(
-        self,
-        gt_masks: MaskInput,
-        pred_masks: MaskInput,
-        gt_labels: Sequence[int] | np.ndarray | None = None,
-        pred_labels: Sequence[int] | np.ndarray | None = None,
-    ) -> dict[str, Any]:
+    def add(self, gt_masks: MaskInput, pred_masks: MaskInput, gt_labels: LabelInput = None,
+            pred_labels: LabelInput = None) -> dict[str, Any]:
         """Match one image; returns its counts ``{"tp", "fp", "fn"}`` (int arrays, one per threshold)."""
         g, p = as_masks(gt_masks), as_masks(pred_masks)
         check_same_size(g, p)

@@ -24,7 +24,7 @@ from pycocotools import mask as mask_utils
 
 from maskkit.errors import DataError
 from maskkit.evaluation.base import ImageStore, MaskEvaluator, Pairing, PreparedImage
-from maskkit.evaluation.matching import MaskInput, as_labels, as_masks, check_same_size, match_at_threshold
+from maskkit.evaluation.matching import LabelInput, MaskInput, as_labels, as_masks, check_same_size, match_at_threshold
 from maskkit.structures.masks import masks_iou
 
 MATCH_IOU = float(np.nextafter(0.5, 1.0))
@@ -44,14 +44,8 @@ class PanopticAccumulator:
         self._stats: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(4, dtype=np.float64))
         self.num_images = 0
 
-    def add(
-        self,
-        gt_masks: MaskInput,
-        pred_masks: MaskInput,
-        gt_labels: Sequence[int] | np.ndarray | None = None,
-        pred_labels: Sequence[int] | np.ndarray | None = None,
-        gt_iscrowd: Sequence[bool] | np.ndarray | None = None,
-    ) -> None:
+    def add(self, gt_masks: MaskInput, pred_masks: MaskInput, gt_labels: LabelInput = None,
+            pred_labels: LabelInput = None, gt_iscrowd: Sequence[bool] | np.ndarray | None = None) -> None:
         """Add one image. Labels default to one class (0); ``gt_iscrowd`` defaults to all False."""
         g, p = as_masks(gt_masks), as_masks(pred_masks)
         check_same_size(g, p)
@@ -135,7 +129,7 @@ class PanopticEvaluator(MaskEvaluator):
 
     def add(self, image: PreparedImage, pairing: Pairing) -> None:
         g, d = image.gt, image.dt
-        crowd, keep = g.iscrowd, pairing.keep
+        crowd, keep = g.gt_crowd, pairing.keep
         inside = None
         if crowd.any():
             def inside(c: int, pred_idx: np.ndarray) -> int:

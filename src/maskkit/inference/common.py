@@ -59,7 +59,7 @@ class PredictorBase:
         return image_tensor(image, self.config)
 
     # -- prediction -------------------------------------------------------------------------------
-    def predict(self, image: ImageLike | Sequence[ImageLike],
+    def predict(self, image: ImageLike | list[ImageLike] | tuple[ImageLike, ...],
                 score_threshold: float | None = None) -> Instances | list[Instances]:
         """Instances of one image (or a list for a list of images): boxes, labels (category ids), scores, masks."""
         if isinstance(image, (list, tuple)):

@@ -92,7 +92,7 @@ class FilteredPredict:
         return inst[select(scores, inst.labels, self.conf, self.classes, self.max_det)]
 
     def __call__(self, image: np.ndarray) -> Instances:
-        if self._tiled(image.shape):
+        if self.tile is not None and self._tiled(image.shape):
             return self._finish(predict_tiled(self.predictor, image, tile=self.tile, overlap=self.overlap))
         return self._finish(self.predictor.predict(image))
 

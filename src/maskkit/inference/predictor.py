@@ -102,7 +102,7 @@ class Predictor(PredictorBase):
         """A Predictor around an in-memory model (copied when optimised); ``options`` as in the constructor."""
         self = cls.__new__(cls)
         names = list(class_names) if class_names is not None else [str(c) for c in category_ids]
-        opts = {"score_threshold": None, "classes": None, "max_det": None, "mask_threshold": 0.5,
+        opts: dict[str, Any] = {"score_threshold": None, "classes": None, "max_det": None, "mask_threshold": 0.5,
                 "dense_masks": False, "batch_size": 4, "tta": False, "tta_scales": None, "tta_flips": None,
                 "tta_iou": 0.5, "optimize": True, "threads": None}
         unknown = set(options) - set(opts)
@@ -149,7 +149,7 @@ class Predictor(PredictorBase):
             return [self._to_instances(d, thr) for d in self._rcnn_detect(batch, thr)]
 
         outs = self.model(batch)
-        return [self._filter(to_instances(o, tuple(x.shape[-2:]), self.category_ids, self.mask_threshold), thr)
+        return [self._filter(to_instances(o, (x.shape[-2], x.shape[-1]), self.category_ids, self.mask_threshold), thr)
                 for o, x in zip(outs, batch, strict=True)]
 
     def _predict_tta(self, x: torch.Tensor, thr: float | None) -> Instances:
@@ -157,19 +157,21 @@ class Predictor(PredictorBase):
         if not self.fast and tta.has_raw_outputs(self.model):
 
             out = tta.tta_raw_output(self.model, x, self.views)
-            return self._filter(to_instances(out, tuple(x.shape[-2:]), self.category_ids, self.mask_threshold), thr)
+            inst = to_instances(out, (x.shape[-2], x.shape[-1]), self.category_ids, self.mask_threshold)
+            return self._filter(inst, thr)
 
         def detect(batch: list[torch.Tensor]) -> list[Detections]:
             if self.fast:  # per-view caps stay the model's: the filters apply to the merged result
                 return self._rcnn_detect(batch, None if thr is None else min(thr, self._model_thresh()), view=True)
-            return [Detections.from_output(o, tuple(b.shape[-2:])) for o, b in zip(self.model(batch), batch,
+            return [Detections.from_output(o, (b.shape[-2], b.shape[-1])) for o, b in zip(self.model(batch), batch,
                                                                                  strict=True)]
 
         merged = tta.tta_detections(self.model, detect, x, self.views, self.tta_iou, self.mask_threshold)
         return self._to_instances(merged, thr)
 
     def _model_thresh(self) -> float:
-        return float(self.model.roi_heads.score_thresh)
+        rcnn: Any = self.model  # a torchvision Mask R-CNN (no type information)
+        return float(rcnn.roi_heads.score_thresh)
 
     # -- the torchvision Mask R-CNN fast path -------------------------------------------------------
     def _rcnn_detect(self, images: list[torch.Tensor], thr: float | None, view: bool = False) -> list[Detections]:
@@ -181,7 +183,8 @@ class Predictor(PredictorBase):
         from torchvision.models.detection.roi_heads import RoIHeads
         from torchvision.models.detection.transform import resize_boxes
 
-        model, rh = self.model, self.model.roi_heads
+        model: Any = self.model  # a torchvision Mask R-CNN (no type information)
+        rh = model.roi_heads
         sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         batch, _ = model.transform(images)
         x = batch.tensors.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.tensors
@@ -214,10 +217,10 @@ class Predictor(PredictorBase):
                 for b, s, lab, p, resized, size in zip(boxes, scores, labels, probs, batch.image_sizes, sizes,
                                                        strict=True)]
 
-    def _mask_probs(self, features: OrderedDict, boxes: list[torch.Tensor], labels: list[torch.Tensor],
-                    image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    def _mask_probs(self, features: OrderedDict[str, torch.Tensor], boxes: list[torch.Tensor],
+                    labels: list[torch.Tensor], image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
         """``n×M×M`` mask probabilities of each image's detections (of their predicted class)."""
-        rh = self.model.roi_heads
+        rh: Any = self.model.roi_heads  # torchvision's RoIHeads (no type information)
         counts = [len(b) for b in boxes]
         if not sum(counts):
             m = 2 * int(rh.mask_roi_pool.output_size[0])
@@ -246,9 +249,10 @@ def _is_torchvision_rcnn(model: nn.Module) -> bool:
 
 def optimize_rcnn(model: nn.Module) -> None:
     """In place: BatchNorm folded into the preceding convolutions and channels-last convolution weights."""
-    for part in (model.backbone, model.rpn.head, model.roi_heads.box_head, model.roi_heads.mask_head):
+    rcnn: Any = model  # a torchvision Mask R-CNN (no type information)
+    for part in (rcnn.backbone, rcnn.rpn.head, rcnn.roi_heads.box_head, rcnn.roi_heads.mask_head):
         fold_batchnorm(part)
-    for part in (model.backbone, model.rpn.head, model.roi_heads.mask_head, model.roi_heads.mask_predictor):
+    for part in (rcnn.backbone, rcnn.rpn.head, rcnn.roi_heads.mask_head, rcnn.roi_heads.mask_predictor):
         part.to(memory_format=torch.channels_last)
 
 
@@ -276,24 +280,25 @@ def fold_batchnorm(module: nn.Module) -> int:
         return 0
     calls: dict[str, int] = {}
     for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+        if node.op == "call_module":  # its target is the module's qualified name
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     folded = 0
     for node in graph.nodes:
-        if node.op != "call_module" or calls[node.target] != 1 or not node.args:
+        if node.op != "call_module" or calls[str(node.target)] != 1 or not node.args:
             continue
-        norm, src = module.get_submodule(node.target), node.args[0]
+        norm: Any = module.get_submodule(str(node.target))  # a norm's running stats, eps, affine weights
+        src = node.args[0]
         if type(norm) not in norms or norm.training or not isinstance(src, fx.Node):  # not subclasses (BN+act)
             continue
-        if src.op != "call_module" or calls[src.target] != 1 or len(src.users) != 1:
+        if src.op != "call_module" or calls[str(src.target)] != 1 or len(src.users) != 1:
             continue
-        conv = module.get_submodule(src.target)
+        conv = module.get_submodule(str(src.target))
         if type(conv) is not nn.Conv2d or getattr(norm, "running_mean", None) is None:
             continue
         weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps,
                                             norm.weight, norm.bias)
         conv.weight, conv.bias = weight, bias
-        parent, _, name = node.target.rpartition(".")
+        parent, _, name = str(node.target).rpartition(".")
         setattr(module.get_submodule(parent) if parent else module, name, nn.Identity())
         folded += 1
     return folded

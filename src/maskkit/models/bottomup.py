@@ -36,7 +36,7 @@ blocks, 7 in all, or ResNet layers, 4; None trains everything); anything else go
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from maskkit.errors import ConfigError, DataError
 from maskkit.models.backbones import freeze_timm_stages
 from maskkit.models.dense import DENSE_CAPABILITIES, DenseSegmentationModel, Targets, encoder_builder
-from maskkit.models.encoders import ENCODERS, DenseInput, build_smp, encoder_norm, encoder_stride, pad_to
+from maskkit.models.encoders import ENCODER_NAMES, ENCODERS, DenseInput, build_smp, pad_to
 from maskkit.models.losses import cross_entropy, dice_loss, mse_loss
 from maskkit.models.registry import register_model
 from maskkit.models.targets import bottomup_targets, checked_semantic_target
@@ -69,13 +69,6 @@ THRESHOLD_GRID: dict[str, list[float]] = {
     "fg_threshold": [0.4, 0.5, 0.6],
     "seed_threshold": [0.1, 0.3, 0.5],
     "boundary_threshold": [0.3, 0.5, 0.7],
-}
-ENCODER_NAMES = {
-    "r18": "ResNet-18",
-    "r34": "ResNet-34",
-    "r50": "ResNet-50",
-    "mbv2": "MobileNetV2",
-    "effl0": "EfficientNet-Lite0 (ImageNet weights offline)",
 }
 
 
@@ -205,7 +198,7 @@ class BottomUpSegmenter(DenseSegmentationModel):
     @property
     def encoder(self) -> nn.Module:
         """The U-Net's encoder."""
-        return self.net.encoder
+        return cast(nn.Module, self.net.encoder)
 
     # -- thresholds ------------------------------------------------------------------------------
     @property
@@ -272,10 +265,7 @@ def build_bottomup(
     num_classes: int,
     encoder: str,
     *,
-    pretrained_backbone: bool = True,
-    in_channels: int = 3,
-    min_size: int | None = None,
-    max_size: int | None = None,
+    pretrained_backbone: bool = True, in_channels: int = 3, min_size: int | None = None, max_size: int | None = None,
     decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
     semantic_weight: float = 1.0,
     boundary_weight: float = 1.0,
@@ -295,11 +285,10 @@ def build_bottomup(
     net = build_smp("Unet", encoder, num_classes + 3, in_channels, pretrained_backbone, decoder_channels=channels,
                     **options)
     if trainable_encoder_stages is not None:
-        freeze_encoder_stages(net.encoder, int(trainable_encoder_stages))
+        freeze_encoder_stages(cast(nn.Module, net.encoder), int(trainable_encoder_stages))
     net = net.to(memory_format=torch.channels_last)
     # NHWC inputs too: ~25% faster convolutions on CPU with the channels-last weights
-    dense_input = DenseInput(*encoder_norm(encoder, in_channels), encoder_stride(net), min_size, max_size,
-                             channels_last=True)
+    dense_input = DenseInput.for_network(net, encoder, in_channels, min_size, max_size, channels_last=True)
     return BottomUpSegmenter(
         net, num_classes, dense_input,
         BottomUpLoss(num_classes, semantic_weight, boundary_weight, distance_weight),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,14 @@ ENCODERS: dict[str, str] = {
     "mbv2": "mobilenet_v2",
     "effl0": "tu-tf_efficientnet_lite0",
 }
+ENCODER_NAMES: dict[str, str] = {
+    "r18": "ResNet-18",
+    "r34": "ResNet-34",
+    "r50": "ResNet-50",
+    "mbv2": "MobileNetV2",
+    "effl0": "EfficientNet-Lite0 (ImageNet weights offline)",
+}
+"""Human names of the short encoder names (registry descriptions)."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -52,7 +60,7 @@ def _adapt_offline(encoder: nn.Module, encoder_name: str, in_channels: int, pret
     from segmentation_models_pytorch.encoders._utils import patch_first_conv
 
     if pretrained and _is_effl0(encoder_name):
-        load_efficientnet_lite_imagenet(encoder.model)
+        load_efficientnet_lite_imagenet(cast(nn.Module, encoder.model))
         if in_channels != 3:
             patch_first_conv(encoder, new_in_channels=in_channels, pretrained=True)
 
@@ -217,6 +225,9 @@ class DenseInput(nn.Module):
     whose weights use it too).
     """
 
+    mean: Tensor  # buffers (registered in __init__)
+    std: Tensor
+
     def __init__(
         self,
         mean: Sequence[float],
@@ -233,6 +244,12 @@ class DenseInput(nn.Module):
         self.min_size = min_size
         self.max_size = max_size
         self.channels_last = channels_last
+
+    @classmethod
+    def for_network(cls, net: nn.Module, encoder: str, in_channels: int, min_size: int | None,
+                    max_size: int | None, channels_last: bool = False) -> DenseInput:
+        """The input pipeline of ``net`` built on ``encoder``: its weights' mean/std and its size divisor."""
+        return cls(*encoder_norm(encoder, in_channels), encoder_stride(net), min_size, max_size, channels_last)
 
     def forward(self, images: Sequence[Tensor]) -> PaddedBatch:
         channels = self.mean.shape[0]

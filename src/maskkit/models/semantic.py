@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 
 from maskkit.errors import ConfigError
 from maskkit.models.dense import DENSE_CAPABILITIES, DenseSegmentationModel, Targets, encoder_builder, semantic_batch
-from maskkit.models.encoders import ENCODERS, DenseInput, build_encoder, build_smp, encoder_norm, encoder_stride
+from maskkit.models.encoders import ENCODER_NAMES, ENCODERS, DenseInput, build_encoder, build_smp
 from maskkit.models.losses import SegLoss
 from maskkit.models.registry import register_model
 from maskkit.structures.labels import IGNORE_INDEX
@@ -44,13 +44,6 @@ FAMILIES: dict[str, tuple[str | None, dict[str, Any], str]] = {
     "deeplabv3plus": ("DeepLabV3Plus", {}, "DeepLabV3+ (ASPP + stride-4 decoder)"),
     "pspnet": ("PSPNet", {}, "PSPNet (pyramid pooling, output stride 8)"),
 }
-ENCODER_NAMES = {
-    "r18": "ResNet-18",
-    "r34": "ResNet-34",
-    "r50": "ResNet-50",
-    "mbv2": "MobileNetV2",
-    "effl0": "EfficientNet-Lite0 (ImageNet weights offline)",
-}
 
 
 class FCN(nn.Module):
@@ -63,7 +56,7 @@ class FCN(nn.Module):
         if encoder_output_stride not in (8, 16, 32):
             raise ConfigError(f"encoder_output_stride must be 8, 16 or 32, got {encoder_output_stride}")
         self.encoder = build_encoder(encoder, in_channels, pretrained, output_stride=encoder_output_stride)
-        self.head = FCNHead(self.encoder.out_channels[-1], classes)
+        self.head = FCNHead(cast("list[int]", self.encoder.out_channels)[-1], classes)
         self.stride = encoder_output_stride
 
     def forward(self, x: Tensor) -> Tensor:
@@ -159,10 +152,7 @@ def build_semantic(
     num_classes: int,
     encoder: str,
     *,
-    pretrained_backbone: bool = True,
-    in_channels: int = 3,
-    min_size: int | None = None,
-    max_size: int | None = None,
+    pretrained_backbone: bool = True, in_channels: int = 3, min_size: int | None = None, max_size: int | None = None,
     loss: Mapping[str, float] | None = None,
     class_weights: Sequence[float] | None = None,
     min_area: int = 4,
@@ -182,7 +172,7 @@ def build_semantic(
     else:
         net = build_smp(arch, encoder, classes, in_channels, pretrained_backbone, **kwargs)
     criterion = SemanticLoss(num_classes, loss, class_weights)
-    dense_input = DenseInput(*encoder_norm(encoder, in_channels), encoder_stride(net), min_size, max_size)
+    dense_input = DenseInput.for_network(net, encoder, in_channels, min_size, max_size)
     return SemanticSegmenter(net, num_classes, dense_input, criterion, ComponentInstances(min_area))
 
 

@@ -23,23 +23,14 @@ import numpy as np
 
 from maskkit.data.annotations import AnnotationSet, ImageRecord, new_instances
 from maskkit.data.copyimages import place_images, sniff_image_suffix
+from maskkit.data.formats import maskfiles
 from maskkit.data.formats.base import ConversionReport, register_format
 from maskkit.data.formats.labelimages import detect_label_images
-from maskkit.data.formats.maskfiles import (
-    Names,
-    drawable,
-    image_entry,
-    instance_entry,
-    load_class_map,
-    note_polygons,
-    read_label_array,
-    write_class_map,
-)
 from maskkit.data.images import image_size, is_image_file
 from maskkit.errors import DataError
 from maskkit.fileio import atomic_write_png
 from maskkit.structures import Masks
-from maskkit.structures.rle import transposed
+from maskkit.structures.rle import RLE, transposed
 
 DEFAULT_CLASS = "nucleus"
 
@@ -84,21 +75,22 @@ def detect_dsb(path: Path) -> bool:
 def _mask_rle(path: Path, size: tuple[int, int], file_name: str) -> dict[str, Any]:
     from pycocotools import mask as mask_utils
 
-    arr = read_label_array(path)
+    arr = maskfiles.read_label_array(path)
     if arr.shape != size:
         raise DataError(f"mask is {arr.shape[1]}x{arr.shape[0]} but its image is {size[1]}x{size[0]}",
                         file=path, image=file_name)
-    return mask_utils.encode((transposed(arr) != 0).view(np.uint8).T)  # Fortran-ordered H×W
+    rle: RLE = mask_utils.encode((transposed(arr) != 0).view(np.uint8).T)  # Fortran-ordered H×W
+    return rle
 
 
-def read_dsb(path: str | Path, names: Names = None) -> AnnotationSet:
+def read_dsb(path: str | Path, names: maskfiles.Names = None) -> AnnotationSet:
     """Read the one-PNG-per-instance layout into RLE masks (mask stems kept as ``mask_file``)."""
     found = locate(Path(path))
     if found is None:
         raise DataError("expected sample folders each holding images/ and masks/", file=path)
     root, samples = found
-    cmap = load_class_map(root, DEFAULT_CLASS, names)
-    records = []
+    cmap = maskfiles.load_class_map(root, DEFAULT_CLASS, names)
+    records: list[ImageRecord] = []
     for sample in samples:
         key = sample.name
         images = sorted(p for p in (sample / "images").iterdir() if is_image_file(p))
@@ -112,14 +104,21 @@ def read_dsb(path: str | Path, names: Names = None) -> AnnotationSet:
             h, w = image_size(images[0])
         elif masks:  # image missing: kept so that validation reports it
             file_name = f"{key}/images/{key}.png"
-            h, w = read_label_array(masks[0]).shape
+            h, w = maskfiles.read_label_array(masks[0]).shape
         else:
             continue
-        rles, cats, crowd, ids, extras = [], [], [], [], []
+        rles: list[RLE] = []
+        cats: list[int] = []
+        crowd: list[bool] = []
+        ids: list[int] = []
+        extras: list[dict[str, Any]] = []
         for j, m in enumerate(masks, 1):
             rles.append(_mask_rle(m, (h, w), file_name))
             c, k, a, e = cmap.resolve(key, m.stem, j)
-            cats.append(c), crowd.append(k), ids.append(a), extras.append({"mask_file": m.stem, **e})
+            cats.append(c)
+            crowd.append(k)
+            ids.append(a)
+            extras.append({"mask_file": m.stem, **e})
         inst = new_instances(h, w, cats, Masks.from_rles(rles, h, w), iscrowd=crowd, ids=ids, extras=extras)
         meta = cmap.images.get(key, {})
         records.append(ImageRecord(meta.get("id", len(records) + 1), file_name, h, w, inst,
@@ -162,10 +161,10 @@ def write_instance_pngs(aset: AnnotationSet, dst: str | Path) -> ConversionRepor
     place_images(aset, dst, report, names=[_image_name(r, s) for r, s in zip(aset.images, samples, strict=True)])
     for rec, sample in zip(aset.images, samples, strict=True):
         (dst / sample / "masks").mkdir(parents=True, exist_ok=True)
-        entry = image_entry(rec, default_ids[sample])
+        entry = maskfiles.image_entry(rec, default_ids[sample])
         if entry:
             images[sample] = entry
-        masks, todo = drawable(rec, report)
+        masks, todo = maskfiles.drawable(rec, report)
         inst = rec.instances
         mask_used: set[str] = set()
         names = {}
@@ -175,19 +174,20 @@ def write_instance_pngs(aset: AnnotationSet, dst: str | Path) -> ConversionRepor
         order = {name: j for j, name in enumerate(sorted(names.values()), 1)}
         entries = {}
         for i in todo:
+            assert masks is not None  # drawable() gives indices only with masks
             mask_png = masks.bitmap(i).astype(np.uint8) * 255
             atomic_write_png(dst / sample / "masks" / f"{names[i]}.png", mask_png, fsync=False)
             extra = {k: v for k, v in (inst.extras[i] if inst.has("extras") else {}).items() if k != "mask_file"}
             ann_id = int(inst.ids[i])
-            e = instance_entry(int(inst.labels[i]), bool(inst.iscrowd[i]),
+            e = maskfiles.instance_entry(int(inst.labels[i]), bool(inst.iscrowd[i]),
                                None if ann_id == order[names[i]] else ann_id, extra, default_cat)
             if e is not None:
                 entries[names[i]] = e
         instances[sample] = {k: entries[k] for k in sorted(entries)}
         report.images += 1
         report.instances += len(todo)
-    note_polygons(aset, report)
-    write_class_map(dst / "classes.json", aset, instances, images)
+    maskfiles.note_polygons(aset, report)
+    maskfiles.write_class_map(dst / "classes.json", aset, instances, images)
     return report
 
 

@@ -313,10 +313,5 @@ def write(aset: AnnotationSet, dst: Path) -> ConversionReport:
     return report
 
 
-register_format(
-    FORMAT,
-    detect=detect,
-    read=read,
-    write=write,
-    description="Pascal VOC root: SegmentationObject/Class palette PNGs, Annotations XML boxes",
-)
+register_format(FORMAT, detect=detect, read=read, write=write,
+                description="Pascal VOC root: SegmentationObject/Class palette PNGs, Annotations XML boxes")
