@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from maskkit.models.factory import LoadedModel, inference_sizes, model_from_chec
 FORMATS = tuple(GRAPH_FILES)
 
 
-def graph_module(model: nn.Module, size_input: bool = False) -> tuple[nn.Module, str]:
+def graph_module(model: nn.Module, size_input: bool = False) -> tuple[Any, str]:
     """The export wrapper of ``model`` and its kind (``rcnn``/``dense``); a ConfigError says why not."""
     from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
@@ -47,17 +48,20 @@ def parse_imgsz(spec: str | int | tuple[int, int] | None) -> tuple[int, int] | N
     """``"640"`` -> (640, 640), ``"480,640"`` -> (480, 640) (H, W)."""
     if spec is None:
         return None
+    sides: list[int]
     if isinstance(spec, int):
-        spec = (spec, spec)
-    if isinstance(spec, str):
+        sides = [spec, spec]
+    elif isinstance(spec, str):
         try:
-            parts = [int(p) for p in spec.replace("x", ",").split(",") if p.strip()]
+            sides = [int(p) for p in spec.replace("x", ",").split(",") if p.strip()]
         except ValueError:
             raise ConfigError(f"--imgsz must be H or H,W (integers), got {spec!r}") from None
-        spec = (parts[0], parts[0]) if len(parts) == 1 else tuple(parts)  # type: ignore[assignment]
-    if len(spec) != 2 or min(spec) < 16:
-        raise ConfigError(f"--imgsz must be H or H,W with sides >= 16, got {spec}")
-    return int(spec[0]), int(spec[1])
+        sides = sides * 2 if len(sides) == 1 else sides
+    else:
+        sides = [int(v) for v in spec]
+    if len(sides) != 2 or min(sides) < 16:
+        raise ConfigError(f"--imgsz must be H or H,W with sides >= 16, got {spec!r}")
+    return sides[0], sides[1]
 
 
 def export_model(model: str | Path | LoadedModel, format: str, out: str | Path,

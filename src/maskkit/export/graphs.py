@@ -16,6 +16,8 @@ and does the model's normalisation and resize rules itself, so that a runtime on
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,6 +25,12 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import roi_align
 from torchvision.ops.poolers import MultiScaleRoIAlign, _onnx_merge_levels, _setup_scales
+
+
+def _dim(t: Tensor) -> Any:
+    """A 0-d int64 tensor where torch takes an int (sizes, counts): the tracer records it as a shape computation,
+    so the exported graph stays dynamic (typed ``Any`` for that reason)."""
+    return t
 
 
 def _hw(x: Tensor) -> Tensor:
@@ -40,7 +48,7 @@ def _pad_to_multiple(x: Tensor, divisor: int) -> Tensor:
     """Pad bottom/right with zeros to multiples of ``divisor``."""
     hw = _hw(x)
     pad = (hw + divisor - 1) // divisor * divisor - hw
-    return F.pad(x, [torch.zeros_like(pad[1]), pad[1], torch.zeros_like(pad[0]), pad[0]])
+    return F.pad(x, [_dim(torch.zeros_like(pad[1])), _dim(pad[1]), _dim(torch.zeros_like(pad[0])), _dim(pad[0])])
 
 
 def exact_size(exact: Tensor, approx: Tensor) -> Tensor:
@@ -64,12 +72,12 @@ def keep_top_per_image(scores: Tensor, batch_index: Tensor, cap: Tensor | int, n
     """
     order = torch.argsort(scores, descending=True)
     n = torch._shape_as_tensor(order)[0]
-    key = batch_index[order] * n + torch.arange(n, device=scores.device)
+    key = batch_index[order] * n + torch.arange(_dim(n), device=scores.device)
     order = order[torch.argsort(key)]
     img = batch_index[order]
-    counts = (img[:, None] == torch.arange(num_images, device=scores.device)[None]).sum(0)
+    counts = (img[:, None] == torch.arange(_dim(num_images), device=scores.device)[None]).sum(0)
     starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(n, device=scores.device) - starts[img]
+    rank = torch.arange(_dim(n), device=scores.device) - starts[img]
     return order[rank < cap]
 
 
@@ -97,7 +105,13 @@ def multiscale_roi_align(pool: MultiScaleRoIAlign, features: dict[str, Tensor], 
 class RCNNGraph(nn.Module):
     """A torchvision Mask R-CNN (or Panoptic FPN's detector) with a batch-vectorised inference forward."""
 
-    def __init__(self, model: nn.Module, size_input: bool = False) -> None:
+    mean: Tensor
+    std: Tensor
+    backbone: Any  # torchvision modules (no type information)
+    rpn: Any
+    roi_heads: Any
+
+    def __init__(self, model: Any, size_input: bool = False) -> None:
         super().__init__()
         self.size_input = size_input  # resized size as the input ``resized_size`` (see exact_size)
         t = model.transform
@@ -112,7 +126,7 @@ class RCNNGraph(nn.Module):
         """torchvision's eval resize (shorter side to ``min_size``, longer capped at ``max_size``) of a batch, or
         to ``size`` when given."""
         if size is not None:
-            return F.interpolate(x, size=[size[0], size[1]], mode="bilinear", align_corners=False), size
+            return F.interpolate(x, size=[_dim(size[0]), _dim(size[1])], mode="bilinear", align_corners=False), size
         hw = _hw(x)
         lo, hi = hw.min(), hw.max()
         a, b = int(self.min_size), int(self.max_size)
@@ -121,7 +135,7 @@ class RCNNGraph(nn.Module):
         hwf = hw.to(torch.float64)
         scale = torch.minimum(_over(a, hwf.min()), _over(b, hwf.max()))
         out = exact_size(hw * num // den, torch.floor(hwf * scale))
-        x = F.interpolate(x, size=[out[0], out[1]], mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=[_dim(out[0]), _dim(out[1])], mode="bilinear", align_corners=False)
         return x, out
 
     def forward(self, images: Tensor, score_threshold: Tensor, max_detections: Tensor,
@@ -159,7 +173,7 @@ class RCNNGraph(nn.Module):
         objectness = objectness.reshape(num_images, -1)
         levels = torch.cat([torch.full((n,), i, dtype=torch.int64, device=x.device) for i, n in enumerate(per_level)])
         top = rpn._get_top_n_idx(objectness, per_level)
-        rows = torch.arange(num_images, device=x.device)[:, None]
+        rows = torch.arange(_dim(num_images), device=x.device)[:, None]
         scores = objectness[rows, top].sigmoid().reshape(-1)
         boxes = proposals[rows, top].reshape(-1, 4)
         lvl = levels[top].reshape(-1)
@@ -203,13 +217,20 @@ class RCNNGraph(nn.Module):
         rois = torch.cat([batch_index[:, None].to(boxes.dtype), boxes], 1)
         logits = rh.mask_predictor(rh.mask_head(multiscale_roi_align(rh.mask_roi_pool, features, rois, size)))
         n = torch._shape_as_tensor(labels)[0]
-        return logits[torch.arange(n, device=labels.device), labels].sigmoid()
+        return logits[torch.arange(_dim(n), device=labels.device), labels].sigmoid()
 
 
 class DenseGraph(nn.Module):
     """A dense model's network with its input pipeline (normalise, resize, pad, crop back) and activation."""
 
-    def __init__(self, model: nn.Module, size_input: bool = False) -> None:
+    mean: Tensor
+    std: Tensor
+    net: nn.Module
+    decoder: Any  # ComponentInstances or WatershedInstances
+    min_size: int | None
+    max_size: int | None
+
+    def __init__(self, model: Any, size_input: bool = False) -> None:
         super().__init__()
         self.size_input = size_input  # resized size as the input ``resized_size`` (see exact_size)
         inp = model.input
@@ -224,12 +245,12 @@ class DenseGraph(nn.Module):
         x = (images - self.mean) / self.std
         resized = resized_size if self.size_input else self._resized(hw)
         if resized is not None:
-            x = F.interpolate(x, size=[resized[0], resized[1]], mode="bilinear", align_corners=False)
+            x = F.interpolate(x, size=[_dim(resized[0]), _dim(resized[1])], mode="bilinear", align_corners=False)
         size = resized if resized is not None else hw
         logits = self.net(_pad_to_multiple(x, self.stride))
         logits = logits[:, :, : size[0], : size[1]]
         if resized is not None:
-            logits = F.interpolate(logits, size=[hw[0], hw[1]], mode="bilinear", align_corners=False)
+            logits = F.interpolate(logits, size=[_dim(hw[0]), _dim(hw[1])], mode="bilinear", align_corners=False)
         return self.decoder.activate_maps(logits)
 
     def _resized(self, hw: Tensor) -> Tensor | None:

@@ -23,7 +23,7 @@ def weights_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def postprocess_spec(model: nn.Module, kind: str) -> dict[str, Any]:
+def postprocess_spec(model: Any, kind: str) -> dict[str, Any]:
     """The thresholds and decoder the Python post-processing needs (see ``RuntimePredictor``)."""
     if kind == "rcnn":
         from maskkit.inference.predictor import _is_torchvision_rcnn
@@ -38,14 +38,14 @@ def postprocess_spec(model: nn.Module, kind: str) -> dict[str, Any]:
     return {"decoder": "components", "min_area": int(decoder.min_area), "params": {}}
 
 
-def build_metadata(loaded: LoadedModel, graph: nn.Module, kind: str, fmt: str, graph_file: str,
+def build_metadata(loaded: LoadedModel, graph: Any, kind: str, fmt: str, graph_file: str,
                    imgsz: tuple[int, int], dynamic: bool, opset: int | None) -> dict[str, Any]:
     """The metadata dict of one export."""
     import maskkit
 
     cfg = loaded.config
     info = model_info(cfg.model.name)
-    model = loaded.model
+    model: Any = loaded.model  # torchvision / dense model (no type information on its parts)
     min_size, max_size = (None if v is None else int(v) for v in (graph.min_size, graph.max_size))  # the graph's
     if kind == "rcnn":
         t = model.transform

@@ -138,6 +138,7 @@ class RuntimePredictor(PredictorBase):
         if self.kind == "rcnn":
             return self._rcnn(images, sizes, thr)
         maps = self.session.run(self._inputs(images))[0]
+        assert self.decoder is not None
         out = []
         for m, size in zip(maps, sizes, strict=True):
             decoded = self.decoder(self.decoder.from_maps(torch.from_numpy(np.ascontiguousarray(m))),
