@@ -105,7 +105,7 @@ def test_metadata_describes_the_artefact(run: dict[str, Path]) -> None:
     assert meta["preprocessing"]["in_graph"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert meta["postprocess"]["score_threshold"] == 0.0 and meta["postprocess"]["detections_per_img"] == 20
     assert meta["config"]["model"]["name"] == "maskrcnn_r18_fpn" and meta["maskkit_version"]
-    assert meta["export"] == {"format": "onnx", "imgsz": [64, 64], "dynamic": False, "opset": None,
+    assert meta["export"] == {"format": "onnx", "imgsz": [64, 64], "dynamic": False, "opset": 17,
                               "torch": meta["export"]["torch"]}
     assert meta["weights_sha256"] == weights_sha256(loaded.model)
     assert meta["outputs"] == ["boxes", "scores", "labels", "masks", "batch_index"]

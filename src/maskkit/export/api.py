@@ -94,9 +94,10 @@ def export_model(model: str | Path | LoadedModel, format: str, out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     graph_file = GRAPH_FILES[format]
     from maskkit.export.metadata import build_metadata
+    from maskkit.export.onnx import DEFAULT_OPSET
 
     meta = build_metadata(loaded, graph, kind, format, graph_file, size, dynamic,
-                          opset if format != "torchscript" else None)
+                          None if format == "torchscript" else opset or DEFAULT_OPSET)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
         target = Path(tmp) / graph_file
         try:
