@@ -24,7 +24,8 @@ from maskkit.inference.writers import ImageWriter, OutputOptions, assemble_predi
 
 def command(
     sources: list[str] = typer.Argument(..., help="Images, videos, folders (searched recursively) or quoted globs."),
-    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint (.pt) or run folder (best.pt, else last.pt)."),
+    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint (.pt), run folder (best.pt, else last.pt) "
+                        "or exported model (folder, model.onnx, model.xml, model.torchscript)."),
     out: Path = typer.Option(Path("runs/predict"), "--out", "-o", help="Output folder."),
     conf: float = typer.Option(0.25, "--conf", help="Minimum score (use 0.001-0.05 for predictions meant for AP)."),
     classes: str | None = typer.Option(None, "--classes", help="Only these classes: names or ids, comma-separated."),
@@ -90,13 +91,12 @@ def _load_predictor(model: Path, device: str, conf: float | None, tta: bool = Fa
     """The Predictor; a missing or foreign checkpoint becomes one DataError line."""
     if not model.exists():
         raise DataError("checkpoint not found", file=model)
-    from maskkit.inference.predictor import Predictor  # deferred: torch
+    from maskkit.inference.predictor import load  # deferred: torch
     from maskkit.inference.tta import FLIPS  # deferred: torch
 
     flips = FLIPS if tta else None
-    try:
-        return Predictor(model, device=device, score_threshold=conf, tta=tta, tta_scales=tta_scales,
-                         tta_flips=flips)
+    try:  # a checkpoint or run folder (PyTorch), or an exported model (runtime backend)
+        return load(model, device=device, score_threshold=conf, tta=tta, tta_scales=tta_scales, tta_flips=flips)
     except DataError as exc:  # torch's messages can run over many lines: keep the first
         first = exc.problem.splitlines()[0] if exc.problem else ""
         if len(first) > 160 and ". " in first:

@@ -128,12 +128,18 @@ class WatershedInstances:
     def activate(self, logits: Tensor) -> dict[str, Tensor]:
         """``sem_seg`` ((K+1) x H x W class probabilities), ``boundary`` and ``distance`` (H x W, sigmoid),
         CPU float32."""
+        return self.from_maps(self.activate_maps(logits.float()).cpu())
+
+    def activate_maps(self, logits: Tensor) -> Tensor:
+        """``[B x] (K+3) x H x W`` maps of as many logits: class probabilities (softmax over the first K + 1),
+        border and distance (sigmoid); also inside exported graphs."""
         k = self.num_classes + 1
-        return {
-            "sem_seg": logits[:k].float().softmax(0).cpu(),
-            "boundary": logits[k].float().sigmoid().cpu(),
-            "distance": logits[k + 1].float().sigmoid().cpu(),
-        }
+        return torch.cat([logits[..., :k, :, :].softmax(-3), logits[..., k:, :, :].sigmoid()], -3)
+
+    def from_maps(self, maps: Tensor) -> dict[str, Tensor]:
+        """The raw maps (``sem_seg``, ``boundary``, ``distance``) of one image's :meth:`activate_maps` output."""
+        k = self.num_classes + 1
+        return {"sem_seg": maps[:k], "boundary": maps[k], "distance": maps[k + 1]}
 
     def __call__(
         self, raw: Mapping[str, Tensor], *, fg_threshold: float, seed_threshold: float, boundary_threshold: float,

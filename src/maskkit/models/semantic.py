@@ -128,7 +128,15 @@ class ComponentInstances:
         self.min_area = int(min_area)
 
     def activate(self, logits: Tensor) -> Tensor:
-        return logits.softmax(0)
+        return self.from_maps(self.activate_maps(logits))
+
+    def activate_maps(self, logits: Tensor) -> Tensor:
+        """Class probabilities of ``[B x] (K+1) x H x W`` logits (also inside exported graphs)."""
+        return logits.softmax(-3)
+
+    def from_maps(self, maps: Tensor) -> Tensor:
+        """The raw maps of one image's :meth:`activate_maps` output (the probabilities themselves)."""
+        return maps
 
     def __call__(self, probs: Tensor) -> dict[str, Tensor]:
         return {**instances_from_semantic(probs, self.min_area), "sem_seg": probs}
