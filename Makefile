@@ -3,15 +3,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup setup-system demo test lint bench clean
 
-setup: $(STAMP)
+setup: setup-system $(STAMP)
+
+# The real-browser test of `maskkit serve`'s page drives Debian's chromium (Playwright cannot download browsers here).
+setup-system:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q --no-install-recommends chromium; \
+	  else echo "warning: /usr/bin/chromium missing (run 'apt-get install chromium' as root for the browser test)"; fi; \
+	fi
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,pretrained,tune,ray]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,pretrained,serve,tune,onnx,openvino,ray]'
 	touch $(STAMP)
 
 # The main job: synthetic data -> train the bottom-up U-Net (about 5 CPU minutes) -> evaluate -> overlays, metrics,
@@ -31,6 +38,7 @@ test: lint
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python benchmarks/data_io.py

@@ -47,6 +47,29 @@ def tiny_config(base: dict[str, Any] | None = None, **sections: dict[str, Any] |
     return cfg
 
 
+def save_tiny_checkpoint(path: Path, model: dict[str, Any], category_ids: list[int], class_names: list[str]) -> Path:
+    """A checkpoint as the trainer saves one, of the ``model`` config section with random weights (seed 0) and
+    trained-looking BatchNorm statistics; 64 px inference size."""
+    import torch
+
+    from maskkit.config import TrainConfig
+    from maskkit.models.checkpoint import save_checkpoint
+    from maskkit.models.factory import build_model
+
+    torch.manual_seed(0)
+    cfg = TrainConfig.model_validate({"model": {**model, "pretrained_backbone": False}, "data": {"path": "x"},
+                                      "augment": {"min_size": [64], "max_size": 128}})
+    net = build_model(cfg, len(category_ids), pretrained=False)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    save_checkpoint(path, {"model": net.state_dict(), "config": cfg.model_dump(mode="json"),
+                           "class_names": list(class_names), "category_ids": list(category_ids), "epoch": 1, "step": 1})
+    return path
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine they cost a lot."""

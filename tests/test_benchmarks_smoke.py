@@ -54,3 +54,14 @@ def test_data_io_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     ops = ("pycocotools COCO(path)", "maskkit read_annotations(coco)", "maskkit Masks.to_rles", "maskkit write coco")
     for op in ops:
         assert op in out
+
+
+def test_deploy_speed_tiny(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every backend exports, loads and times a tiny model (64 px, one timed run)."""
+    bench = _load("deploy_speed")
+    assert bench.main(["--models", "maskrcnn_r18_fpn", "unet_mbv2", "--sizes", "64", "--repeats", "1",
+                       "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "median of 1 timed runs after one warm-up" in out and "failed" not in out
+    rows = [line for line in out.splitlines() if line.startswith("| maskrcnn_r18_fpn") or line.startswith("| unet")]
+    assert len(rows) == 8 and all(row.count("|") == 8 for row in rows)

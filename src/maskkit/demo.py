@@ -32,6 +32,8 @@ from maskkit.inference.visualize import caption, class_colour, draw_instances, o
 from maskkit.models import model_info
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from maskkit.config import TrainConfig
 
 DEMO_IMAGES = 250
@@ -248,13 +250,13 @@ def _chosen_on(checkpoint: Path) -> dict[str, Any]:
 
 
 def _evaluate(predictor: Any, data_yaml: Path, out: Path, overlays: int,
-              val: dict[str, Any]) -> tuple[dict, dict[str, Path]]:
+              val: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
     """Predict the test split: COCO metrics (``val`` added under ``"val"``) and report files into ``out``, and
     the overlay grid."""
     test = load_dataset(data_yaml).splits["test"]
     evaluator = InstanceEvaluator(test.categories, extras=("matching", "confusion"))
     load_image = image_loader(test)
-    shown = []
+    shown: list[tuple[Any, np.ndarray | None, Any]] = []
 
     def predict(batch: list[Any]) -> list[Any]:
         out = []

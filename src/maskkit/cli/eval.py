@@ -35,7 +35,8 @@ def command(
     pred: Path | None = typer.Option(None, "--pred", help="COCO results JSON (list of detections) to score."),
     gt_labels: Path | None = typer.Option(None, "--gt-labels", help="Folder of GT instance-label images."),
     pred_labels: Path | None = typer.Option(None, "--pred-labels", help="Folder of predicted instance-label images."),
-    model: Path | None = typer.Option(None, "--model", help="Checkpoint to evaluate (needs --data)."),
+    model: Path | None = typer.Option(None, "--model", help="Checkpoint, run folder or exported model (needs "
+                                      "--data)."),
     data: Path | None = typer.Option(None, "--data", help="dataset.yaml or annotation source for --model."),
     split: str = typer.Option("val", "--split", help="Split of a dataset.yaml for --model."),
     out: Path | None = typer.Option(None, "--out", help="Write metrics.json, CSVs and plots to this folder."),
@@ -186,7 +187,12 @@ def _model_source(model: Path | None, data: Path | None, split: str, tta: bool,
     the images may include training images (see the module docstring)."""
     if model is None or data is None:
         raise ConfigError("--model and --data go together")
-    predictor = maskkit.inference.Predictor(model, **_predictor_options(tta, tta_scales))
+    options = _predictor_options(tta, tta_scales)
+    from maskkit.inference.backends.artefact import is_exported
+
+    # an exported model runs through its runtime backend (maskkit.load), a checkpoint or run folder through PyTorch
+    predictor = (maskkit.inference.load(model, **options) if is_exported(model)
+                 else maskkit.inference.Predictor(model, **options))
     from maskkit.engine.data import images_to_score  # deferred: torch
 
     kept = images_to_score(data, split, model, allow_outside_root)

@@ -50,7 +50,8 @@ errors, unusable input: a `DataError` or `ConfigError`)."""
 def _register() -> None:
     import importlib
 
-    for verb in ("demo", "train", "eval", "models", "synth", "validate", "info", "convert", "predict", "tune"):
+    for verb in ("demo", "train", "eval", "models", "synth", "validate", "info", "convert", "predict", "export",
+                 "serve", "tune"):
         app.command(verb)(importlib.import_module(f"maskkit.cli.{verb}").command)
 
 

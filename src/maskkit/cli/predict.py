@@ -28,7 +28,8 @@ from maskkit.inference.writers import ImageWriter, OutputOptions, assemble_predi
 
 def command(
     sources: list[str] = typer.Argument(..., help="Images, videos, folders (searched recursively) or quoted globs."),
-    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint (.pt) or run folder (best.pt, else last.pt)."),
+    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint (.pt), run folder (best.pt, else last.pt) "
+                        "or exported model (folder, model.onnx, model.xml, model.torchscript)."),
     out: Path = typer.Option(Path("runs/predict"), "--out", "-o", help="Output folder."),
     conf: float = typer.Option(0.25, "--conf", help="Minimum score (use 0.001-0.05 for predictions meant for AP)."),
     classes: str | None = typer.Option(None, "--classes", help="Only these classes: names or ids, comma-separated."),
@@ -106,10 +107,10 @@ def _load_predictor(model: Path, device: str, conf: float | None, tta: bool = Fa
     """The Predictor; a missing or foreign checkpoint becomes one DataError line."""
     if not model.exists():
         raise DataError("checkpoint not found", file=model)
-    from maskkit.inference.predictor import Predictor  # deferred: torch
+    from maskkit.inference.predictor import load  # deferred: torch
 
-    try:
-        return Predictor(model, **_predictor_options(device, conf, tta, tta_scales))
+    try:  # a checkpoint or run folder (PyTorch), or an exported model (runtime backend)
+        return load(model, **_predictor_options(device, conf, tta, tta_scales))
     except DataError as exc:  # torch's messages can run over many lines: keep the first
         first = exc.problem.splitlines()[0] if exc.problem else ""
         if len(first) > 160 and ". " in first:
@@ -186,7 +187,7 @@ def _run(items: list[Any], predict: Any, out: Path, class_names: dict[int, str],
          overwrite: bool, max_gap: int, track_iou: float, remote: Any = None) -> dict[str, int]:
     """Predict every source with a progress bar (images on Ray with ``remote``, see ``_ray_images``); counts."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
     images = [it for it in items if it.kind == "image"]
     videos = [it for it in items if it.kind == "video"]
@@ -212,10 +213,13 @@ def _run(items: list[Any], predict: Any, out: Path, class_names: dict[int, str],
                 counts["videos_skipped"] += 1
                 continue
             task = bar.add_task(f"video {it.key}", total=None)
+
+            def on_frame(done: int, total: int, t: TaskID = task) -> None:
+                bar.update(t, completed=done, total=total or None)
+
             summary = predict_video(it.path, predict, out, it.key, class_names, overlay=options.overlays,
                                     tracks=options.json, iou_threshold=track_iou, max_gap=max_gap,
-                                    on_frame=lambda done, total, t=task: bar.update(t, completed=done,
-                                                                                    total=total or None))
+                                    on_frame=on_frame)
             counts["videos"] += 1
             counts["frames"] += summary["frames"]
             counts["tracks"] += summary["tracks"]

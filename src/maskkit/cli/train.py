@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -38,7 +39,7 @@ def command(
 
     from maskkit.engine.api import train  # deferred: torch
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    overrides = {
+    overrides: dict[str, Any] = {
         "data.path": data, "model.name": model, "schedule.epochs": epochs, "data.batch_size": batch,
         "augment.min_size": [imgsz] if imgsz else None, "model.min_size": imgsz, "output.out": out,
         "model.weights": weights, "device": device, "data.val_fraction": val_fraction, "data.workers": workers,

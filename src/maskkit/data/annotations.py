@@ -8,7 +8,7 @@ format carries beyond these (COCO ``info``/``licenses``, per-image ``license``, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,11 +94,11 @@ class AnnotationSet:
 def new_instances(
     height: int,
     width: int,
-    labels: list[int],
+    labels: Sequence[int] | np.ndarray,
     masks: Masks | None,
     boxes: np.ndarray | None = None,
-    iscrowd: list[bool] | None = None,
-    ids: list[int] | None = None,
+    iscrowd: Sequence[bool] | np.ndarray | None = None,
+    ids: Sequence[int] | np.ndarray | None = None,
     extras: list[dict[str, Any]] | None = None,
 ) -> Instances:
     """Build annotation instances with every conventional field present.

@@ -92,7 +92,7 @@ def convert_channels(image: np.ndarray, channels: int | None, source: str | Path
     )
 
 
-class InstanceDataset(Dataset):
+class InstanceDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
     """Images and detection/segmentation targets of an :class:`AnnotationSet` (see the module docstring).
 
     ``transforms(image, target)`` receives a ``tv_tensors.Image`` and a target whose ``boxes``,
@@ -153,7 +153,8 @@ class InstanceDataset(Dataset):
         image = self.load_image(record)
         target = self.load_target(record)
         if self.transforms is not None:
-            image, target = self.transforms(tv_tensors.Image(image), to_tv_target(target, tuple(image.shape[-2:])))
+            canvas = (int(image.shape[-2]), int(image.shape[-1]))
+            image, target = self.transforms(tv_tensors.Image(image), to_tv_target(target, canvas))
             image = image.as_subclass(torch.Tensor)
             target = from_tv_target(target)
         return image, self._finalise(target, (int(image.shape[-2]), int(image.shape[-1])))
@@ -262,7 +263,8 @@ def mask_boxes_and_areas(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     n, h, w = masks.shape
     m = masks.view(bool) if masks.dtype == np.uint8 else masks.astype(bool, copy=False)
-    rows, cols = m.any(axis=2), m.any(axis=1)
+    rows: np.ndarray = np.any(m, axis=2)
+    cols: np.ndarray = np.any(m, axis=1)
     boxes = np.stack(
         [cols.argmax(1), rows.argmax(1), w - cols[:, ::-1].argmax(1), h - rows[:, ::-1].argmax(1)], axis=1
     ).astype(np.float32)

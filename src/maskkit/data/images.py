@@ -15,12 +15,15 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from maskkit.data.paths import check_confined
 from maskkit.errors import DataError
+
+if TYPE_CHECKING:
+    from PIL.ImageFile import ImageFile
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -52,8 +55,9 @@ class ImageTooLargeError(DataError):
 
 
 def _limit(kind: str, env: str, default: int) -> int:
-    if _limits[kind] is not None:
-        return int(_limits[kind])  # type: ignore[arg-type]
+    cached = _limits[kind]
+    if cached is not None:
+        return int(cached)
     raw = os.environ.get(env, "").strip()
     if not raw:
         return default
@@ -95,22 +99,27 @@ def check_pixels(height: int, width: int, file: str | Path | None, limit: int | 
         )
 
 
+_pillow_state = {"configured": False}
+"""Whether :func:`_pillow` has turned Pillow's bomb warning into an error (once per process)."""
+
+
 def _pillow() -> Any:
     """PIL.Image with its decompression-bomb limit equal to ours and its warning an error."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = max_image_pixels()
-    if not getattr(_pillow, "configured", False):
+    if not _pillow_state["configured"]:
         warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
-        _pillow.configured = True  # type: ignore[attr-defined]
+        _pillow_state["configured"] = True
     return Image
 
 
-def _pil_open(source: str | Path | io.BytesIO, file: str | Path | None) -> Any:
+def _pil_open(source: str | Path | io.BytesIO, file: str | Path | None) -> ImageFile:
     """``Image.open`` (lazy: header only) with Pillow's bomb check reported as our pixel-limit error."""
     Image = _pillow()
     try:
-        return Image.open(source)
+        im: ImageFile = Image.open(source)
+        return im
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow names the pixel count, not the size
         pixels = f"{int(found.group(1)):,} pixels" if found else "more pixels"
@@ -153,9 +162,10 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
 
             h, w = image_size(path)
             check_pixels(h, w, path, max_pixels)
-            arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if arr is None:
+            decoded = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if decoded is None:
                 raise OSError("not a readable image")
+            arr = decoded
             if arr.ndim == 3 and arr.shape[2] == 3:
                 arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
             elif arr.ndim == 3 and arr.shape[2] == 4:
@@ -189,7 +199,9 @@ def decode_image_bytes(data: bytes, source: str | Path | None = None) -> np.ndar
     return arr
 
 
-def open_bounded(path: str | Path | io.BytesIO, file: str | Path | None = None, max_pixels: int | None = None) -> Any:
+def open_bounded(
+    path: str | Path | io.BytesIO, file: str | Path | None = None, max_pixels: int | None = None
+) -> ImageFile:
     """``PIL.Image.open`` whose size has been checked against the pixel limit (decode it after this)."""
     file = file if file is not None else (path if not isinstance(path, io.BytesIO) else None)
     im = _pil_open(path, file)
@@ -254,7 +266,7 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     if img.dtype != np.uint8:
         f = img.astype(np.float32)
         lo, hi = np.percentile(f, 0.5), np.percentile(f, 99.5)
-        img = np.clip((f - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+        img = np.clip((f - lo) / np.maximum(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
     if img.shape[2] == 1:
         img = np.repeat(img, 3, axis=2)
     return np.ascontiguousarray(img[:, :, :3])

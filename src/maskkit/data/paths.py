@@ -113,12 +113,12 @@ def ensure_inside_root(aset: AnnotationSet, allow_outside_root: bool = False) ->
     if allow_outside_root:
         return
     bad = outside_root(aset)
-    if not bad:
+    if not bad or aset.root is None:  # (never outside without a root)
         return
     record, resolved = bad[0]
     more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
     raise DataError(
-        _refusal(f"image path {record.file_name!r}", resolved, aset.root) + more,  # type: ignore[arg-type]
+        _refusal(f"image path {record.file_name!r}", resolved, aset.root) + more,
         file=record.source or aset.source,
         image=record.id,
     )

@@ -14,7 +14,7 @@ import numpy as np
 
 from maskkit.data.annotations import AnnotationSet
 from maskkit.data.formats.yolo import find_orphan_labels
-from maskkit.structures import Instances
+from maskkit.structures import Instances, Masks
 from maskkit.structures.boxes import box_area
 
 SMALL_AREA = 32**2
@@ -80,7 +80,7 @@ class DatasetStats:
 
 def instance_areas(inst: Instances) -> np.ndarray:
     """Areas of one image's instances: mask pixel areas, or box areas when there are no masks."""
-    masks = inst.get("masks")
+    masks: Masks | None = inst.get("masks")
     if masks is not None:
         return masks.areas()
     return box_area(inst.boxes)

@@ -37,6 +37,7 @@ from maskkit.data.splits import write_dataset_yaml
 from maskkit.errors import ConfigError
 from maskkit.fileio import atomic_write_bytes
 from maskkit.structures import Instances, Masks, PolygonMask, RLEMask
+from maskkit.structures.masks import MaskItem
 
 CLASS_NAMES: tuple[str, ...] = ("ellipse", "polygon", "ring")
 """Class names; category ids are ``1..len(CLASS_NAMES)`` in this order."""
@@ -129,15 +130,18 @@ def _object_texture(rng: np.random.Generator, h: int, w: int, label: int) -> np.
     hue = rng.random() if rng.random() < 0.2 else _CLASS_HUE[label - 1] + rng.normal(0, 0.07)
     base = _random_colour(rng, hue=hue, sat=(0.35, 1.0), val=(0.35, 1.0))
     kind = rng.integers(4)
+    texture: np.ndarray
     if kind == 0:  # mottled
-        return base * _smooth_noise(rng, h, w, int(rng.integers(2, 6)), lo=0.7, hi=1.3)
-    if kind == 1:  # stripes of two shades
+        texture = base * _smooth_noise(rng, h, w, int(rng.integers(2, 6)), lo=0.7, hi=1.3)
+    elif kind == 1:  # stripes of two shades
         period = rng.uniform(0.15, 0.5) * max(h, w) + 2
         s = np.sin(2 * math.pi * _direction_field(rng, h, w) * max(h, w) / period)[:, :, None]
-        return base * (1 + 0.25 * s)
-    if kind == 2:  # shaded (lit from one side)
-        return base * (0.65 + 0.6 * _direction_field(rng, h, w)[:, :, None])
-    return base * (1 + 0.3 * (rng.random((h, w, 1)).astype(np.float32) - 0.5))  # speckled
+        texture = base * (1 + 0.25 * s)
+    elif kind == 2:  # shaded (lit from one side)
+        texture = base * (0.65 + 0.6 * _direction_field(rng, h, w)[:, :, None])
+    else:  # speckled
+        texture = base * (1 + 0.3 * (rng.random((h, w, 1)).astype(np.float32) - 0.5))
+    return texture
 
 
 # -- shapes ------------------------------------------------------------------------------------
@@ -172,13 +176,15 @@ def _place(rng: np.random.Generator, pts: np.ndarray, size: int) -> np.ndarray:
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     cx = rng.uniform(-lo[0], max(size - hi[0], -lo[0]))
     cy = rng.uniform(-lo[1], max(size - hi[1], -lo[1]))
-    return np.round(np.clip(pts + np.array([cx, cy]), 0, size), 2)
+    placed: np.ndarray = np.round(np.clip(pts + np.array([cx, cy]), 0, size), 2)
+    return placed
 
 
 def _raster(pts: np.ndarray, size: int) -> np.ndarray:
     """Rasterise a polygon exactly as pycocotools (and hence COCO evaluation) does."""
     rle = mask_utils.frPyObjects([pts.reshape(-1).tolist()], size, size)[0]
-    return np.ascontiguousarray(mask_utils.decode(rle)).view(bool)
+    bitmap: np.ndarray = np.ascontiguousarray(mask_utils.decode(rle)).view(bool)
+    return bitmap
 
 
 def _shape(rng: np.random.Generator, label: int, r: float, size: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -224,7 +230,8 @@ def render(index: int, size: int, seed: int) -> SynthImage:
             continue
         box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         local = mask[box]
-        np.copyto(img[box], _object_texture(rng, *local.shape, label), where=local[:, :, None])
+        box_h, box_w = local.shape
+        np.copyto(img[box], _object_texture(rng, box_h, box_w, label), where=local[:, :, None])
         np.copyto(owner[box], np.int16(k), where=local)
         shapes.append((k, mask, pts))
 
@@ -234,7 +241,8 @@ def render(index: int, size: int, seed: int) -> SynthImage:
     image = np.clip(img, 0, 255, out=img).astype(np.uint8)
 
     visible_area = np.bincount(owner.ravel().astype(np.int64) + 1, minlength=len(order) + 1)[1:]
-    items, kept_labels = [], []
+    items: list[MaskItem] = []
+    kept_labels: list[int] = []
     for k, mask, pts in shapes:
         area = int(visible_area[k])
         if area < MIN_VISIBLE_AREA:

@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from maskkit.config import AugmentConfig
 
 
-class ColorJitterAnyChannels(v2.Transform):
+class ColorJitterAnyChannels(v2.Transform):  # type: ignore[misc]  # torchvision has no type information
     """Colour jitter on the image only; grey and multi-channel images get brightness and contrast.
 
     ``v2.ColorJitter`` accepts 1 or 3 channels. Other channel counts are jittered as a stack of
@@ -43,7 +43,7 @@ class ColorJitterAnyChannels(v2.Transform):
         return tv_tensors.wrap(out, like=inpt)
 
 
-class RandomTranspose(v2.Transform):
+class RandomTranspose(v2.Transform):  # type: ignore[misc]  # torchvision has no type information
     """Swap the height and width axes of the image, masks and boxes with probability ``p`` (exact, no resampling)."""
 
     def __init__(self, p: float = 0.5) -> None:

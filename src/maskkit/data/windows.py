@@ -115,6 +115,8 @@ class TiffSegmentWindows(ImageWindows):
         self.height, self.width = length, width
         self.channels = len(pages) * self.sep * self.contig
         self.dtype = np.dtype(key.dtype).newbyteorder("=")
+        self.seg_h: int
+        self.seg_w: int
         self.seg_h, self.seg_w = (key.tilelength, key.tilewidth) if key.is_tiled else (key.rowsperstrip, width)
         self.seg_h = min(self.seg_h, length) or length
         self.rows, self.cols = math.ceil(length / self.seg_h), math.ceil(width / self.seg_w)
@@ -212,7 +214,7 @@ def _open_tiff(path: Path) -> ImageWindows:
         else:
             pages = [p for p in series.pages if p is not None]
             key = pages[0].keyframe
-            if key.is_tiled or key.rowsperstrip:
+            if key is not None and (key.is_tiled or key.rowsperstrip):  # no keyframe: read whole below
                 reader = TiffSegmentWindows(path, tif, pages)
                 if (reader.height, reader.width, reader.channels) != _hwc(shape, channels_first):
                     reader = None

@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from maskkit.config import TrainConfig
 from maskkit.data.annotations import AnnotationSet, Category, ImageRecord
@@ -79,7 +80,7 @@ def hold_out(aset: AnnotationSet, n: int, seed: int) -> tuple[AnnotationSet, Ann
     return _split(aset, records, set(np.random.default_rng(seed).permutation(len(records))[:n].tolist()))
 
 
-def _split(aset: AnnotationSet, records: list, chosen: set[int]) -> tuple[AnnotationSet, AnnotationSet]:
+def _split(aset: AnnotationSet, records: list[ImageRecord], chosen: set[int]) -> tuple[AnnotationSet, AnnotationSet]:
     rest = [r for i, r in enumerate(records) if i not in chosen]
     held = [r for i, r in enumerate(records) if i in chosen]
     return replace(aset, images=rest), replace(aset, images=held)
@@ -150,11 +151,11 @@ RUN_IMAGES = "val_images.json"
 evaluation (``images``), each with its resolved file path."""
 
 
-def split_record(data: TrainData, cfg: TrainConfig) -> dict:
+def split_record(data: TrainData, cfg: TrainConfig) -> dict[str, Any]:
     """The ``val_images.json`` dict of a run: the val images (``images``), the tuning slice and the training
     images, by id, file name and resolved path (paths are matched by file, however they are spelled)."""
 
-    def entries(aset: AnnotationSet | None) -> list[dict]:
+    def entries(aset: AnnotationSet | None) -> list[dict[str, Any]]:
         if aset is None:
             return []
         return [{"id": r.id, "file_name": r.file_name, "path": str(aset.image_path(r))} for r in aset.images]
@@ -242,7 +243,7 @@ def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
     return max(-(-per_rank // batch_size), 1)
 
 
-def make_loader(dataset: torch.utils.data.Dataset, sampler: Sampler, workers: int, seed: int) -> DataLoader:
+def make_loader(dataset: Dataset[Any], sampler: Sampler[list[int]], workers: int, seed: int) -> DataLoader[Any]:
     """A DataLoader over ``sampler``'s batches; its own generator keeps the global RNG untouched."""
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,
                       generator=torch.Generator().manual_seed(seed), persistent_workers=False)

@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -46,7 +46,9 @@ class EpochState:
     """Running sums of this epoch's loss terms (and ``n``, the steps summed)."""
 
 
-def to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device) -> tuple[list, list]:
+def to_device(
+    images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device
+) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     images = [im.to(device, non_blocking=True) for im in images]
     targets = [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
                for t in targets]
@@ -55,7 +57,8 @@ def to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device:
 
 def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
     """The sum of the loss terms, each multiplied by its weight (missing weights are 1)."""
-    return sum(weights.get(k, 1.0) * v for k, v in losses.items())
+    # a tensor for the non-empty loss dicts models return (sum() starts from the int 0)
+    return cast(torch.Tensor, sum(weights.get(k, 1.0) * v for k, v in losses.items()))
 
 
 def train_epoch(

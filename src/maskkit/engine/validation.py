@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,14 @@ from maskkit.evaluation.report import jsonable
 from maskkit.evaluation.semantic import SemanticAccumulator
 from maskkit.models.outputs import to_instances
 from maskkit.structures.labels import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
+    from maskkit.models.dense import TunableModel
+
+Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
+"""A collated batch: images and their target dicts."""
 
 log = logging.getLogger("maskkit.train")
 
@@ -50,7 +58,7 @@ def frozen_norm_train_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, batches: Iterable[tuple[list, list]], device: torch.device,
+def validation_loss(model: nn.Module, batches: Iterable[Batch], device: torch.device,
                     weights: dict[str, float], dinfo: DistInfo | None = None) -> dict[str, float]:
     """Mean loss terms (and weighted ``loss``) over the val batches (of all ranks), updating no statistic."""
     sums: dict[str, float] = {}
@@ -69,7 +77,7 @@ def validation_loss(model: nn.Module, batches: Iterable[tuple[list, list]], devi
     return {k: v / n_all for k, v in sums.items()}
 
 
-def tunable(model: nn.Module) -> bool:
+def tunable(model: object) -> TypeIs[TunableModel]:
     """Whether the model exposes post-processing thresholds to tune on the val set."""
     return all(hasattr(model, a) for a in ("threshold_grid", "predict_raw", "postprocess", "set_thresholds"))
 
@@ -95,7 +103,7 @@ class _Semantic:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[list, list]], records: dict[int, Any],
+def evaluate(model: nn.Module, batches: Iterable[Batch], records: dict[int, Any],
              categories: list[Any], device: torch.device, max_dets: int = 100,
              dinfo: DistInfo | None = None, tune: bool = True, split: str = "val") -> dict[str, Any]:
     """The ``metrics.json`` dict of the eval-mode model on the val records (all ranks' images).
@@ -108,19 +116,20 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[list, list]], records: di
     model.eval()
     ids_cat = [c.id for c in categories]
     semantic = _Semantic(categories)
-    grid = _grid(model) if tune and tunable(model) else [{}]
+    tuned = model if tune and tunable(model) else None
+    grid = _grid(tuned) if tuned is not None else [{}]
     # preds[k]: (image_id, Instances) under threshold combination k
     preds: list[list[tuple[int, Any]]] = [[] for _ in grid]
     try:
         for images, targets in batches:
             images = [im.to(device) for im in images]
-            sizes = [tuple(im.shape[-2:]) for im in images]
+            sizes = [(im.shape[-2], im.shape[-1]) for im in images]
             ids = [int(t["image_id"]) for t in targets]
-            if len(grid) > 1:
-                raws = model.predict_raw(images)
+            if tuned is not None and len(grid) > 1:
+                raws = tuned.predict_raw(images)
                 outputs = None
                 for k, combo in enumerate(grid):
-                    outs = [model.postprocess(r, **combo) for r in raws]
+                    outs = [tuned.postprocess(r, **combo) for r in raws]
                     if k == 0:
                         outputs = outs
                     preds[k] += [(i, to_instances(o, s, ids_cat)) for i, o, s in zip(ids, outs, sizes, strict=True)]
@@ -164,7 +173,7 @@ def apply_tuning(models: Iterable[nn.Module | None], metrics: dict[str, Any], di
                 m.set_thresholds(**chosen)
 
 
-def _grid(model: nn.Module) -> list[dict[str, float]]:
+def _grid(model: TunableModel) -> list[dict[str, float]]:
     grid = model.threshold_grid()
     keys = sorted(grid)
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]

@@ -99,6 +99,20 @@ class Columns:
         assert self.counts is not None
         return Masks.from_rles(self.rles(size), *size)
 
+    @property
+    def gt_crowd(self) -> np.ndarray:
+        """``iscrowd`` of ground-truth columns (always set for them)."""
+        if self.iscrowd is None:
+            raise ValueError("prediction columns have no iscrowd")
+        return self.iscrowd
+
+    @property
+    def dt_scores(self) -> np.ndarray:
+        """``scores`` of prediction columns (always set for them)."""
+        if self.scores is None:
+            raise ValueError("ground-truth columns have no scores")
+        return self.scores
+
     def rles(self, size: tuple[int, int], index: Iterable[int] | None = None) -> list[dict[str, Any]]:
         """Compressed RLE dicts (all, or those at ``index``)."""
         assert self.counts is not None
@@ -137,8 +151,8 @@ class PreparedImage:
         p = self._pairings.get(score_threshold)
         if p is None:
             g, d = self.gt, self.dt
-            regular = np.flatnonzero(~g.iscrowd)
-            keep = np.flatnonzero(d.scores >= score_threshold)
+            regular = np.flatnonzero(~g.gt_crowd)
+            keep = np.flatnonzero(d.dt_scores >= score_threshold)
             gr, dr = g.rles(self.size, regular), d.rles(self.size, keep)
             if len(gr) and len(dr):
                 iou = np.asarray(mask_utils.iou(gr, dr, [0] * len(dr)), dtype=np.float64).reshape(len(gr), len(dr))
@@ -161,8 +175,8 @@ def _rle_bytes(masks: Any, size: tuple[int, int]) -> tuple[list[bytes], list[dic
     if isinstance(masks, Masks):
         if len(masks) and (masks.height, masks.width) != tuple(size):
             raise ValueError(f"masks are {masks.height}x{masks.width}, image is {size[0]}x{size[1]}")
-        items = masks.items
-        kinds = {type(m.rle["counts"]) for m in items} if all(type(m) is RLEMask for m in items) else None
+        items = [m for m in masks.items if type(m) is RLEMask]
+        kinds = {type(m.rle["counts"]) for m in items} if len(items) == len(masks.items) else None
         if kinds is not None and kinds <= {bytes}:  # compressed RLE as given: no conversion
             rles = [m.rle for m in items]
         elif kinds == {str}:  # compressed RLE strings as read from JSON: encoded, nothing else
@@ -176,7 +190,8 @@ def _rle_bytes(masks: Any, size: tuple[int, int]) -> tuple[list[bytes], list[dic
 
 def box_areas(boxes: np.ndarray) -> np.ndarray:
     """Areas of XYXY boxes (negative sides count as 0): a prediction's area when it has no mask."""
-    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    areas: np.ndarray = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    return areas
 
 
 def _columns(inst: Instances, size: tuple[int, int], is_gt: bool) -> Columns:
@@ -303,15 +318,17 @@ class ImageStore:
     def coco_inputs(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The COCO ground-truth dict and the COCO results list of everything processed (built once)."""
         if self._coco is None:
-            images, anns, results = [], [], []
+            images: list[dict[str, Any]] = []
+            anns: list[dict[str, Any]] = []
+            results: list[dict[str, Any]] = []
             with_masks = self.with_masks
             with gc_paused():
                 for im in self.images:
                     images.append({"id": im.image_id, "height": im.size[0], "width": im.size[1]})
                     g, d = im.gt, im.dt
                     anns += coco.gt_annotations(im.image_id, im.size, g.labels, g.boxes,
-                                                g.counts if with_masks else None, g.areas, g.iscrowd, len(anns) + 1)
-                    results += coco.detection_annotations(im.image_id, im.size, d.labels, d.scores, d.boxes,
+                                                g.counts if with_masks else None, g.areas, g.gt_crowd, len(anns) + 1)
+                    results += coco.detection_annotations(im.image_id, im.size, d.labels, d.dt_scores, d.boxes,
                                                           d.counts if with_masks else None)
             self._coco = {"images": images, "categories": self.category_dicts(), "annotations": anns}, results
         return self._coco

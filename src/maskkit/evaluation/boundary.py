@@ -39,6 +39,7 @@ from maskkit.errors import DataError
 from maskkit.evaluation import coco
 from maskkit.evaluation.matching import MaskInput, as_rles
 from maskkit.structures.masks import RLE, Masks
+from maskkit.structures.rle import empty_rle
 
 if TYPE_CHECKING:
     from maskkit.evaluation.coco import CocoEvalResult
@@ -56,7 +57,8 @@ def _erode_boundary(mask: np.ndarray, dilation: int) -> np.ndarray:
     m = np.ascontiguousarray(mask, dtype=np.uint8)
     padded = cv2.copyMakeBorder(m, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     eroded = cv2.erode(padded, _KERNEL, iterations=dilation)[1:-1, 1:-1]
-    return (m > 0) & (eroded == 0)
+    boundary: np.ndarray = (m > 0) & (eroded == 0)
+    return boundary
 
 
 def boundary_reference(bitmap: np.ndarray, dilation_ratio: float = 0.02) -> np.ndarray:
@@ -79,13 +81,14 @@ def _positions_to_rle(pos: np.ndarray, height: int, width: int) -> RLE:
     """Compressed RLE of the pixels at sorted column-major flat positions ``pos``."""
     total = height * width
     if not len(pos):
-        return mask_utils.frPyObjects({"size": [height, width], "counts": [total]}, height, width)
+        return empty_rle(height, width)
     breaks = np.flatnonzero(np.diff(pos) != 1)
     starts = pos[np.concatenate(([0], breaks + 1))]
     ends = pos[np.concatenate((breaks, [len(pos) - 1]))] + 1
     zeros = starts - np.concatenate(([0], ends[:-1]))
     counts = [*np.stack([zeros, ends - starts], axis=1).reshape(-1).tolist(), int(total - ends[-1])]
-    return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    rle: RLE = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return rle
 
 
 def _boundary_rle_of_bitmap(bitmap: np.ndarray, box: np.ndarray, dilation: int) -> RLE:
@@ -136,7 +139,7 @@ def boundary_iou_matrix(gt: MaskInput, pred: MaskInput, dilation_ratio: float = 
 
 
 # -- Boundary AP ----------------------------------------------------------------------------------------
-def _combine(ious: Any, gt: list[dict], dt: list[dict], dilation_ratio: float, rle_key: str) -> Any:
+def _combine(ious: Any, gt: list[dict[str, Any]], dt: list[dict[str, Any]], dilation_ratio: float, rle_key: str) -> Any:
     """``min(mask IoU, boundary IoU)`` for the non-crowd GT columns of a COCOeval ``(D, G)`` IoU matrix."""
     ious = np.asarray(ious, dtype=np.float64)
     if ious.size == 0:
@@ -152,7 +155,7 @@ def _combine(ious: Any, gt: list[dict], dt: list[dict], dilation_ratio: float, r
     return ious
 
 
-def _sorted_dts(dt: list[dict], max_det: int) -> list[dict]:
+def _sorted_dts(dt: list[dict[str, Any]], max_det: int) -> list[dict[str, Any]]:
     """Detections in the order COCOeval's ``computeIoU`` uses: score descending (stable), first ``max_det``."""
     order = np.argsort([-d["score"] for d in dt], kind="mergesort")
     return [dt[i] for i in order[:max_det]]
@@ -168,7 +171,7 @@ def boundary_cocoeval_class() -> type:
     """
     from pycocotools.cocoeval import COCOeval
 
-    class BoundaryCOCOeval(COCOeval):
+    class BoundaryCOCOeval(COCOeval):  # type: ignore[misc]  # pycocotools has no type information
         dilation_ratio = 0.02
 
         def computeIoU(self, imgId: int, catId: int) -> Any:

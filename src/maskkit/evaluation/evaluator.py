@@ -146,9 +146,9 @@ class InstanceEvaluator(Evaluators):
     def class_confusion(self) -> tuple[list[str], np.ndarray]:
         """See :meth:`ConfusionEvaluator.class_confusion` (all zeros without the ``confusion`` extra)."""
         family = self.families.get("confusion")
-        if family is None:
+        if not isinstance(family, ConfusionEvaluator):  # (the "confusion" family is one when present)
             family = ConfusionEvaluator(self.store, self.score_threshold)
-        return family.class_confusion()  # type: ignore[attr-defined]
+        return family.class_confusion()
 
 
 def build_evaluators(categories: Sequence[Category | dict[str, Any]] | None = None, **options: Any
@@ -163,7 +163,7 @@ def build_metrics(ev: InstanceEvaluator, sections: dict[str, Any]) -> dict[str, 
     results = ev.coco_results
     metrics: dict[str, Any] = dict(sections)
     images = ev.images
-    gt_labels = np.concatenate([im.gt.labels[~im.gt.iscrowd] for im in images]) if images else np.zeros(0)
+    gt_labels = np.concatenate([im.gt.labels[~im.gt.gt_crowd] for im in images]) if images else np.zeros(0)
     dt_labels = np.concatenate([im.dt.labels for im in images]) if images else np.zeros(0)
     gt_ids, gt_n = np.unique(gt_labels, return_counts=True)
     dt_ids, dt_n = np.unique(dt_labels, return_counts=True)
@@ -189,7 +189,7 @@ def build_metrics(ev: InstanceEvaluator, sections: dict[str, Any]) -> dict[str, 
     metrics["counts"] = {
         "images": len(images),
         "gt_instances": len(gt_labels),
-        "gt_crowd": sum(int(im.gt.iscrowd.sum()) for im in images),
+        "gt_crowd": sum(int(im.gt.gt_crowd.sum()) for im in images),
         "pred_instances": len(dt_labels),
     }
     metrics["params"] = {
@@ -201,13 +201,14 @@ def build_metrics(ev: InstanceEvaluator, sections: dict[str, Any]) -> dict[str, 
         "detection_areas": ev.detection_areas,
         "notes": ev.all_notes,
     }
-    return jsonable(metrics)
+    out: dict[str, Any] = jsonable(metrics)
+    return out
 
 
 def _sizes(ev: InstanceEvaluator, results: dict[str, coco.CocoEvalResult]) -> dict[str, Any]:
     """GT / prediction counts (``lo <= area < hi``, so each counts once) and AP per COCO area range."""
     images = ev.images
-    gt_areas = np.concatenate([im.gt.areas[~im.gt.iscrowd] for im in images]) if images else np.zeros(0)
+    gt_areas = np.concatenate([im.gt.areas[~im.gt.gt_crowd] for im in images]) if images else np.zeros(0)
     if ev.detection_areas == "box":  # the areas the evaluation used (see coco.DETECTION_AREAS)
         dt_areas = np.concatenate([_box_areas(im.dt.boxes) for im in images]) if images else np.zeros(0)
     else:
@@ -232,15 +233,15 @@ def _box_areas(xyxy: np.ndarray) -> np.ndarray:
 
 
 def inference_on_dataset(
-    predict: Callable[[Sequence[Any]], Sequence[Any]],
-    data: Iterable[Sequence[Any]],
+    predict: Callable[[list[Any]], Sequence[Any]],
+    data: Iterable[Iterable[Any]],
     evaluator: DatasetEvaluator,
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
 ) -> dict[str, Any]:
     """The one predict-then-evaluate loop: ``evaluator.reset()``, then for each batch of ground-truth
     inputs in ``data`` ``evaluator.process(batch, predict(batch))``, then ``evaluator.evaluate()``.
 
-    ``predict`` maps a batch of inputs (e.g. ``ImageRecord``\\ s) to their outputs (predicted
+    ``predict`` maps a batch (a list) of inputs (e.g. ``ImageRecord``\\ s) to their outputs (predicted
     ``Instances``); ``progress`` optionally wraps the batches (e.g. a progress bar).
     """
     evaluator.reset()

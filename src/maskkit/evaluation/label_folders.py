@@ -10,7 +10,7 @@ import numpy as np
 
 from maskkit.data.annotations import AnnotationSet, Category, ImageRecord, new_instances
 from maskkit.data.formats import read_annotations
-from maskkit.data.formats.labelimages import read_label_array
+from maskkit.data.formats.maskfiles import read_label_array
 from maskkit.data.images import is_image_file, read_image
 from maskkit.errors import DataError
 from maskkit.structures import Instances, Masks
@@ -81,14 +81,14 @@ def read_label_folders(gt_dir: str | Path, pred_dir: str | Path) -> tuple[Any, d
     preds: dict[int, Instances] = {}
     missing = 0
     for rec, key in zip(aset.images, keys, strict=True):
-        path = preds_by_key.pop(key, None) or stems.get(Path(key).name)
-        if path is None:
+        pred_path = preds_by_key.pop(key) if key in preds_by_key else stems.get(Path(key).name)
+        if pred_path is None:
             missing += 1
             continue
-        labels = read(path)
+        labels = read(pred_path)
         if labels.shape[:2] != (rec.height, rec.width):
             raise DataError(f"prediction is {labels.shape[1]}x{labels.shape[0]}, ground truth "
-                            f"{rec.width}x{rec.height}", file=path)
+                            f"{rec.width}x{rec.height}", file=pred_path)
         rles = split(labels)
         masks = Masks.from_rles(rles, rec.height, rec.width)
         preds[rec.id] = Instances.from_masks(masks, [category] * len(rles), np.ones(len(rles)))

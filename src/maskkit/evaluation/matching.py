@@ -88,7 +88,8 @@ def intersections(iou: np.ndarray, gt_areas: np.ndarray, pred_areas: np.ndarray)
 
 
 def _pair_intersections(iou: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.rint(iou * (a + b) / (1.0 + iou))
+    inter: np.ndarray = np.rint(iou * (a + b) / (1.0 + iou))
+    return inter
 
 
 def match_at_threshold(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +165,7 @@ def aggregated_jaccard_index(gt: MaskInput, pred: MaskInput) -> float:
     g, p = as_masks(gt), as_masks(pred)
     check_same_size(g, p)
     c, u = aji_counts(masks_iou(g, p), g.areas(), p.areas())
-    return safe_div(c, u)
+    return float(safe_div(c, u))
 
 
 class MatchingAccumulator:

@@ -129,7 +129,7 @@ class PanopticEvaluator(MaskEvaluator):
 
     def add(self, image: PreparedImage, pairing: Pairing) -> None:
         g, d = image.gt, image.dt
-        crowd, keep = g.iscrowd, pairing.keep
+        crowd, keep = g.gt_crowd, pairing.keep
         inside = None
         if crowd.any():
             def inside(c: int, pred_idx: np.ndarray) -> int:

@@ -43,7 +43,8 @@ class PlotJob:
 
     def result(self) -> Path:
         try:
-            return self.future.result()
+            path: Path = self.future.result()
+            return path
         except BrokenProcessPool:
             return self.fn(*self.args)
 
@@ -189,7 +190,7 @@ def plot_confusion_matrix(names: Sequence[str], matrix: np.ndarray, path: str | 
         keep = np.sort(keep[np.argsort(-totals[keep], kind="stable")[:max_classes]])
     keep = np.append(keep, len(m) - 1)
     m = m[np.ix_(keep, keep)]
-    labels = [names[i] for i in keep]
+    labels = [names[int(i)] for i in keep]
     n = len(keep)
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.where(m.sum(axis=1, keepdims=True) > 0, m / m.sum(axis=1, keepdims=True), 0.0)

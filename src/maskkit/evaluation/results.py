@@ -185,11 +185,12 @@ def _counts_valid(strings: Sequence[bytes], totals: np.ndarray, chunk: int = 204
     """:func:`compressed_rles_valid` of RLE strings and their mask sizes ``h × w`` (in chunks of RLEs: the
     per-character temporaries then stay small, twice as fast as one pass over 100,000 masks)."""
     if len(strings) > chunk:
-        return np.concatenate([_counts_valid(strings[i : i + chunk], totals[i : i + chunk], chunk)
-                               for i in range(0, len(strings), chunk)])
+        chunks: np.ndarray = np.concatenate([_counts_valid(strings[i : i + chunk], totals[i : i + chunk], chunk)
+                                             for i in range(0, len(strings), chunk)])
+        return chunks
     n = len(strings)
     lens = np.fromiter(map(len, strings), dtype=np.int64, count=n)
-    ok = (lens > 0) | (totals == 0)
+    ok: np.ndarray = (lens > 0) | (totals == 0)
     if not lens.sum():
         return ok
     raw = np.frombuffer(b"".join(strings), dtype=np.uint8)
@@ -225,7 +226,8 @@ def _counts_valid(strings: Sequence[bytes], totals: np.ndarray, chunk: int = 204
     ok[rle_of[counts < 0]] = False
     sums = np.zeros(n, dtype=np.int64)
     sums[has] = np.add.reduceat(counts, first[has])
-    return ok & (sums == totals)
+    valid: np.ndarray = ok & (sums == totals)
+    return valid
 
 
 @dataclass
@@ -367,7 +369,7 @@ def results_to_columns(
         boxes = xyxy[idx]
         counts: list[bytes] | None = None
         if with_masks:
-            counts = [table.counts[i] for i in idx.tolist()]  # type: ignore[misc]
+            counts = [table.counts[i] for i in idx.tolist()]
             no_box = np.flatnonzero(~table.has_box[idx])
             if len(no_box):
                 boxes[no_box] = Masks.from_rles([{"size": [h, w], "counts": counts[i]} for i in no_box], h, w

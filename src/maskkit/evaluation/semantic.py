@@ -83,7 +83,7 @@ class SemanticAccumulator:
         iou = safe_div(tp, gt_px + pred_px - tp)
         dice = safe_div(2 * tp, gt_px + pred_px)
         acc = safe_div(tp, gt_px)
-        names = self.class_names or list(range(self.num_classes))
+        names: Sequence[str | int] = self.class_names or list(range(self.num_classes))
         per_class = {
             names[c]: {
                 "iou": float(iou[c]),
@@ -134,8 +134,8 @@ class SemanticEvaluator(MaskEvaluator):
         if not self._class_index:
             return
         g, d, keep = image.gt, image.dt, pairing.keep
-        self.accumulator.add(self._class_map(g.masks(image.size), g.labels, g.iscrowd),
-                             self._class_map(d.masks(image.size)[keep], d.labels[keep], None, d.scores[keep]))
+        self.accumulator.add(self._class_map(g.masks(image.size), g.labels, g.gt_crowd),
+                             self._class_map(d.masks(image.size)[keep], d.labels[keep], None, d.dt_scores[keep]))
 
     def _class_map(self, masks: Masks, labels: np.ndarray, crowd: np.ndarray | None,
                    scores: np.ndarray | None = None) -> np.ndarray:

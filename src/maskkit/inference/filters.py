@@ -93,13 +93,13 @@ class FilteredPredict:
         return inst[select(scores, inst.labels, self.conf, self.classes, self.max_det)]
 
     def __call__(self, image: np.ndarray) -> Instances:
-        if self._tiled(image.shape):
+        if self.tile is not None and self._tiled(image.shape):
             return self.finish(predict_tiled(self.predictor, image, tile=self.tile, overlap=self.overlap))
         return self.finish(self.predictor.predict(image))
 
     def file(self, path: Path) -> tuple[np.ndarray | None, Instances]:
         """``(image or None, instances)`` of an image file; a large one is read tile by tile (image None)."""
-        if self.tiled_size(path) is not None:
+        if self.tiled_size(path) is not None and self.tile is not None:
             return None, self.finish(predict_tiled(self.predictor, path, tile=self.tile, overlap=self.overlap))
         image = read_image(path)
         return image, self(image)

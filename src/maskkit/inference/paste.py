@@ -173,6 +173,13 @@ class Detections:
         return Detections(boxes, self.labels, self.scores, self.masks.flip(horizontal))
 
     @classmethod
+    def from_mask_probs(cls, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, probs: torch.Tensor,
+                        image_size: tuple[int, int]) -> Detections:
+        """Mask R-CNN detections (XYXY ``boxes`` at the image size, ``n×M×M`` mask ``probs``), masks pasted."""
+        return cls(boxes.float().cpu().numpy().reshape(-1, 4), labels.cpu().numpy().astype(np.int64),
+                   scores.float().cpu().numpy(), paste_masks(probs, boxes, image_size))
+
+    @classmethod
     def from_output(cls, output: dict[str, torch.Tensor], image_size: tuple[int, int]) -> Detections:
         """A model-contract output dict (``masks`` probabilities or an ``instance_map``) as detections."""
         labels = output["labels"].detach().cpu().numpy().astype(np.int64)

@@ -26,26 +26,23 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from maskkit.config import TrainConfig
-from maskkit.data.dataset import convert_channels, normalise_image
-from maskkit.data.images import read_image
 from maskkit.errors import ConfigError
 from maskkit.inference import roi_align, tta
-from maskkit.inference.filters import filter_instances, resolve_classes, select
-from maskkit.inference.paste import Detections, paste_masks
+from maskkit.inference.common import ImageLike, PredictorBase
+from maskkit.inference.paste import Detections
 from maskkit.inference.tta import make_views
 from maskkit.models.factory import model_from_checkpoint, resolve_device
 from maskkit.models.outputs import to_instances
-from maskkit.structures import Instances, Masks
+from maskkit.structures import Instances
 
-ImageLike = np.ndarray | str | Path | torch.Tensor
+__all__ = ["ImageLike", "Predictor", "load"]
 
 
-class Predictor:
+class Predictor(PredictorBase):
     """Load a maskkit checkpoint (weights-only) and predict instances with dataset category ids.
 
     ``Predictor("runs/x/best.pt").predict(image)`` takes an ``H×W×C`` array, an image path or a
@@ -105,7 +102,7 @@ class Predictor:
         """A Predictor around an in-memory model (copied when optimised); ``options`` as in the constructor."""
         self = cls.__new__(cls)
         names = list(class_names) if class_names is not None else [str(c) for c in category_ids]
-        opts = {"score_threshold": None, "classes": None, "max_det": None, "mask_threshold": 0.5,
+        opts: dict[str, Any] = {"score_threshold": None, "classes": None, "max_det": None, "mask_threshold": 0.5,
                 "dense_masks": False, "batch_size": 4, "tta": False, "tta_scales": None, "tta_flips": None,
                 "tta_iou": 0.5, "optimize": True, "threads": None}
         unknown = set(options) - set(opts)
@@ -124,17 +121,10 @@ class Predictor:
                optimize: bool | str, threads: int | None) -> None:
         if threads:
             torch.set_num_threads(int(threads))
-        self.config = config
-        self.class_names: list[str] = class_names
-        self.category_ids: list[int] = category_ids
+        self._set_options(config, class_names, category_ids, score_threshold, classes, max_det, mask_threshold,
+                          dense_masks, batch_size)
         self.device = resolve_device(device)
         self.model: nn.Module = model.to(self.device).eval()
-        self.score_threshold = score_threshold
-        self.classes = resolve_classes(classes, self.category_ids, self.class_names)
-        self.max_det = max_det
-        self.mask_threshold = float(mask_threshold)
-        self.dense_masks = bool(dense_masks)
-        self.batch_size = max(1, int(batch_size))
         use_tta = tta or tta_scales is not None or tta_flips is not None
         self.views = make_views(tta_scales or (1.0,), tta_flips or ("none", "h")) if use_tta else None
         self.tta_iou = float(tta_iou)
@@ -145,52 +135,21 @@ class Predictor:
         if self.channels_last:
             optimize_rcnn(self.model)
 
-    # -- inputs -----------------------------------------------------------------------------------
-    def _tensor(self, image: ImageLike) -> torch.Tensor:
-        if isinstance(image, torch.Tensor):
-            return image.float()
-        array = read_image(Path(image)) if isinstance(image, str | Path) else np.asarray(image)
-        if array.ndim == 2:
-            array = array[:, :, None]
-        aug = self.config.augment
-        chw = np.ascontiguousarray(convert_channels(array, aug.channels).transpose(2, 0, 1))
-        return torch.from_numpy(normalise_image(chw, aug.normalise, aug.fixed_max))
-
     # -- prediction -------------------------------------------------------------------------------
-    def predict(self, image: ImageLike | Sequence[ImageLike],
-                score_threshold: float | None = None) -> Instances | list[Instances]:
-        """Instances of one image (or a list for a list of images): boxes, labels (category ids), scores, masks."""
-        if isinstance(image, (list, tuple)):
-            return self.predict_batch(image, score_threshold)
-        return self.predict_batch([image], score_threshold)[0]
-
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[ImageLike], score_threshold: float | None = None) -> list[Instances]:
         """Instances of each image; images of the same size run together, ``batch_size`` at a time."""
+        if self.views is None:
+            return super().predict_batch(images, score_threshold)
         thr = self.score_threshold if score_threshold is None else score_threshold
-        tensors = [self._tensor(im) for im in images]
-        results: list[Instances | None] = [None] * len(tensors)
-        if self.views is not None:
-            for i, x in enumerate(tensors):
-                results[i] = self._predict_tta(x.to(self.device), thr)
-            return results  # type: ignore[return-value]
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, x in enumerate(tensors):
-            groups.setdefault(tuple(x.shape), []).append(i)
-        for idx in groups.values():
-            for start in range(0, len(idx), self.batch_size):
-                chunk = idx[start:start + self.batch_size]
-                batch = [tensors[i].to(self.device) for i in chunk]
-                for i, inst in zip(chunk, self._predict_same_size(batch, thr), strict=True):
-                    results[i] = inst
-        return results  # type: ignore[return-value]
+        return [self._predict_tta(self._tensor(im).to(self.device), thr) for im in images]
 
     def _predict_same_size(self, batch: list[torch.Tensor], thr: float | None) -> list[Instances]:
         if self.fast:
             return [self._to_instances(d, thr) for d in self._rcnn_detect(batch, thr)]
 
         outs = self.model(batch)
-        return [self._filter(to_instances(o, tuple(x.shape[-2:]), self.category_ids, self.mask_threshold), thr)
+        return [self._filter(to_instances(o, (x.shape[-2], x.shape[-1]), self.category_ids, self.mask_threshold), thr)
                 for o, x in zip(outs, batch, strict=True)]
 
     def _predict_tta(self, x: torch.Tensor, thr: float | None) -> Instances:
@@ -198,43 +157,21 @@ class Predictor:
         if not self.fast and tta.has_raw_outputs(self.model):
 
             out = tta.tta_raw_output(self.model, x, self.views)
-            return self._filter(to_instances(out, tuple(x.shape[-2:]), self.category_ids, self.mask_threshold), thr)
+            inst = to_instances(out, (x.shape[-2], x.shape[-1]), self.category_ids, self.mask_threshold)
+            return self._filter(inst, thr)
 
         def detect(batch: list[torch.Tensor]) -> list[Detections]:
             if self.fast:  # per-view caps stay the model's: the filters apply to the merged result
                 return self._rcnn_detect(batch, None if thr is None else min(thr, self._model_thresh()), view=True)
-            return [Detections.from_output(o, tuple(b.shape[-2:])) for o, b in zip(self.model(batch), batch,
+            return [Detections.from_output(o, (b.shape[-2], b.shape[-1])) for o, b in zip(self.model(batch), batch,
                                                                                  strict=True)]
 
         merged = tta.tta_detections(self.model, detect, x, self.views, self.tta_iou, self.mask_threshold)
         return self._to_instances(merged, thr)
 
     def _model_thresh(self) -> float:
-        return float(self.model.roi_heads.score_thresh)
-
-    # -- outputs ----------------------------------------------------------------------------------
-    def _keep_labels(self) -> np.ndarray | None:
-        """Model labels (1..K) of the kept classes."""
-        if self.classes is None:
-            return None
-        return np.asarray([i + 1 for i, c in enumerate(self.category_ids) if c in self.classes], np.int64)
-
-    def _to_instances(self, det: Detections, thr: float | None) -> Instances:
-        """Filtered detections as Instances with category ids and RLE (or dense) masks."""
-        det = det.take(select(det.scores, det.labels, thr, self._keep_labels(), self.max_det))
-        h, w = det.image_size
-        ids = np.asarray(self.category_ids, np.int64)
-        masks: Any = (det.masks.to_dense(self.mask_threshold) if self.dense_masks
-                      else Masks.from_rles(det.masks.to_rles(self.mask_threshold), h, w))
-        return Instances((h, w), boxes=det.boxes.astype(np.float32), labels=ids[det.labels - 1] if len(det) else
-                         np.zeros(0, np.int64), scores=det.scores.astype(np.float32), masks=masks)
-
-    def _filter(self, inst: Instances, thr: float | None) -> Instances:
-        """Score/class/count filters of Instances from the generic path (and dense masks on request)."""
-        inst = filter_instances(inst, thr, self.classes, self.max_det)
-        if self.dense_masks and inst.has("masks"):
-            inst.masks = inst.masks.to_bitmaps()
-        return inst
+        rcnn: Any = self.model  # a torchvision Mask R-CNN (no type information)
+        return float(rcnn.roi_heads.score_thresh)
 
     # -- the torchvision Mask R-CNN fast path -------------------------------------------------------
     def _rcnn_detect(self, images: list[torch.Tensor], thr: float | None, view: bool = False) -> list[Detections]:
@@ -246,7 +183,8 @@ class Predictor:
         from torchvision.models.detection.roi_heads import RoIHeads
         from torchvision.models.detection.transform import resize_boxes
 
-        model, rh = self.model, self.model.roi_heads
+        model: Any = self.model  # a torchvision Mask R-CNN (no type information)
+        rh = model.roi_heads
         sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         batch, _ = model.transform(images)
         x = batch.tensors.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.tensors
@@ -275,17 +213,14 @@ class Predictor:
                 boxes[i], scores[i], labels[i] = boxes[i][k], scores[i][k], labels[i][k]
             boxes[i], scores[i], labels[i] = boxes[i][:cap], scores[i][:cap], labels[i][:cap]
         probs = self._mask_probs(features, boxes, labels, batch.image_sizes)
-        out = []
-        for b, s, lab, p, resized, size in zip(boxes, scores, labels, probs, batch.image_sizes, sizes, strict=True):
-            b = resize_boxes(b, resized, size)
-            out.append(Detections(b.float().cpu().numpy().reshape(-1, 4), lab.cpu().numpy().astype(np.int64),
-                                  s.float().cpu().numpy(), paste_masks(p, b, size)))
-        return out
+        return [Detections.from_mask_probs(resize_boxes(b, resized, size), lab, s, p, size)
+                for b, s, lab, p, resized, size in zip(boxes, scores, labels, probs, batch.image_sizes, sizes,
+                                                       strict=True)]
 
-    def _mask_probs(self, features: OrderedDict, boxes: list[torch.Tensor], labels: list[torch.Tensor],
-                    image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    def _mask_probs(self, features: OrderedDict[str, torch.Tensor], boxes: list[torch.Tensor],
+                    labels: list[torch.Tensor], image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
         """``n×M×M`` mask probabilities of each image's detections (of their predicted class)."""
-        rh = self.model.roi_heads
+        rh: Any = self.model.roi_heads  # torchvision's RoIHeads (no type information)
         counts = [len(b) for b in boxes]
         if not sum(counts):
             m = 2 * int(rh.mask_roi_pool.output_size[0])
@@ -314,9 +249,10 @@ def _is_torchvision_rcnn(model: nn.Module) -> bool:
 
 def optimize_rcnn(model: nn.Module) -> None:
     """In place: BatchNorm folded into the preceding convolutions and channels-last convolution weights."""
-    for part in (model.backbone, model.rpn.head, model.roi_heads.box_head, model.roi_heads.mask_head):
+    rcnn: Any = model  # a torchvision Mask R-CNN (no type information)
+    for part in (rcnn.backbone, rcnn.rpn.head, rcnn.roi_heads.box_head, rcnn.roi_heads.mask_head):
         fold_batchnorm(part)
-    for part in (model.backbone, model.rpn.head, model.roi_heads.mask_head, model.roi_heads.mask_predictor):
+    for part in (rcnn.backbone, rcnn.rpn.head, rcnn.roi_heads.mask_head, rcnn.roi_heads.mask_predictor):
         part.to(memory_format=torch.channels_last)
 
 
@@ -344,29 +280,44 @@ def fold_batchnorm(module: nn.Module) -> int:
         return 0
     calls: dict[str, int] = {}
     for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+        if node.op == "call_module":  # its target is the module's qualified name
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     folded = 0
     for node in graph.nodes:
-        if node.op != "call_module" or calls[node.target] != 1 or not node.args:
+        if node.op != "call_module" or calls[str(node.target)] != 1 or not node.args:
             continue
-        norm, src = module.get_submodule(node.target), node.args[0]
+        norm: Any = module.get_submodule(str(node.target))  # a norm's running stats, eps, affine weights
+        src = node.args[0]
         if type(norm) not in norms or norm.training or not isinstance(src, fx.Node):  # not subclasses (BN+act)
             continue
-        if src.op != "call_module" or calls[src.target] != 1 or len(src.users) != 1:
+        if src.op != "call_module" or calls[str(src.target)] != 1 or len(src.users) != 1:
             continue
-        conv = module.get_submodule(src.target)
+        conv = module.get_submodule(str(src.target))
         if type(conv) is not nn.Conv2d or getattr(norm, "running_mean", None) is None:
             continue
         weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps,
                                             norm.weight, norm.bias)
         conv.weight, conv.bias = weight, bias
-        parent, _, name = node.target.rpartition(".")
+        parent, _, name = str(node.target).rpartition(".")
         setattr(module.get_submodule(parent) if parent else module, name, nn.Identity())
         folded += 1
     return folded
 
 
-def load(checkpoint: str | Path, device: str = "auto", ema: bool = True, **options: Any) -> Predictor:
-    """``maskkit.load``: a :class:`Predictor` for a checkpoint or a run folder (best.pt, else last.pt)."""
+def load(checkpoint: str | Path, device: str = "auto", ema: bool = True, backend: str | None = None,
+         **options: Any) -> PredictorBase:
+    """``maskkit.load``: a predictor for a checkpoint or run folder (:class:`Predictor`: best.pt, else last.pt), or
+    for an exported model (an export folder, ``model.onnx``, ``model.xml``, ``model.torchscript``:
+    :class:`~maskkit.inference.backends.base.RuntimePredictor` on ``backend``, default the graph's own runtime).
+
+    Both have the same interface: ``predict``, ``predict_batch``, ``class_names``, ``category_ids``, ``config``.
+    """
+    from maskkit.inference.backends.artefact import is_exported
+
+    if is_exported(checkpoint):
+        from maskkit.inference.backends.base import RuntimePredictor
+
+        return RuntimePredictor(checkpoint, backend=backend, device=device, ema=ema, **options)
+    if backend not in (None, "torch", "pytorch"):
+        raise ConfigError(f"backend {backend!r} runs exported models; {checkpoint} is a checkpoint (PyTorch)")
     return Predictor(checkpoint, device=device, ema=ema, **options)

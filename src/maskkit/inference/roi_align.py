@@ -105,19 +105,20 @@ def multiscale_roi_align(pooler: Any, features: dict[str, Tensor], boxes: Sequen
     kernel = _kernel()
     names = list(pooler.featmap_names)
     views = [_nhwc(features[k]) for k in names] if kernel is not None else [None]
-    if any(v is None for v in views) or any(b.dtype != torch.float32 or b.device.type != "cpu" for b in boxes):
+    ready = [v for v in views if v is not None]
+    if len(ready) < len(views) or any(b.dtype != torch.float32 or b.device.type != "cpu" for b in boxes):
         return pooler(features, list(boxes), list(image_sizes))
     if pooler.scales is None or pooler.map_levels is None:  # the pooler infers its levels on first use
         pooler(features, [b[:0] for b in boxes], list(image_sizes))
     out_h, out_w = (int(s) for s in pooler.output_size)
     rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
-    channels = views[0].shape[-1]
+    channels = ready[0].shape[-1]
     result = torch.zeros((len(rois), channels, out_h, out_w), dtype=torch.float32)
     if not len(rois):
         return result
-    levels = pooler.map_levels(list(boxes)) if len(views) > 1 else torch.zeros(len(rois), dtype=torch.int64)
+    levels = pooler.map_levels(list(boxes)) if len(ready) > 1 else torch.zeros(len(rois), dtype=torch.int64)
     out, rois_np, levels_np = result.numpy(), rois.numpy(), levels.numpy()
-    for level, (view, scale) in enumerate(zip(views, pooler.scales, strict=True)):
+    for level, (view, scale) in enumerate(zip(ready, pooler.scales, strict=True)):
         rows = np.flatnonzero(levels_np == level)
         if len(rows):
             kernel(view, np.ascontiguousarray(rois_np[rows]), rows.astype(np.int64), np.float32(scale), out_h,

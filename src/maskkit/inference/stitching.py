@@ -50,14 +50,25 @@ from maskkit.structures.rle import counts_to_crop, crop_to_rle, uncompressed_cou
 
 
 class TileLike(Protocol):
-    """What the stitcher needs of a tile: its window, its owned core, and its index."""
+    """What the stitcher needs of a tile: its window, its owned core, and its index (read-only)."""
 
-    index: int
-    y0: int
-    x0: int
-    y1: int
-    x1: int
-    core: tuple[int, int, int, int]
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def y0(self) -> int: ...
+
+    @property
+    def x0(self) -> int: ...
+
+    @property
+    def y1(self) -> int: ...
+
+    @property
+    def x1(self) -> int: ...
+
+    @property
+    def core(self) -> tuple[int, int, int, int]: ...
 
 
 def mask_crops(masks: Masks) -> list[tuple[int, int, np.ndarray] | None]:
@@ -242,7 +253,8 @@ class Stitcher:
             self._union(i, j)
         self.stats["matches"] += len(pairs)
 
-    def _resolve(self, pairs: dict[tuple[int, int], int], own: TileLike, other: TileLike, side: int) -> dict:
+    def _resolve(self, pairs: dict[tuple[int, int], int], own: TileLike, other: TileLike,
+                 side: int) -> dict[tuple[int, int], int]:
         """One fragment of ``own`` matching several of ``other``: the tile owning more of it decides."""
         partners: dict[int, list[tuple[int, int]]] = {}
         for pair in pairs:

@@ -101,9 +101,13 @@ def predict_tiled(
     total)`` is called after each tile; ``stats`` (a dict) receives counts and the seconds spent
     reading, in the predictor and stitching.
     """
-    windows = image if isinstance(image, ImageWindows) else None
-    if windows is None:
-        windows = ArrayWindows(image) if isinstance(image, np.ndarray) else open_image_windows(image)
+    windows: ImageWindows
+    if isinstance(image, ImageWindows):
+        windows = image
+    elif isinstance(image, np.ndarray):
+        windows = ArrayWindows(image)
+    else:
+        windows = open_image_windows(image)
     owned = windows is not image
     times = {"time_read": 0.0, "time_model": 0.0}
 

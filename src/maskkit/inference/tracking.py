@@ -81,8 +81,8 @@ class MaskTracker:
                  else masks.boxes().astype(np.float64))
         ids = np.zeros(n, dtype=np.int64)
         matched = self._match(masks, labels)
-        for det, track in matched.items():
-            ids[det] = track.id
+        for det, old in matched.items():
+            ids[det] = old.id
         for det in range(n):
             track = matched.get(det)
             if track is None:

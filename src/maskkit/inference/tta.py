@@ -26,7 +26,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,11 @@ from torch import nn
 
 from maskkit.errors import ConfigError
 from maskkit.inference.paste import Detections, MaskCrops
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
+    from maskkit.models.dense import RawOutputModel
 
 FLIPS = ("none", "h", "v", "hv")
 
@@ -88,7 +93,8 @@ def model_scale(model: nn.Module, scale: float) -> Iterator[bool]:
 
     Yields whether the model has such a resize (otherwise the caller resizes the image).
     """
-    saved = []
+    saved: list[tuple[Any, Any, Any]] = []
+    m: Any  # min_size/max_size: attributes some modules have (torchvision's transform, DenseInput)
     for m in model.modules():
         if not (_int_size(getattr(m, "min_size", None)) and hasattr(m, "max_size")):
             continue
@@ -119,7 +125,8 @@ def rescale_detections(det: Detections, image_size: tuple[int, int]) -> Detectio
 
     h, w = int(image_size[0]), int(image_size[1])
     fy, fx = h / det.image_size[0], w / det.image_size[1]
-    crops, offsets = [], []
+    crops: list[np.ndarray] = []
+    offsets: list[tuple[int, int]] = []
     for crop, (x, y) in zip(det.masks.crops, det.masks.offsets, strict=True):
         x0, y0 = min(int(x * fx), w), min(int(y * fy), h)
         x1, y1 = min(math.ceil((x + crop.shape[1]) * fx), w), min(math.ceil((y + crop.shape[0]) * fy), h)
@@ -175,19 +182,19 @@ def merge_detections(views: Sequence[Detections], iou_threshold: float = 0.5,
 
 def _mean_crop(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, tuple[int, int]]:
     """The mean of crops placed at their offsets, over their union region."""
-    parts = [(c, (int(o[0]), int(o[1]))) for c, o in parts if c.size]
-    if not parts:
+    placed = [(c, (int(o[0]), int(o[1]))) for c, o in parts if c.size]
+    if not placed:
         return np.zeros((0, 0), np.float32), (0, 0)
-    if len(parts) == 1:
-        return parts[0][0], parts[0][1]
-    x0 = min(o[0] for _, o in parts)
-    y0 = min(o[1] for _, o in parts)
-    x1 = max(o[0] + c.shape[1] for c, o in parts)
-    y1 = max(o[1] + c.shape[0] for c, o in parts)
+    if len(placed) == 1:
+        return placed[0][0], placed[0][1]
+    x0 = min(o[0] for _, o in placed)
+    y0 = min(o[1] for _, o in placed)
+    x1 = max(o[0] + c.shape[1] for c, o in placed)
+    y1 = max(o[1] + c.shape[0] for c, o in placed)
     acc = np.zeros((y1 - y0, x1 - x0), np.float32)
-    for c, (x, y) in parts:
+    for c, (x, y) in placed:
         acc[y - y0:y - y0 + c.shape[0], x - x0:x - x0 + c.shape[1]] += c
-    acc /= len(parts)
+    acc /= len(placed)
     return acc, (x0, y0)
 
 
@@ -213,7 +220,7 @@ def tta_detections(model: nn.Module, detect: Detector, image: torch.Tensor, view
     return merge_detections(dets, iou_threshold, mask_threshold)
 
 
-def has_raw_outputs(model: nn.Module) -> bool:
+def has_raw_outputs(model: object) -> TypeIs[RawOutputModel]:
     """Whether the model splits inference into ``predict_raw`` and ``postprocess`` (raw maps are averaged)."""
     return callable(getattr(model, "predict_raw", None)) and callable(getattr(model, "postprocess", None))
 
@@ -267,6 +274,8 @@ def average_raw(raws: Sequence[Any]) -> Any:
 
 def tta_raw_output(model: nn.Module, image: torch.Tensor, views: Sequence[View]) -> dict[str, Any]:
     """The model's output for ``image`` from the average of its views' de-augmented raw maps."""
+    if not has_raw_outputs(model):
+        raise ConfigError(f"{type(model).__name__} has no raw outputs (predict_raw/postprocess) to average")
     if not any(v.scale == 1.0 for v in views):
         raise ConfigError("TTA of models with raw outputs needs scale 1.0 among tta_scales")
     undo = getattr(model, "deaugment_raw", None) or deaugment_raw

@@ -159,7 +159,7 @@ class VideoWriter:
             import cv2
 
             self.codec = "mp4v"
-            self._cv_writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+            self._cv_writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter.fourcc(*"mp4v"), self.fps,
                                               (width, height))
             return
         self._container = av.open(str(self._tmp), mode="w", format="mp4")
@@ -178,8 +178,8 @@ class VideoWriter:
         h, w = frame.shape[:2]
         h2, w2 = h + h % 2, w + w % 2
         if self._size is None:
-            self._open(w2, h2)
-        if (w2, h2) != self._size:
+            self._open(w2, h2)  # sets self._size to (w2, h2)
+        elif (w2, h2) != self._size:
             raise ValueError(f"frame size {w}x{h} differs from the first frame's {self._size[0]}x{self._size[1]}")
         if (h2, w2) != (h, w):
             frame = np.pad(frame, ((0, h2 - h), (0, w2 - w), (0, 0)), mode="edge")

@@ -25,7 +25,7 @@ def class_colour(index: int) -> tuple[int, int, int]:
     return PALETTE[index % len(PALETTE)]
 
 
-def _text(canvas: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, int], scale: float,
+def _text(canvas: np.ndarray, text: str, x: int, y: int, colour: tuple[int, ...], scale: float,
           taken: list[tuple[int, int, int, int]]) -> None:
     """``text`` on a filled box of ``colour`` near (x, y), inside the canvas, moved down past the boxes in ``taken``."""
     import cv2
@@ -81,7 +81,7 @@ def draw_instances(
     boxes = np.asarray(instances.boxes, dtype=float).reshape(-1, 4) if instances.has("boxes") else None
     order = np.argsort(scores, kind="stable") if scores is not None else np.arange(n)  # best drawn last (on top)
     font_scale = 0.45 if min(size) < 500 else 0.6
-    labels_at: list[tuple[str, int, int, tuple[int, int, int]]] = []
+    labels_at: list[tuple[str, int, int, tuple[int, ...]]] = []
     for i in order:
         label = int(labels[i])
         colour = tuple(int(c) for c in (colours or {}).get(label, class_colour(label)))

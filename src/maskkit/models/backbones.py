@@ -13,11 +13,15 @@ import logging
 import warnings
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+if TYPE_CHECKING:
+    from timm.models import FeatureInfo
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,7 @@ class TimmFPNBackbone(nn.Module):
     ) -> None:
         super().__init__()
         self.body = body
-        in_channels = list(body.feature_info.channels())
+        in_channels = list(cast("FeatureInfo", body.feature_info).channels())
         norm = (lambda c: nn.GroupNorm(norm_groups, c)) if norm_groups else None
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool(), norm_layer=norm)
         self.out_channels = out_channels
@@ -113,8 +117,9 @@ def efficientnet_lite_fpn(
 
 def freeze_timm_stages(body: nn.Module, trainable_stages: int) -> None:
     """Freeze the stem and all but the last ``trainable_stages`` blocks of a timm EfficientNet body."""
-    blocks = list(body.blocks) if hasattr(body, "blocks") else []
-    frozen = [body.conv_stem, body.bn1, *blocks[: max(len(blocks) - trainable_stages, 0)]]
+    blocks = list(cast(nn.Sequential, body.blocks)) if hasattr(body, "blocks") else []
+    stem = [body.get_submodule("conv_stem"), body.get_submodule("bn1")]
+    frozen = [*stem, *blocks[: max(len(blocks) - trainable_stages, 0)]]
     for module in frozen:
         for p in module.parameters():
             p.requires_grad_(False)

@@ -36,7 +36,7 @@ blocks, 7 in all, or ResNet layers, 4; None trains everything); anything else go
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -128,12 +128,18 @@ class WatershedInstances:
     def activate(self, logits: Tensor) -> dict[str, Tensor]:
         """``sem_seg`` ((K+1) x H x W class probabilities), ``boundary`` and ``distance`` (H x W, sigmoid),
         CPU float32."""
+        return self.from_maps(self.activate_maps(logits.float()).cpu())
+
+    def activate_maps(self, logits: Tensor) -> Tensor:
+        """``[B x] (K+3) x H x W`` maps of as many logits: class probabilities (softmax over the first K + 1),
+        border and distance (sigmoid); also inside exported graphs."""
         k = self.num_classes + 1
-        return {
-            "sem_seg": logits[:k].float().softmax(0).cpu(),
-            "boundary": logits[k].float().sigmoid().cpu(),
-            "distance": logits[k + 1].float().sigmoid().cpu(),
-        }
+        return torch.cat([logits[..., :k, :, :].softmax(-3), logits[..., k:, :, :].sigmoid()], -3)
+
+    def from_maps(self, maps: Tensor) -> dict[str, Tensor]:
+        """The raw maps (``sem_seg``, ``boundary``, ``distance``) of one image's :meth:`activate_maps` output."""
+        k = self.num_classes + 1
+        return {"sem_seg": maps[:k], "boundary": maps[k], "distance": maps[k + 1]}
 
     def __call__(
         self, raw: Mapping[str, Tensor], *, fg_threshold: float, seed_threshold: float, boundary_threshold: float,
@@ -192,7 +198,7 @@ class BottomUpSegmenter(DenseSegmentationModel):
     @property
     def encoder(self) -> nn.Module:
         """The U-Net's encoder."""
-        return self.net.encoder
+        return cast(nn.Module, self.net.encoder)
 
     # -- thresholds ------------------------------------------------------------------------------
     @property
@@ -279,7 +285,7 @@ def build_bottomup(
     net = build_smp("Unet", encoder, num_classes + 3, in_channels, pretrained_backbone, decoder_channels=channels,
                     **options)
     if trainable_encoder_stages is not None:
-        freeze_encoder_stages(net.encoder, int(trainable_encoder_stages))
+        freeze_encoder_stages(cast(nn.Module, net.encoder), int(trainable_encoder_stages))
     net = net.to(memory_format=torch.channels_last)
     # NHWC inputs too: ~25% faster convolutions on CPU with the channels-last weights
     dense_input = DenseInput.for_network(net, encoder, in_channels, min_size, max_size, channels_last=True)

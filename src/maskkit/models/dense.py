@@ -46,6 +46,22 @@ class DenseDecoder(Protocol):
         """``(raw, **params)``: the eval output dict of raw maps; ``params`` (if any) tune the post-processing."""
 
 
+class RawOutputModel(Protocol):
+    """A model that splits inference into raw maps and their post-processing (TTA averages the raw maps)."""
+
+    def predict_raw(self, images: Sequence[Tensor]) -> list[Any]: ...
+
+    def postprocess(self, raw: Any, **thresholds: float) -> dict[str, Tensor]: ...
+
+
+class TunableModel(RawOutputModel, Protocol):
+    """A :class:`RawOutputModel` whose post-processing thresholds are tuned on the val set (bottom-up)."""
+
+    def threshold_grid(self) -> dict[str, list[float]]: ...
+
+    def set_thresholds(self, **values: float) -> None: ...
+
+
 def semantic_batch(targets: Targets, sizes: list[tuple[int, int]], num_classes: int, like: Tensor) -> Tensor:
     """``B x H x W`` int64 class maps of ``targets`` (checked, painted from instances when absent), padded with
     ``IGNORE_INDEX`` to the spatial size of ``like`` (the padded logits)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,7 @@ def _adapt_offline(encoder: nn.Module, encoder_name: str, in_channels: int, pret
     from segmentation_models_pytorch.encoders._utils import patch_first_conv
 
     if pretrained and _is_effl0(encoder_name):
-        load_efficientnet_lite_imagenet(encoder.model)
+        load_efficientnet_lite_imagenet(cast(nn.Module, encoder.model))
         if in_channels != 3:
             patch_first_conv(encoder, new_in_channels=in_channels, pretrained=True)
 
@@ -224,6 +224,9 @@ class DenseInput(nn.Module):
     ``channels_last``: hand the batch over in NHWC memory layout (faster convolutions on CPU for networks
     whose weights use it too).
     """
+
+    mean: Tensor  # buffers (registered in __init__)
+    std: Tensor
 
     def __init__(
         self,

@@ -37,7 +37,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from maskkit.errors import ConfigError
 from maskkit.models.backbones import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, efficientnet_lite_fpn
-from maskkit.models.registry import InputSpec, register_model
+from maskkit.models.registry import BuilderT, InputSpec, register_model
 
 DEFAULT_ANCHORS = (32, 64, 128, 256, 512)
 FPN_LEVELS = ("0", "1", "2", "3")  # the FPN maps RoI pooling reads (strides 4-32)
@@ -235,7 +235,7 @@ MASKRCNN_CAPABILITIES: dict[str, Any] = {
 """Capabilities shared by every Mask R-CNN-based model (options come from the variant)."""
 
 
-def _register(variant: str, family: str = "maskrcnn") -> Callable[[Callable], Callable]:
+def _register(variant: str, family: str = "maskrcnn") -> Callable[[BuilderT], BuilderT]:
     return register_model(task="instance", family=family, options=VARIANTS[variant].options(),
                           **MASKRCNN_CAPABILITIES)
 

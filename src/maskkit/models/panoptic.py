@@ -33,7 +33,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from maskkit.errors import ConfigError
 from maskkit.models import maskrcnn as mrcnn
 from maskkit.models.losses import SegLoss
-from maskkit.models.registry import register_model
+from maskkit.models.registry import BuilderT, register_model
 from maskkit.models.targets import checked_semantic_target
 from maskkit.structures.labels import IGNORE_INDEX
 
@@ -69,6 +69,7 @@ class SemanticFPNHead(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         nn.init.normal_(self.predictor.weight, std=0.001)
+        assert self.predictor.bias is not None  # built with a bias
         nn.init.zeros_(self.predictor.bias)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
@@ -135,7 +136,7 @@ class PanopticFPN(MaskRCNN):
         self.semantic_weight = float(semantic_weight)
         self.criterion = criterion
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses (train mode, ``targets`` required) or per-image detections + ``sem_seg`` (eval mode)."""
@@ -143,7 +144,7 @@ class PanopticFPN(MaskRCNN):
             raise ValueError("targets are required in train mode")
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         semantics = None
-        if self.training:
+        if self.training and targets is not None:  # (not None in training: checked above)
             semantics = [checked_semantic_target(t, size, self.num_classes)
                          for t, size in zip(targets, original_sizes, strict=True)]
         image_list, targets = self.transform(images, targets)
@@ -195,7 +196,7 @@ def _panoptic(build_detector: Callable[..., MaskRCNN], num_classes: int, options
     return PanopticFPN(build_detector(num_classes, **options), num_classes, **semantic)
 
 
-def _register(variant: str) -> Callable[[Callable], Callable]:
+def _register(variant: str) -> Callable[[BuilderT], BuilderT]:
     """Registered as an instance model with the Mask R-CNN ``variant``'s capabilities plus the semantic options."""
     options = {*mrcnn.VARIANTS[variant].options(), *SEMANTIC_OPTIONS}
     return register_model(task="instance", family="panoptic", options=options, semantic_targets=True,

@@ -15,7 +15,7 @@ import fnmatch
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.error import URLError
 
 from maskkit.errors import ConfigError
@@ -87,10 +87,13 @@ _BUILTIN_MODULES = (
 )
 _loaded = False
 
+BuilderT = TypeVar("BuilderT", bound=Callable[..., Any])
+"""A model builder function (registered unchanged)."""
+
 
 def register_model(
     *, task: Task, family: str, name: str | None = None, **capabilities: Any
-) -> Callable[[Callable], Callable]:
+) -> Callable[[BuilderT], BuilderT]:
     """Register a builder ``fn(num_classes, **kwargs) -> nn.Module`` under its function name.
 
     ``capabilities``: the other :class:`Capabilities` fields (``options`` may be any iterable of names).
@@ -99,7 +102,7 @@ def register_model(
         capabilities["options"] = frozenset(capabilities["options"])
     caps = Capabilities(task=task, family=family, **capabilities)
 
-    def wrap(fn: Callable) -> Callable:
+    def wrap(fn: BuilderT) -> BuilderT:
         key = name or fn.__name__
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[key] = ModelInfo(key, doc[0] if doc else "", fn, caps)

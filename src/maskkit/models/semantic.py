@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ class FCN(nn.Module):
         if encoder_output_stride not in (8, 16, 32):
             raise ConfigError(f"encoder_output_stride must be 8, 16 or 32, got {encoder_output_stride}")
         self.encoder = build_encoder(encoder, in_channels, pretrained, output_stride=encoder_output_stride)
-        self.head = FCNHead(self.encoder.out_channels[-1], classes)
+        self.head = FCNHead(cast("list[int]", self.encoder.out_channels)[-1], classes)
         self.stride = encoder_output_stride
 
     def forward(self, x: Tensor) -> Tensor:
@@ -128,7 +128,15 @@ class ComponentInstances:
         self.min_area = int(min_area)
 
     def activate(self, logits: Tensor) -> Tensor:
-        return logits.softmax(0)
+        return self.from_maps(self.activate_maps(logits))
+
+    def activate_maps(self, logits: Tensor) -> Tensor:
+        """Class probabilities of ``[B x] (K+1) x H x W`` logits (also inside exported graphs)."""
+        return logits.softmax(-3)
+
+    def from_maps(self, maps: Tensor) -> Tensor:
+        """The raw maps of one image's :meth:`activate_maps` output (the probabilities themselves)."""
+        return maps
 
     def __call__(self, probs: Tensor) -> dict[str, Tensor]:
         return {**instances_from_semantic(probs, self.min_area), "sem_seg": probs}

@@ -67,7 +67,8 @@ def instance_id_map(masks: Tensor | np.ndarray) -> np.ndarray:
     if m.ndim != 3:
         raise DataError(f"instance masks have shape {m.shape}, expected N x H x W")
     ids = np.zeros(m.shape[1:], dtype=np.int32)
-    rows, cols = m.any(axis=2), m.any(axis=1)
+    rows: np.ndarray = np.any(m, axis=2)
+    cols: np.ndarray = np.any(m, axis=1)
     crops = []
     for i in np.flatnonzero(rows.any(axis=1)):
         y = np.flatnonzero(rows[i])
@@ -75,8 +76,8 @@ def instance_id_map(masks: Tensor | np.ndarray) -> np.ndarray:
         sl = (slice(y[0], y[-1] + 1), slice(x[0], x[-1] + 1))
         crop = m[i][sl] != 0
         crops.append((-int(np.count_nonzero(crop)), int(i), sl, crop))
-    for _, i, sl, crop in sorted(crops, key=lambda c: (c[0], c[1])):  # larger first, then index order
-        ids[sl][crop] = i + 1
+    for _, k, sl, crop in sorted(crops, key=lambda c: (c[0], c[1])):  # larger first, then index order
+        ids[sl][crop] = k + 1
     return ids
 
 

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from maskkit.structures.rle import RLE, empty_rle, encode_bitmap, rle_areas, rles_to_label_image
+from maskkit.structures.rle import RLE as RLE
+from maskkit.structures.rle import empty_rle, encode_bitmap, rle_areas, rles_to_label_image
 
 
 def _as_parts(parts: Iterable[Any]) -> list[np.ndarray]:
@@ -74,8 +75,9 @@ class PolygonMask:
         if not parts:
             return empty_rle(self.height, self.width)
         # A flat list of exactly 4 numbers would be read as a box by frPyObjects; valid parts have >= 6.
-        rles = mask_utils.frPyObjects(parts, self.height, self.width)
-        return mask_utils.merge(rles) if len(rles) > 1 else rles[0]
+        rles: list[RLE] = mask_utils.frPyObjects(parts, self.height, self.width)
+        merged: RLE = mask_utils.merge(rles) if len(rles) > 1 else rles[0]
+        return merged
 
 
 @dataclass(eq=False)
@@ -99,7 +101,8 @@ class RLEMask:
     def to_rle(self) -> RLE:
         rle = self.rle
         if isinstance(rle["counts"], list):
-            return mask_utils.frPyObjects(rle, self.height, self.width)
+            compressed: RLE = mask_utils.frPyObjects(rle, self.height, self.width)
+            return compressed
         if isinstance(rle["counts"], str):
             return {"size": list(rle["size"]), "counts": rle["counts"].encode("ascii")}
         return rle
@@ -141,7 +144,8 @@ def rle_to_string(rle: RLE) -> RLE:
 
 def decode_rle(rle: RLE) -> np.ndarray:
     """Decode one compressed RLE to a boolean ``H×W`` array."""
-    return mask_utils.decode(rle).astype(bool)
+    bitmap: np.ndarray = mask_utils.decode(rle).astype(bool)
+    return bitmap
 
 
 class Masks(Sequence[MaskItem]):
@@ -233,7 +237,8 @@ class Masks(Sequence[MaskItem]):
         """Dense ``N×H×W`` boolean array. Memory grows with N×H×W: prefer RLE for large images."""
         if not len(self):
             return np.zeros((0, self.height, self.width), dtype=bool)
-        return np.moveaxis(mask_utils.decode(self.to_rles()), -1, 0).astype(bool)
+        stacked: np.ndarray = mask_utils.decode(self.to_rles())
+        return np.moveaxis(stacked, -1, 0).astype(bool)
 
     def areas(self) -> np.ndarray:
         """Pixel areas (float64) of all instances."""
@@ -256,7 +261,7 @@ class Masks(Sequence[MaskItem]):
         """Tight XYXY boxes of the mask pixels (``(N, 4)`` float32; empty masks give zeros)."""
         if not len(self):
             return np.zeros((0, 4), dtype=np.float32)
-        xywh = mask_utils.toBbox(self.to_rles()).astype(np.float32).reshape(-1, 4)
+        xywh: np.ndarray = mask_utils.toBbox(self.to_rles()).astype(np.float32).reshape(-1, 4)
         xywh[:, 2:] += xywh[:, :2]
         return xywh
 

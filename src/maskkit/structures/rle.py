@@ -31,12 +31,14 @@ AREA_CHUNK = 255
 
 def empty_rle(height: int, width: int) -> RLE:
     """Compressed RLE of an all-zero ``height×width`` mask (no dense array is built)."""
-    return mask_utils.frPyObjects({"size": [height, width], "counts": [height * width]}, height, width)
+    rle: RLE = mask_utils.frPyObjects({"size": [height, width], "counts": [height * width]}, height, width)
+    return rle
 
 
 def encode_bitmap(bitmap: np.ndarray) -> RLE:
     """Compressed RLE of one dense ``H×W`` mask (nonzero = foreground)."""
-    return mask_utils.encode(np.asfortranarray(bitmap, dtype=np.uint8))
+    rle: RLE = mask_utils.encode(np.asfortranarray(bitmap, dtype=np.uint8))
+    return rle
 
 
 def transposed(arr: np.ndarray) -> np.ndarray:
@@ -99,7 +101,8 @@ def crop_to_rle(crop: np.ndarray, y0: int, x0: int, height: int, width: int) -> 
     counts[-1] = total - ends[-1]
     if counts[-1] == 0:  # a run up to the last pixel: pycocotools writes no trailing empty run
         counts = counts[:-1]
-    return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    rle: RLE = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return rle
 
 
 def counts_to_crop(counts: Sequence[int] | np.ndarray, height: int, box: tuple[int, int, int, int]) -> np.ndarray:

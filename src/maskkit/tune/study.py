@@ -9,6 +9,7 @@ process was killed) is marked failed and queued again with the same parameters
 
 from __future__ import annotations
 
+import importlib.util
 import time
 import warnings
 from pathlib import Path
@@ -50,11 +51,9 @@ def make_sampler(name: str, seed: int | None = None, startup_trials: int = 3) ->
     }
     if name not in builders:
         raise ConfigError(f"--sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
-    if name == "cmaes":  # Optuna imports it only when the first trial after the random ones is sampled
-        try:
-            import cmaes  # noqa: F401
-        except ImportError:
-            raise ConfigError("--sampler cmaes needs the cmaes package: pip install cmaes") from None
+    # Optuna imports cmaes only when the first trial after the random ones is sampled: say it now
+    if name == "cmaes" and importlib.util.find_spec("cmaes") is None:
+            raise ConfigError("--sampler cmaes needs the cmaes package: pip install cmaes")
     return builders[name]()
 
 

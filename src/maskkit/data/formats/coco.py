@@ -245,7 +245,7 @@ def _masks(groups: list[list[dict[str, Any]]], entries: list[_Entry]) -> tuple[l
                 polys.append((len(items), first, len(ends)))
                 items.append((h, w))
             elif type(seg) is dict:
-                item = _rle_item(seg, h, w)
+                item: RLEMask | PolygonMask | None = _rle_item(seg, h, w)
                 if item is None:
                     invalid.append(len(items))
                     item = PolygonMask(empty_parts, h, w)
@@ -392,7 +392,8 @@ def read_coco(path: str | Path) -> AnnotationSet:
 # -- writing ------------------------------------------------------------------------------------
 def _float32_rows(values: np.ndarray) -> list[list[float]]:
     """Floats printed at float32 precision (boxes are float32: ``473.07`` stays ``473.07``), all rows at once."""
-    return np.asarray(values, dtype=np.float32).astype("U32").astype(np.float64).tolist()
+    rows: list[list[float]] = np.asarray(values, dtype=np.float32).astype("U32").astype(np.float64).tolist()
+    return rows
 
 
 def _json_default(obj: Any) -> Any:

@@ -30,7 +30,7 @@ from maskkit.data.images import image_size, is_image_file
 from maskkit.errors import DataError
 from maskkit.fileio import atomic_write_png
 from maskkit.structures import Masks
-from maskkit.structures.rle import transposed
+from maskkit.structures.rle import RLE, transposed
 
 DEFAULT_CLASS = "nucleus"
 
@@ -79,7 +79,8 @@ def _mask_rle(path: Path, size: tuple[int, int], file_name: str) -> dict[str, An
     if arr.shape != size:
         raise DataError(f"mask is {arr.shape[1]}x{arr.shape[0]} but its image is {size[1]}x{size[0]}",
                         file=path, image=file_name)
-    return mask_utils.encode((transposed(arr) != 0).view(np.uint8).T)  # Fortran-ordered H×W
+    rle: RLE = mask_utils.encode((transposed(arr) != 0).view(np.uint8).T)  # Fortran-ordered H×W
+    return rle
 
 
 def read_dsb(path: str | Path, names: maskfiles.Names = None) -> AnnotationSet:
@@ -89,7 +90,7 @@ def read_dsb(path: str | Path, names: maskfiles.Names = None) -> AnnotationSet:
         raise DataError("expected sample folders each holding images/ and masks/", file=path)
     root, samples = found
     cmap = maskfiles.load_class_map(root, DEFAULT_CLASS, names)
-    records = []
+    records: list[ImageRecord] = []
     for sample in samples:
         key = sample.name
         images = sorted(p for p in (sample / "images").iterdir() if is_image_file(p))
@@ -106,11 +107,18 @@ def read_dsb(path: str | Path, names: maskfiles.Names = None) -> AnnotationSet:
             h, w = maskfiles.read_label_array(masks[0]).shape
         else:
             continue
-        rles, cats, crowd, ids, extras = [], [], [], [], []
+        rles: list[RLE] = []
+        cats: list[int] = []
+        crowd: list[bool] = []
+        ids: list[int] = []
+        extras: list[dict[str, Any]] = []
         for j, m in enumerate(masks, 1):
             rles.append(_mask_rle(m, (h, w), file_name))
             c, k, a, e = cmap.resolve(key, m.stem, j)
-            cats.append(c), crowd.append(k), ids.append(a), extras.append({"mask_file": m.stem, **e})
+            cats.append(c)
+            crowd.append(k)
+            ids.append(a)
+            extras.append({"mask_file": m.stem, **e})
         inst = new_instances(h, w, cats, Masks.from_rles(rles, h, w), iscrowd=crowd, ids=ids, extras=extras)
         meta = cmap.images.get(key, {})
         records.append(ImageRecord(meta.get("id", len(records) + 1), file_name, h, w, inst,
@@ -166,6 +174,7 @@ def write_instance_pngs(aset: AnnotationSet, dst: str | Path) -> ConversionRepor
         order = {name: j for j, name in enumerate(sorted(names.values()), 1)}
         entries = {}
         for i in todo:
+            assert masks is not None  # drawable() gives indices only with masks
             mask_png = masks.bitmap(i).astype(np.uint8) * 255
             atomic_write_png(dst / sample / "masks" / f"{names[i]}.png", mask_png, fsync=False)
             extra = {k: v for k, v in (inst.extras[i] if inst.has("extras") else {}).items() if k != "mask_file"}

@@ -43,7 +43,7 @@ from maskkit.data.formats.maskfiles import (
 from maskkit.data.images import image_size, is_image_file
 from maskkit.errors import DataError
 from maskkit.fileio import atomic_write_bytes
-from maskkit.structures import Masks
+from maskkit.structures import Instances, Masks
 from maskkit.structures.rle import label_image_to_rles
 
 LABEL_DIRS = ("labels", "masks")
@@ -52,7 +52,7 @@ LABEL_DIRS = ("labels", "masks")
 # -- the label-image layout -------------------------------------------------------------------------
 def _files(folder: Path) -> list[Path]:
     """Image files below ``folder``, sorted by relative path."""
-    out = []
+    out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out.extend(Path(dirpath, f) for f in filenames if not f.startswith(".") and is_image_file(Path(f)))
@@ -111,14 +111,20 @@ def detect_label_images(path: Path) -> bool:
     return path.is_dir() and _label_dir(path) is not None
 
 
-def instances_from_label(labels: np.ndarray, cmap: ClassMap, image_key: str) -> Any:
+def instances_from_label(labels: np.ndarray, cmap: ClassMap, image_key: str) -> Instances:
     """Annotation instances of one label image (ids and classes resolved through the class map)."""
     h, w = labels.shape
     rles, ids = label_image_to_rles(labels)
-    cats, crowd, ann_ids, extras = [], [], [], []
+    cats: list[int] = []
+    crowd: list[bool] = []
+    ann_ids: list[int] = []
+    extras: list[dict[str, Any]] = []
     for v in ids.tolist():
         c, k, a, e = cmap.resolve(image_key, str(v), v)
-        cats.append(c), crowd.append(k), ann_ids.append(a), extras.append(e)
+        cats.append(c)
+        crowd.append(k)
+        ann_ids.append(a)
+        extras.append(e)
     return new_instances(h, w, cats, Masks.from_rles(rles, h, w), iscrowd=crowd, ids=ann_ids, extras=extras)
 
 
@@ -228,7 +234,7 @@ def write_label_images(aset: AnnotationSet, dst: str | Path, layout: str = "labe
                 report.change("overlap: instance fully hidden by others, not written", hidden)
             label = lut[index]
         else:
-            todo, written, label = [], np.zeros(len(inst)), np.zeros((rec.height, rec.width), np.int64)
+            todo, written, label = [], np.zeros(len(inst), np.int64), np.zeros((rec.height, rec.width), np.int64)
         suffix, data = _encode_label(label)
         atomic_write_bytes(dst / "labels" / (key + suffix), data, fsync=False)  # bulk files: atomic, no fsync
         entries = {}

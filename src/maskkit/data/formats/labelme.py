@@ -36,7 +36,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -121,9 +121,16 @@ def circle_polygon(points: np.ndarray) -> np.ndarray:
     return np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], axis=1)
 
 
+class _Where(TypedDict):
+    """Where a LabelMe shape problem is: the keyword arguments of :class:`DataError`."""
+
+    file: Path
+    annotation: str
+
+
 def _decode_mask_shape(shape: dict[str, Any], pts: np.ndarray, h: int, w: int, jf: Path, index: int) -> np.ndarray:
     """Full-size bool mask of a ``mask`` shape (base64 PNG of the region between its 2 points)."""
-    where = {"file": jf, "annotation": f"shape {index}"}
+    where = _Where(file=jf, annotation=f"shape {index}")
     if len(pts) != 2 or not isinstance(shape.get("mask"), str):
         raise DataError("a mask shape needs 2 points and a base64 PNG 'mask'", **where)
     if not (np.isfinite(pts).all() and np.abs(pts).max() < 2**31):
@@ -136,7 +143,7 @@ def _decode_mask_shape(shape: dict[str, Any], pts: np.ndarray, h: int, w: int, j
     except DataError as exc:  # above the pixel limit
         raise DataError(exc.problem, **where) from None
     if crop.ndim == 3:
-        crop = crop.any(axis=2)
+        crop = np.any(crop, axis=2)
     (x1, y1), (x2, y2) = pts.astype(int)
     if crop.shape != (y2 - y1 + 1, x2 - x1 + 1):
         raise DataError(f"mask is {crop.shape[1]}x{crop.shape[0]} but its points span {x2 - x1 + 1}x{y2 - y1 + 1}",
@@ -225,7 +232,7 @@ def _meta(shape: dict[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _read_file(doc: dict[str, Any], jf: Path, root: Path
-               ) -> tuple[dict[str, Any], list[str], list[Any], list[Any], list[bool], list[dict]]:
+               ) -> tuple[dict[str, Any], list[str], list[Any], list[Any], list[bool], list[dict[str, Any]]]:
     """One JSON -> record fields, and per object: label name, mask item, box (or None), crowd, extras."""
     file_name, data, size = _image_source(doc, jf, root)
     h, w = doc.get("imageHeight"), doc.get("imageWidth")
@@ -412,8 +419,8 @@ def _mask_shapes(rle: dict[str, Any], metas: list[dict[str, Any]], label: str, g
         if x1 <= bbox[0] and y1 <= bbox[1] and x2 >= bbox[2] and y2 >= bbox[3]:
             bbox = (x1, y1, x2, y2)
     meta = {k: v for k, v in meta.items() if k not in ("points", "mask", "shape_type")}
-    pts = [[bbox[0], bbox[1]], [bbox[2], bbox[3]]]
-    return [_shape(label, pts, gid, "mask", meta, crowd, _encode_mask_shape(bitmap, bbox))]
+    corners = [[bbox[0], bbox[1]], [bbox[2], bbox[3]]]
+    return [_shape(label, corners, gid, "mask", meta, crowd, _encode_mask_shape(bitmap, bbox))]
 
 
 def write(aset: AnnotationSet, dst: Path) -> ConversionReport:
@@ -468,6 +475,7 @@ def write(aset: AnnotationSet, dst: Path) -> ConversionReport:
                 new = _mask_shapes(masks.rle(i), stored, labels[i], gid, crowd, rec.height, rec.width)
             shapes.extend(new)
             rect = [s["points"] for s in new if s["shape_type"] == "rectangle"]
+            assert extents is not None  # has_mask: the image has masks
             extent = np.concatenate(np.sort(rect[0], axis=0)) if len(new) == 1 and rect else extents[i]
             box_moved += int(np.abs(np.asarray(inst.boxes[i]) - extent).max() > 1)
         file_extra = dict((rec.extra or {}).get("labelme") or {})

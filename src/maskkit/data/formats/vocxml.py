@@ -73,7 +73,9 @@ def parse_xml(xf: Path) -> dict[str, Any]:
         fields = {}
     objects = fields.pop("object", [])
     objects = objects if isinstance(objects, list) else [objects]
-    size = fields.get("size") if isinstance(fields.get("size"), dict) else {}
+    size = fields.get("size")
+    if not isinstance(size, dict):
+        size = {}
     h = _num(size.get("height", 0) or 0, xf, "size", "height")
     w = _num(size.get("width", 0) or 0, xf, "size", "width")
     out = []
@@ -185,7 +187,8 @@ def box_instances(h: int, w: int, objects: list[dict[str, Any]], cats: XmlCatego
 def xml_size(xml: dict[str, Any] | None, image: Path, xf: Path) -> tuple[int, int]:
     """``(h, w)`` from the XML's ``<size>``, else from the image file; DataError naming the XML otherwise."""
     if xml and xml["size"]:
-        return xml["size"]
+        h, w = xml["size"]
+        return h, w
     if image.is_file():
         return image_size(image)
     raise DataError(f"image size unknown: no <size> and no image at {image}", file=xf)

@@ -155,7 +155,7 @@ def _categories(src: _Source, labels_seen: set[int]) -> list[Category]:
 # -- reading ------------------------------------------------------------------------------------
 def _parse_labels(path: Path, h: int, w: int) -> list[tuple[int, np.ndarray | None, np.ndarray | None]]:
     """``(class, polygon xy in pixels or None, box xyxy or None)`` per line of one label file."""
-    out = []
+    out: list[tuple[int, np.ndarray | None, np.ndarray | None]] = []
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -57,11 +57,15 @@ def zero_area_mask(inst: InstanceView) -> Iterator[str]:
         span = np.ptp(pts, axis=0) if n else np.zeros(2)
         yield f"mask has 0 pixels (polygon of {n} points spanning {fmt_num(span[0])}x{fmt_num(span[1])} px)"
     else:
-        yield f"mask has 0 pixels ({inst.image.masks.kinds()[inst.index]} mask, box {fmt_box(inst.box)})"
+        masks = inst.image.masks
+        assert masks is not None  # an area comes from a mask
+        yield f"mask has 0 pixels ({masks.kinds()[inst.index]} mask, box {fmt_box(inst.box)})"
 
 
 def _outside_message(inst: InstanceView) -> str:
-    x0, y0, x1, y1 = inst.extent
+    extent = inst.extent
+    assert extent is not None  # called for coordinates outside the image only
+    x0, y0, x1, y1 = extent
     rec = inst.image.record
     what = "polygon" if inst.points is not None and len(inst.points) else "box"
     return (

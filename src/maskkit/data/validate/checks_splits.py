@@ -33,8 +33,10 @@ def duplicate_across_splits(ds: DatasetContext) -> Iterator[Hit]:
 
 def _popcount(x: np.ndarray) -> np.ndarray:
     if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x)
-    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+        counts: np.ndarray = np.bitwise_count(x)
+    else:
+        counts = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+    return counts
 
 
 @check("W402", "near-duplicate-across-splits", "warning", "dataset",

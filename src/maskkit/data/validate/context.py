@@ -94,9 +94,10 @@ def rle_counts_problem(rle: dict[str, Any]) -> str | None:
         values = [int(c) for c in counts]
     elif isinstance(counts, str | bytes):
         raw = counts.encode("ascii") if isinstance(counts, str) else counts
-        values = _decode_counts_string(raw)
-        if values is None:
+        decoded = _decode_counts_string(raw)
+        if decoded is None:
             return "RLE counts string is cut off mid-number"
+        values = decoded
     else:
         return f"RLE counts of type {type(counts).__name__}"
     if any(v < 0 for v in values):
@@ -190,7 +191,8 @@ class ImageContext:
 
     @cached_property
     def masks(self) -> Masks | None:
-        return self.instances.get("masks")
+        masks: Masks | None = self.instances.get("masks")
+        return masks
 
     @cached_property
     def views(self) -> list[InstanceView]:
@@ -231,9 +233,10 @@ class InstanceView:
     @cached_property
     def points(self) -> np.ndarray | None:
         """All polygon vertices as ``(K, 2)`` float64 (``None`` for non-polygon masks)."""
-        if not isinstance(self.item, PolygonMask):
+        item = self.item
+        if not isinstance(item, PolygonMask):
             return None
-        parts = _field("polygon", lambda: [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in self.item.parts])
+        parts = _field("polygon", lambda: [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in item.parts])
         return np.concatenate(parts, axis=0) if parts else np.zeros((0, 2))
 
     # -- problems that make the mask unusable (each reported by its own check) --------------
@@ -300,6 +303,8 @@ class InstanceView:
         if rec.height <= 0 or rec.width <= 0:
             return None  # reported by image-size-mismatch
         masks = self.image.masks
+        if masks is None:  # item is None then: returned above already
+            return None
         return _field("mask", lambda: masks.rle(self.index))
 
     @cached_property

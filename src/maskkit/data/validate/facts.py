@@ -30,8 +30,9 @@ def read_facts(aset: AnnotationSet, record: ImageRecord, hashes: bool, phash: bo
     """Facts about one record's image; never raises for bad files (problems go into the facts)."""
     if record.data is not None:
         facts = ImageFacts(path=None)
-        blob: bytes | None = bytes(record.data)
-        facts.size, facts.error = _size_from_bytes(blob)
+        data = bytes(record.data)
+        blob: bytes | None = data
+        facts.size, facts.error = _size_from_bytes(data)
     else:
         path = aset.image_path(record)
         facts = ImageFacts(path=path)

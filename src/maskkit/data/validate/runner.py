@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
 from maskkit.data.annotations import AnnotationSet, ImageRecord
 from maskkit.data.validate import (  # noqa: F401 (each check module registers its checks on import)
@@ -99,8 +100,9 @@ def _read_all_facts(
     aset: AnnotationSet, hashes: bool, phash: bool, advance: Callable[[str], None]
 ) -> Iterator[ImageFacts]:
     def one(record: ImageRecord) -> ImageFacts:
-        if not isinstance(record.file_name, str) or not record.file_name:
-            return ImageFacts(path=None, error=f"file name {record.file_name!r} is not a file name"[:200])
+        name: object = record.file_name  # read from an annotation file: any JSON value
+        if not isinstance(name, str) or not name:
+            return ImageFacts(path=None, error=f"file name {name!r} is not a file name"[:200])
         try:
             return read_facts(aset, record, hashes, phash)
         except Exception as exc:  # a bug: reported as an internal error with its cause
@@ -188,9 +190,9 @@ def _finding(chk: Check, hit: str | Hit, split: str | None, record: ImageRecord 
     )
 
 
-def _int_or_none(value: object) -> int | None:
+def _int_or_none(value: Any) -> int | None:
     try:
-        return int(value)  # type: ignore[call-overload]
+        return int(value)
     except (TypeError, ValueError):
         return None
 
@@ -202,11 +204,11 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[str], None]]:
         yield lambda _stage: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def advance(stage: str) -> None:
             if stage not in tasks:

@@ -1,0 +1,136 @@
+"""Deployment speed on CPU: latency per image of PyTorch eager vs the exported model on each runtime backend.
+
+For each model (``--models``, default ``maskrcnn_effl0_fpn``, ``bottomup_effl0`` and the semantic
+``unet_effl0``) and square size (``--sizes``, default 640 and 512) the model is built with random weights
+(seeded; speed does not depend on their values; BatchNorm statistics randomised as a trained network's),
+its inference size set to the image size (``min_size = max_size = size``: no internal resize), and run:
+
+* ``pytorch eager``: :class:`maskkit.inference.predictor.Predictor` (its default, optimised Mask R-CNN path);
+* ``torchscript``, ``onnxruntime``, ``openvino``: the model exported by :func:`maskkit.export.api.export_model`
+  for a static ``size x size`` input (batch dynamic), run through
+  :class:`maskkit.inference.backends.base.RuntimePredictor`.
+
+Every row is ``predict(image)`` end to end (pre-processing, graph, mask pasting / watershed / components,
+RLE encoding), batch 1, ``--threads`` threads (default 2) for torch and the runtimes, Mask R-CNN with
+``--conf`` as its score threshold (random weights: the ``inst/img`` column says how many instances the
+timed calls produced). The figure is the median (and p90) of ``--repeats`` timed calls after one untimed
+warm-up call (:func:`maskkit.perf.timed_runs`). Run on an idle machine:
+``python benchmarks/deploy_speed.py [--models bottomup_effl0] [--sizes 640] [--repeats 20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+DEFAULT_MODELS = ("maskrcnn_effl0_fpn", "bottomup_effl0", "unet_effl0")
+BACKENDS = ("pytorch", "torchscript", "onnxruntime", "openvino")
+FORMAT = {"torchscript": "torchscript", "onnxruntime": "onnx", "openvino": "openvino"}
+CLASSES = 3
+
+
+def test_image(size: int, seed: int = 0) -> np.ndarray:
+    """An ``size x size`` RGB uint8 image: noise with bright discs (something for the models to segment)."""
+    rng = np.random.default_rng(seed)
+    img = rng.uniform(0, 80, (size, size, 3))
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(12):
+        (cx, cy), r = rng.uniform(0.1, 0.9, 2) * size, rng.uniform(0.03, 0.1) * size
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] += rng.uniform(60, 160)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def build(name: str, size: int) -> Any:
+    """A :class:`~maskkit.models.factory.LoadedModel` of ``name`` (random weights) resizing to ``size``."""
+    from maskkit.config import TrainConfig
+    from maskkit.models.factory import LoadedModel, build_model
+
+    torch.manual_seed(0)
+    cfg = TrainConfig.model_validate({"model": {"name": name, "pretrained_backbone": False, "min_size": size,
+                                                "max_size": size}, "data": {"path": "x"}})
+    model = build_model(cfg, CLASSES, pretrained=False).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return LoadedModel(model, cfg, [f"class{i}" for i in range(1, CLASSES + 1)], list(range(1, CLASSES + 1)))
+
+
+def predictor(loaded: Any, backend: str, size: int, folder: Path, conf: float, threads: int) -> Any:
+    from maskkit.export.api import export_model
+    from maskkit.inference.predictor import Predictor, load
+
+    if backend == "pytorch":
+        return Predictor.from_model(loaded.model, loaded.category_ids, loaded.class_names, config=loaded.config,
+                                    device="cpu", score_threshold=conf, threads=threads)
+    out = folder / FORMAT[backend]
+    export_model(loaded, FORMAT[backend], out, imgsz=size)
+    return load(out, backend=backend, score_threshold=conf, threads=threads)
+
+
+def bench(models: list[str], sizes: list[int], backends: list[str], repeats: int, threads: int,
+          conf: float) -> list[dict[str, Any]]:
+    from maskkit.perf import timed_runs
+
+    torch.set_num_threads(threads)
+    rows = []
+    for name in models:
+        for size in sizes:
+            loaded = build(name, size)
+            image = test_image(size)
+            eager = None
+            with tempfile.TemporaryDirectory(prefix="deploy-speed-") as tmp:
+                for backend in backends:
+                    try:
+                        p = predictor(loaded, backend, size, Path(tmp), conf, threads)
+                    except Exception as exc:  # report the backend as failed, keep measuring the others
+                        rows.append({"model": name, "size": size, "backend": backend, "error": str(exc)[:80]})
+                        continue
+                    times, inst = timed_runs(lambda p=p, image=image: p.predict(image), repeats)
+                    ms = 1000 * statistics.median(times)
+                    eager = ms if backend == "pytorch" else eager
+                    rows.append({"model": name, "size": size, "backend": backend, "ms": ms,
+                                 "p90": 1000 * float(np.percentile(times, 90)), "instances": len(inst),
+                                 "speedup": (eager / ms) if eager else None})
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| model | size | backend | median ms | p90 ms | inst/img | vs eager |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['size']} | {r['backend']} | failed: {r['error']} | | | |")
+            continue
+        speedup = f"{r['speedup']:.2f}x" if r["speedup"] else ""
+        lines.append(f"| {r['model']} | {r['size']} | {r['backend']} | {r['ms']:.1f} | {r['p90']:.1f} | "
+                     f"{r['instances']} | {speedup} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    parser.add_argument("--sizes", nargs="+", type=int, default=[640, 512])
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--conf", type=float, default=0.5, help="Score threshold of the Mask R-CNN models.")
+    args = parser.parse_args(argv)
+    import platform
+
+    print(f"deploy speed: batch 1, {args.threads} threads, random weights, {CLASSES} classes, Mask R-CNN score "
+          f"threshold {args.conf}; median of {args.repeats} timed runs after one warm-up; torch {torch.__version__}, "
+          f"{platform.processor() or platform.machine()}")
+    print(table(bench(args.models, args.sizes, args.backends, args.repeats, args.threads, args.conf)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
