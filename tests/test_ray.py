@@ -26,6 +26,8 @@ DSB = "dsb2018-stage1-train-subset/stage1_train"
 SMALL = ["04acab7636c4cf61d288a5962f15fa456b7bde31a021e5deedfbf51288e4001e",  # 256x256
          "0bf33d3db4282d918ec3da7112d0bf0427d4eafe74b3ee0bb419770eefe8d7d6"]  # 320x256
 HUGE = "08275a5b1c2dfcd739e8c4888a5ee2d29f83eccfa75185404ced1dc0866ea992"  # 1024x1024: 3x3 tiles of 384
+WATCHDOG_S = 420
+"""The whole module (about a minute on 2 busy cores) must finish within this; a hang dumps the stacks and exits."""
 TINY = tiny_config(  # box_score_thresh 0: even a barely trained model returns (low-score) detections to write
     model={"options": {**TINY_MASKRCNN["model"]["options"], "box_detections_per_img": 8, "box_score_thresh": 0.0}},
     augment={"channels": 3},  # the shared images are RGBA PNGs
@@ -36,8 +38,11 @@ TINY = tiny_config(  # box_score_thresh 0: even a barely trained model returns (
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A local Ray instance on 127.0.0.1 with 2 CPUs (shut down after the module); returns the crash marker path:
     a worker finding that file deletes it and kills its own process (see ``CRASH_ONCE_ENV``)."""
+    import faulthandler
+
     import ray
 
+    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True)  # bounded: a hung Ray run ends the session, loudly
     marker = tmp_path_factory.mktemp("ray") / "crash-once"
     before = {k: os.environ.get(k) for k in (CRASH_ONCE_ENV, "OMP_NUM_THREADS")}
     os.environ.update({CRASH_ONCE_ENV: str(marker), "OMP_NUM_THREADS": "1"})  # the workers inherit them
@@ -46,6 +51,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield marker
     finally:
         ray.shutdown()
+        faulthandler.cancel_dump_traceback_later()
         for k, v in before.items():
             if v is None:
                 os.environ.pop(k, None)
