@@ -26,6 +26,7 @@ from maskkit.evaluation import InstanceEvaluator, inference_on_dataset
 from maskkit.evaluation.label_folders import read_label_folders
 from maskkit.evaluation.report import EvalFigures, print_report, write_outputs
 from maskkit.evaluation.results import image_loader, read_results_source
+from maskkit.inference.distributed import ray_settings
 from maskkit.perf import gc_paused
 from maskkit.structures import Instances
 
@@ -76,7 +77,7 @@ def command(
     areas = "detectron2"  # predictions' areas for the size buckets; a results file: as pycocotools reads it
     if ray is not None and chosen[0] != "--model/--data":
         raise ConfigError("--ray goes with --model and --data")
-    distributed = _ray_settings(ray, ray_workers, ray_cpus, ray_gpus)
+    distributed = ray_settings(ray, ray_workers, ray_cpus, ray_gpus)
 
     stack = contextlib.ExitStack()
     # the figures are drawn by a worker process started now: matplotlib imports while the files are read
@@ -150,15 +151,6 @@ def _predictor_options(tta: bool, tta_scales: list[float] | None) -> dict[str, A
     from maskkit.inference.tta import FLIPS  # deferred: torch
 
     return {"tta": True, "tta_scales": tta_scales, "tta_flips": FLIPS} if tta else {}
-
-
-def _ray_settings(address: str | None, workers: int | None, cpus: int, gpus: float) -> Any:
-    """``--ray`` settings (None without the flag); Ray's absence is reported before a model is loaded."""
-    if address is None:
-        return None
-    from maskkit.inference.distributed import ray_settings
-
-    return ray_settings(address, workers, cpus, gpus)
 
 
 def _empty(rec: Any) -> Any:

@@ -12,7 +12,6 @@ the outputs are written here, identical to a single-process run; videos stay in 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import typer
 
 from maskkit.data.splits import load_split
 from maskkit.errors import ConfigError, DataError, MaskkitError
+from maskkit.inference.distributed import ray_predictions, ray_settings
 from maskkit.inference.filters import FilteredPredict, parse_class_list, resolve_classes
 from maskkit.inference.sources import category_id_map, collect_sources, dataset_image_ids, sequential_ids
 from maskkit.inference.video import predict_video, video_outputs
@@ -77,7 +77,7 @@ def command(
     options = OutputOptions(overlays=save_overlays, json=save_json, labels=save_labels, labelme=save_labelme)
     if not options.any():
         raise ConfigError("every output is switched off: keep --save-overlays or --save-json, or add --save-labels")
-    distributed = _ray_settings(ray, ray_workers, ray_cpus, ray_gpus)
+    distributed = ray_settings(ray, ray_workers, ray_cpus, ray_gpus)
     items = collect_sources(sources, exclude=out)
     scales = parse_scales(tta_scales)
     # with --ray the model here gives the class names (and runs videos): --device is the workers'
@@ -96,9 +96,11 @@ def command(
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, settings, overwrite)
     predict = FilteredPredict(predictor, conf, keep, max_det, tile, overlap)
-    with _ray_images(distributed, predict, model, _predictor_options(device, conf, tta or scales is not None,
-                                                                      scales)) as remote:
-        counts = _run(items, predict, out, class_names, options, overwrite, video_max_gap, track_iou, remote)
+    worker_options = _predictor_options(device, conf, tta or scales is not None, scales)
+    remote = contextlib.nullcontext() if distributed is None else \
+        ray_predictions(distributed, predict, model.resolve(), worker_options)
+    with remote as on_ray:
+        counts = _run(items, predict, out, class_names, options, overwrite, video_max_gap, track_iou, on_ray)
     _finish(out, items, ids, categories, cat_map, options, counts, data)
 
 
@@ -132,37 +134,6 @@ def _predictor_options(device: str, conf: float | None, tta: bool, tta_scales: l
             "tta_flips": FLIPS if tta else None}
 
 
-def _ray_settings(address: str | None, workers: int | None, cpus: int, gpus: float) -> Any:
-    """``--ray`` settings (None without the flag); Ray's absence is reported before a model is loaded."""
-    if address is None:
-        return None
-    from maskkit.inference.distributed import ray_settings
-
-    return ray_settings(address, workers, cpus, gpus)
-
-
-@contextlib.contextmanager
-def _ray_images(settings: Any, predict: Any, model: Path, options: dict[str, Any]) -> Iterator[Any]:
-    """With ``--ray``: a Ray session and ``images -> (item, image, instances)`` run on it; else None."""
-    if settings is None:
-        yield None
-        return
-    from maskkit.inference.distributed import predict_files, ray_session
-
-    streams: list[Any] = []
-
-    def run(images: list[Any]) -> Any:
-        streams.append(predict_files(images, predict, model.resolve(), options, settings))
-        return streams[-1]
-
-    with ray_session(settings):
-        try:
-            yield run
-        finally:
-            for stream in streams:  # an interrupted stream is closed while Ray still runs
-                stream.close()
-
-
 def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any, allow_outside_root: bool = False
                ) -> tuple[dict[str, int], list[dict[str, Any]], dict[int, int]]:
     """Image ids, categories for images.json and the model -> dataset category map."""
@@ -185,7 +156,7 @@ def _image_ids(items: list[Any], data: Path | None, split: str, predictor: Any, 
 
 def _run(items: list[Any], predict: Any, out: Path, class_names: dict[int, str], options: Any,
          overwrite: bool, max_gap: int, track_iou: float, remote: Any = None) -> dict[str, int]:
-    """Predict every source with a progress bar (images on Ray with ``remote``, see ``_ray_images``); counts."""
+    """Predict every source with a progress bar (images on Ray with ``remote``: ``ray_predictions``); counts."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import pickle
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -89,8 +89,12 @@ def import_ray() -> Any:
     return ray
 
 
-def ray_settings(address: str, workers: int | None = None, cpus: int = 1, gpus: float = 0.0) -> RaySettings:
-    """:class:`RaySettings` of the ``--ray*`` flags, checked (Ray's absence first: one line)."""
+def ray_settings(address: str | None, workers: int | None = None, cpus: int = 1, gpus: float = 0.0
+                 ) -> RaySettings | None:
+    """:class:`RaySettings` of the ``--ray*`` flags (None without ``--ray``), checked; Ray's absence is one line,
+    reported before anything is loaded."""
+    if address is None:
+        return None
     import_ray()
     return RaySettings(address, workers=workers, cpus=cpus, gpus=gpus)
 
@@ -241,7 +245,7 @@ def run_rows(rows: list[dict[str, Any]], model: str | Path, options: Mapping[str
 
 
 def predict_files(items: Sequence[Any], predict: FilteredPredict, model: str | Path, options: Mapping[str, Any],
-                  settings: RaySettings) -> Iterator[tuple[Any, None, Instances]]:
+                  settings: RaySettings) -> Generator[tuple[Any, None, Instances], None, None]:
     """``(item, None, instances)`` for each image item (``.path``) in order, as ``predict.file(item.path)`` gives
     them in one process (``options``: the Predictor's, ``predict``: the filters and tiling) but run on Ray.
 
@@ -266,6 +270,25 @@ def predict_files(items: Sequence[Any], predict: FilteredPredict, model: str | P
             yield items[i], None, predict.finish(inst)
         else:
             yield items[i], None, next(group)[2]
+
+
+@contextlib.contextmanager
+def ray_predictions(settings: RaySettings, predict: FilteredPredict, model: str | Path, options: Mapping[str, Any]
+                    ) -> Iterator[Callable[[Sequence[Any]], Iterator[tuple[Any, None, Instances]]]]:
+    """A Ray session (:func:`ray_session`) and ``items -> (item, None, instances)`` run on it (:func:`predict_files`,
+    a drop-in for ``predict.file`` over a list); streams left unfinished are closed before the session ends."""
+    streams: list[Generator[tuple[Any, None, Instances], None, None]] = []
+
+    def run(items: Sequence[Any]) -> Iterator[tuple[Any, None, Instances]]:
+        streams.append(predict_files(items, predict, model, options, settings))
+        return streams[-1]
+
+    with ray_session(settings):
+        try:
+            yield run
+        finally:
+            for stream in streams:  # an interrupted stream is closed while Ray still runs
+                stream.close()
 
 
 def predict_records(records: Sequence[Any], image_path: Any, model: str | Path, options: Mapping[str, Any],
