@@ -164,23 +164,28 @@ def test_worker_rows_in_process(run: dict[str, Path], sources: list[Path], tmp_p
     """PredictWorker without Ray: an eval record with embedded bytes equals its file; unreadable -> None."""
     import pickle
 
+    from maskkit.data.images import read_image
     from maskkit.inference.distributed import PredictWorker, _row
     from maskkit.inference.tiling import Tile
+    from maskkit.inference.writers import overlay_jpeg
 
-    worker = PredictWorker(str(run["ckpt"]), {"threads": 1}, None)
+    filters = {"conf": 0.0, "classes": None, "max_det": 300, "tile": None, "overlap": 64}
+    worker = PredictWorker(str(run["ckpt"]), {"threads": 1}, filters, {1: "a", 2: "b", 3: "c"})
     path = sources[0]
     rows = [_row(0, "record", path), _row(1, "record", tmp_path / "nowhere.png", data=path.read_bytes(),
                                                  source="x.json"),
             _row(2, "record", tmp_path / "missing.png"),
-            _row(3, "tile", path, Tile(0, 0, 0, 0, 0, 256, 256, (0, 0, 256, 256)))]
+            _row(3, "tile", path, Tile(0, 0, 0, 0, 0, 256, 256, (0, 0, 256, 256))),
+            _row(4, "image", path)]
     batch = {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
     out = [pickle.loads(b) for b in worker(batch)["result"]]
-    assert [status for status, _ in out] == ["ok"] * 4
-    file, embedded, missing, tile = (value for _, value in out)
+    assert [status for status, _ in out] == ["ok"] * 5
+    file, embedded, missing, tile, (whole, jpeg) = (value for _, value in out)
     assert missing is None and len(file) > 0
-    for other in (embedded, tile):  # the whole 256 px image as one tile: the same prediction
+    for other in (embedded, tile, whole):  # the whole 256 px image as one tile: the same prediction
         assert other.masks.to_rles() == file.masks.to_rles()
         assert np.array_equal(other.scores, file.scores)
+    assert jpeg == overlay_jpeg(read_image(path), whole, {1: "a", 2: "b", 3: "c"})  # drawn by the worker
 
 
 def test_tiles_fan_out_in_rows(run: dict[str, Path], sources: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -98,7 +98,8 @@ def command(
     predict = FilteredPredict(predictor, conf, keep, max_det, tile, overlap)
     worker_options = _predictor_options(device, conf, tta or scales is not None, scales)
     remote = contextlib.nullcontext() if distributed is None else \
-        ray_predictions(distributed, predict, model.resolve(), worker_options)
+        ray_predictions(distributed, predict, model.resolve(), worker_options,
+                        class_names if options.overlays else None)
     with remote as on_ray:
         counts = _run(items, predict, out, class_names, options, overwrite, video_max_gap, track_iou, on_ray)
     _finish(out, items, ids, categories, cat_map, options, counts, data)
@@ -171,9 +172,9 @@ def _run(items: list[Any], predict: Any, out: Path, class_names: dict[int, str],
             todo = [it for it in images if overwrite or not writer.done(it.key)]
             counts["skipped"] = len(images) - len(todo)
             bar.advance(task, counts["skipped"])
-            results = remote(todo) if remote is not None else ((it, *predict.file(it.path)) for it in todo)
-            for it, image, inst in results:
-                writer.write(it.key, it.path, image, inst)
+            results = remote(todo) if remote is not None else ((it, *predict.file(it.path), None) for it in todo)
+            for it, image, inst, overlay in results:
+                writer.write(it.key, it.path, image, inst, overlay)
                 counts["images"] += 1
                 counts["instances"] += len(inst)
                 bar.advance(task)

@@ -5,9 +5,10 @@ The work items are the dataset: one row per image, or, for an image predicted ti
 ``map_batches`` runs them on a pool of actors (:class:`PredictWorker`), each holding ONE Predictor
 (one model load per worker; CPUs, torch threads and GPUs per worker set by :class:`RaySettings`).
 Each result comes back to the driver as a pickled ``Instances`` with RLE masks (never dense
-``N×H×W`` arrays), in the dataset's order (``preserve_order``), streamed: the driver writes the
-per-image files through :mod:`maskkit.inference.writers` or feeds the evaluators while later images
-are still being predicted, and stitches the tiles of one image in tile order exactly as
+``N×H×W`` arrays; with overlays, the JPEG drawn by the worker), in the dataset's order
+(``preserve_order``), streamed: the driver writes the per-image files through
+:mod:`maskkit.inference.writers` or feeds the evaluators while later images are still being
+predicted, and stitches the tiles of one image in tile order exactly as
 :func:`~maskkit.inference.tiling.predict_tiled` does, so every output is identical to the
 single-process run. A killed worker is restarted by Ray and its batch retried (Ray Data's actor
 fault tolerance: ``max_restarts=-1``, ``max_task_retries=-1``).
@@ -34,6 +35,7 @@ import numpy as np
 from maskkit.errors import ConfigError, MaskkitError, one_line
 from maskkit.inference.filters import FilteredPredict
 from maskkit.inference.tiling import Tile, iter_tiles, stitch_tiles
+from maskkit.inference.writers import overlay_jpeg
 from maskkit.structures import Instances
 
 RAY_HINT = "--ray needs Ray, which is not installed: pip install 'maskkit[ray]'"
@@ -136,18 +138,21 @@ def _crash_once() -> None:
 class PredictWorker:
     """A Ray Data actor: one Predictor (``maskkit.inference.predictor.load(model, **options)``) for all its batches.
 
-    Rows are ``image`` (a file predicted whole, through :class:`FilteredPredict` with ``filters``), ``tile``
+    Rows are ``image`` (a file predicted whole, through :class:`FilteredPredict` with ``filters``; with
+    ``overlay_names`` also its overlay JPEG, drawn here so the driver only writes it), ``tile``
     (one window of a file, the raw Predictor, as :func:`~maskkit.inference.tiling.predict_tiled` runs it) or
     ``record`` (an evaluation image: embedded bytes or a file; ``None`` when unreadable). Each result is a
     pickled ``("ok", Instances)`` or ``("error", MaskkitError)``, so a bad image ends the run with its
     one-line error, as in a single process.
     """
 
-    def __init__(self, model: str, options: Mapping[str, Any], filters: Mapping[str, Any] | None) -> None:
+    def __init__(self, model: str, options: Mapping[str, Any], filters: Mapping[str, Any] | None,
+                 overlay_names: Mapping[int, str] | None = None) -> None:
         from maskkit.inference.predictor import load  # deferred: torch
 
         self.predictor = load(model, **options)
         self.filtered = FilteredPredict(self.predictor, **filters) if filters is not None else None
+        self.overlay_names = overlay_names
         self._windows: tuple[str, Any] | None = None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -163,11 +168,13 @@ class PredictWorker:
         self._close()
         return {"index": batch["index"], "tile": batch["tile"], "result": np.array(results, dtype=object)}
 
-    def _predict(self, row: dict[str, Any]) -> Instances | None:
+    def _predict(self, row: dict[str, Any]) -> Instances | tuple[Instances, bytes | None] | None:
         path = Path(str(row["path"]))
         if row["kind"] == "image":
             assert self.filtered is not None
-            return self.filtered.file(path)[1]
+            whole, found = self.filtered.file(path)
+            names = self.overlay_names
+            return found, overlay_jpeg(whole, found, names) if names is not None and whole is not None else None
         if row["kind"] == "tile":
             image: np.ndarray | None = self._open(str(path)).read(int(row["y0"]), int(row["y1"]), int(row["x0"]),
                                                                   int(row["x1"]))
@@ -204,7 +211,8 @@ def _row(index: int, kind: str, path: Path | str, tile: Tile | None = None, data
 
 
 def run_rows(rows: list[dict[str, Any]], model: str | Path, options: Mapping[str, Any],
-             filters: Mapping[str, Any] | None, settings: RaySettings) -> Iterator[tuple[int, int, Any]]:
+             filters: Mapping[str, Any] | None, settings: RaySettings,
+             overlay_names: Mapping[int, str] | None = None) -> Iterator[tuple[int, int, Any]]:
     """Run ``rows`` on a pool of :class:`PredictWorker` actors; yield ``(index, tile, result)`` in row order.
 
     Needs an initialised Ray (:func:`ray_session`). A worker's MaskkitError is raised here.
@@ -232,7 +240,7 @@ def run_rows(rows: list[dict[str, Any]], model: str | Path, options: Mapping[str
         ds = ds.map_batches(
             PredictWorker, batch_format="numpy", batch_size=settings.batch_size,
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=settings.cpus,
-            fn_constructor_kwargs={"model": str(model), "filters": filters,
+            fn_constructor_kwargs={"model": str(model), "filters": filters, "overlay_names": overlay_names,
                                    "options": {**options, "threads": settings.cpus}}, **gpus)
         for row in ds.iter_rows():
             status, value = pickle.loads(row["result"])
@@ -245,9 +253,12 @@ def run_rows(rows: list[dict[str, Any]], model: str | Path, options: Mapping[str
 
 
 def predict_files(items: Sequence[Any], predict: FilteredPredict, model: str | Path, options: Mapping[str, Any],
-                  settings: RaySettings) -> Generator[tuple[Any, None, Instances], None, None]:
-    """``(item, None, instances)`` for each image item (``.path``) in order, as ``predict.file(item.path)`` gives
-    them in one process (``options``: the Predictor's, ``predict``: the filters and tiling) but run on Ray.
+                  settings: RaySettings, overlay_names: Mapping[int, str] | None = None
+                  ) -> Generator[tuple[Any, None, Instances, bytes | None], None, None]:
+    """``(item, None, instances, overlay)`` for each image item (``.path``) in order, the instances as
+    ``predict.file(item.path)`` gives them in one process (``options``: the Predictor's, ``predict``: the filters
+    and tiling) but run on Ray; with ``overlay_names`` (class names) the workers also draw the overlay JPEGs
+    (:func:`~maskkit.inference.writers.overlay_jpeg`) of the images they predict whole (else ``overlay`` is None).
 
     Images that ``predict`` tiles are split into one row per tile; their predictions are stitched here.
     """
@@ -262,25 +273,26 @@ def predict_files(items: Sequence[Any], predict: FilteredPredict, model: str | P
         rows += [_row(i, "tile", it.path, t) for t in tiles]
     filters = {"conf": predict.conf, "classes": predict.classes, "max_det": predict.max_det, "tile": predict.tile,
                "overlap": predict.overlap}
-    stream = run_rows(rows, model, options, filters, settings)
+    stream = run_rows(rows, model, options, filters, settings, overlay_names)
     for i, group in groupby(stream, key=lambda r: r[0]):
         if i in plans:
             (h, w), tiles = plans[i]
             inst, _ = stitch_tiles(h, w, tiles, ((tiles[t], value) for _, t, value in group), predict.overlap)
-            yield items[i], None, predict.finish(inst)
+            yield items[i], None, predict.finish(inst), None
         else:
-            yield items[i], None, next(group)[2]
+            yield items[i], None, *next(group)[2]
 
 
 @contextlib.contextmanager
-def ray_predictions(settings: RaySettings, predict: FilteredPredict, model: str | Path, options: Mapping[str, Any]
-                    ) -> Iterator[Callable[[Sequence[Any]], Iterator[tuple[Any, None, Instances]]]]:
-    """A Ray session (:func:`ray_session`) and ``items -> (item, None, instances)`` run on it (:func:`predict_files`,
-    a drop-in for ``predict.file`` over a list); streams left unfinished are closed before the session ends."""
-    streams: list[Generator[tuple[Any, None, Instances], None, None]] = []
+def ray_predictions(settings: RaySettings, predict: FilteredPredict, model: str | Path, options: Mapping[str, Any],
+                    overlay_names: Mapping[int, str] | None = None
+                    ) -> Iterator[Callable[[Sequence[Any]], Iterator[tuple[Any, None, Instances, bytes | None]]]]:
+    """A Ray session (:func:`ray_session`) and ``items -> (item, None, instances, overlay)`` run on it
+    (:func:`predict_files`); streams left unfinished are closed before the session ends."""
+    streams: list[Generator[tuple[Any, None, Instances, bytes | None], None, None]] = []
 
-    def run(items: Sequence[Any]) -> Iterator[tuple[Any, None, Instances]]:
-        streams.append(predict_files(items, predict, model, options, settings))
+    def run(items: Sequence[Any]) -> Iterator[tuple[Any, None, Instances, bytes | None]]:
+        streams.append(predict_files(items, predict, model, options, settings, overlay_names))
         return streams[-1]
 
     with ray_session(settings):

@@ -100,9 +100,8 @@ def check_settings(out: Path, settings: Mapping[str, Any], overwrite: bool) -> N
 
 
 # -- single outputs ------------------------------------------------------------------------------------
-def write_overlay(path: Path, image: np.ndarray, instances: Instances, class_names: Mapping[int, str],
-                  quality: int = 90) -> None:
-    """JPEG of ``image`` with ``instances`` drawn (:func:`~maskkit.inference.visualize.draw_instances`).
+def overlay_jpeg(image: np.ndarray, instances: Instances, class_names: Mapping[int, str], quality: int = 90) -> bytes:
+    """JPEG bytes of ``image`` with ``instances`` drawn (:func:`~maskkit.inference.visualize.draw_instances`).
 
     Images longer than :data:`OVERLAY_MAX_SIDE` are drawn downscaled to it.
     """
@@ -113,8 +112,14 @@ def write_overlay(path: Path, image: np.ndarray, instances: Instances, class_nam
     canvas = draw_instances(image, instances, class_names=class_names, scale=scale)
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
-        raise OSError(f"cannot encode JPEG for {path}")
-    atomic_write_bytes(path, buf.tobytes(), fsync=False)
+        raise OSError("cannot encode the overlay as JPEG")
+    return bytes(buf.tobytes())
+
+
+def write_overlay(path: Path, image: np.ndarray, instances: Instances, class_names: Mapping[int, str],
+                  quality: int = 90) -> None:
+    """The overlay JPEG (:func:`overlay_jpeg`) at ``path``."""
+    atomic_write_bytes(path, overlay_jpeg(image, instances, class_names, quality), fsync=False)
 
 
 def write_result(path: Path, source: Path, key: str, instances: Instances) -> None:
@@ -216,18 +221,22 @@ class ImageWriter:
     def done(self, key: str) -> bool:
         return outputs_done(self.out, key, self.options)
 
-    def write(self, key: str, source: Path, image: np.ndarray | None, instances: Instances) -> list[Path]:
+    def write(self, key: str, source: Path, image: np.ndarray | None, instances: Instances,
+              overlay: bytes | None = None) -> list[Path]:
         """Write every selected output of one image; ``instances`` best score first. Returns the files.
 
         ``image`` may be ``None`` (a tiled prediction from the file): it is read only for the overlay.
+        ``overlay``: the overlay already drawn (:func:`overlay_jpeg`, e.g. by a Ray worker), written as it is.
         """
         paths = output_paths(self.out, key, self.options)
-        if "overlays" in paths and "labelme" in paths:  # both draw every mask as a bitmap: decode them once
-            instances = with_bitmaps(instances)
         if "overlays" in paths:
-            if image is None:
-                image = read_image(source)
-            write_overlay(paths["overlays"], image, instances, self.class_names)
+            if overlay is None:
+                if "labelme" in paths:  # both draw every mask as a bitmap: decode them once
+                    instances = with_bitmaps(instances)
+                if image is None:
+                    image = read_image(source)
+                overlay = overlay_jpeg(image, instances, self.class_names)
+            atomic_write_bytes(paths["overlays"], overlay, fsync=False)
         if "labels" in paths:
             paths["labels"] = write_label_image(paths["labels"], instances)
         if "labelme" in paths:
