@@ -174,6 +174,19 @@ def test_fast_path_matches_model_forward(checkpoint: Path) -> None:
         image))
 
 
+def test_grey_and_rgba_images_take_the_networks_channels(predictor: Predictor) -> None:
+    """A run that kept its images' own channels (augment.channels unset) predicts on grey and RGBA images too:
+    they are converted to the network's 3 channels, as the same image in RGB."""
+    assert predictor.config.augment.channels is None
+    rgb = _image(64, 80, 3)
+    ref = predictor.predict(rgb)
+    assert len(ref) > 0
+    rgba = np.concatenate([rgb, np.full((64, 80, 1), 255, np.uint8)], axis=2)
+    _assert_same(predictor.predict(rgba), ref, exact=True)
+    grey = rgb[:, :, 0]
+    _assert_same(predictor.predict(grey), predictor.predict(np.repeat(grey[:, :, None], 3, axis=2)), exact=True)
+
+
 def test_batched_equals_unbatched(predictor: Predictor) -> None:
     images = [_image(64, 64, 3), _image(48, 80, 4), _image(64, 64, 5)]
     batched = predictor.predict_batch(images)

@@ -16,6 +16,7 @@ from maskkit.data.dataset import convert_channels, normalise_image
 from maskkit.data.images import read_image
 from maskkit.inference.filters import filter_instances, resolve_classes, select
 from maskkit.inference.paste import Detections
+from maskkit.models.factory import input_channels
 from maskkit.structures import Instances, Masks
 
 ImageLike = np.ndarray | str | Path | torch.Tensor
@@ -29,7 +30,11 @@ def image_tensor(image: ImageLike, config: TrainConfig) -> torch.Tensor:
     if array.ndim == 2:
         array = array[:, :, None]
     aug = config.augment
-    chw = np.ascontiguousarray(convert_channels(array, aug.channels).transpose(2, 0, 1))
+    # a run that kept its images' own channels (augment.channels unset) still has a network of fixed width:
+    # grey or RGBA images are converted to it instead of failing inside the network
+    channels = aug.channels if aug.channels is not None else input_channels(config)
+    chw = np.ascontiguousarray(convert_channels(array, channels, image if isinstance(image, str | Path) else None)
+                               .transpose(2, 0, 1))
     return torch.from_numpy(normalise_image(chw, aug.normalise, aug.fixed_max))
 
 

@@ -41,6 +41,14 @@ def uses_semantic_targets(cfg: TrainConfig) -> bool:
     return model_info(cfg.model.name).capabilities.semantic_targets
 
 
+def input_channels(cfg: TrainConfig) -> int:
+    """How many channels the model of ``cfg`` takes: fixed by its registry entry, else its ``in_channels``."""
+    fixed = model_info(cfg.model.name).capabilities.input.channels
+    if fixed is not None:
+        return fixed
+    return int(cfg.model.options.get("in_channels", cfg.augment.channels or 3))
+
+
 def build_model(cfg: TrainConfig, num_classes: int, pretrained: bool | None = None) -> nn.Module:
     """Create ``cfg.model.name`` for ``num_classes`` foreground classes.
 
@@ -66,7 +74,7 @@ def build_model(cfg: TrainConfig, num_classes: int, pretrained: bool | None = No
                               "freeze_backbone to freeze the encoder")
         kwargs["trainable_backbone_layers"] = m.trainable_backbone_layers
     if caps.input.channels is None:
-        kwargs.setdefault("in_channels", cfg.augment.channels or 3)
+        kwargs["in_channels"] = input_channels(cfg)
     if caps.resizes_internally:
         kwargs["train_resize"] = not cfg.augment.min_size
     model = create(m.name, num_classes, **kwargs)
