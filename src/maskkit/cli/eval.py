@@ -26,6 +26,7 @@ from maskkit.evaluation import InstanceEvaluator, inference_on_dataset
 from maskkit.evaluation.label_folders import read_label_folders
 from maskkit.evaluation.report import EvalFigures, print_report, write_outputs
 from maskkit.evaluation.results import image_loader, read_results_source
+from maskkit.inference.backends.artefact import is_exported
 from maskkit.inference.distributed import ray_settings
 from maskkit.perf import gc_paused
 from maskkit.structures import Instances
@@ -97,7 +98,7 @@ def command(
             preds: Any = None
             remote: Any = None
             if distributed is not None:  # predicted on Ray, in the records' order, one at a time
-                from maskkit.inference.distributed import predict_records, ray_session
+                from maskkit.inference.distributed import predict_records, ray_session  # deferred: torch
 
                 stack.enter_context(ray_session(distributed))
                 remote = predict_records(aset.images, aset.image_path, Path(str(model)).resolve(),
@@ -180,8 +181,6 @@ def _model_source(model: Path | None, data: Path | None, split: str, tta: bool,
     if model is None or data is None:
         raise ConfigError("--model and --data go together")
     options = _predictor_options(tta, tta_scales)
-    from maskkit.inference.backends.artefact import is_exported
-
     # an exported model runs through its runtime backend (maskkit.load), a checkpoint or run folder through PyTorch
     predictor = (maskkit.inference.load(model, **options) if is_exported(model)
                  else maskkit.inference.Predictor(model, **options))

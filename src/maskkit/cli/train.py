@@ -38,6 +38,7 @@ def command(
     import yaml
 
     from maskkit.engine.api import train  # deferred: torch
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides: dict[str, Any] = {
         "data.path": data, "model.name": model, "schedule.epochs": epochs, "data.batch_size": batch,

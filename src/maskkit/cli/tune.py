@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from maskkit.tune.report import best_trial
+from maskkit.tune.study import require_optuna
+
 if TYPE_CHECKING:
     from maskkit.tune.run import TuneResult
 
@@ -40,8 +43,6 @@ def command(
     """Search hyperparameters with Optuna: each trial a training run, pruned on the validation metric."""
     import logging
 
-    from maskkit.tune.study import require_optuna
-
     require_optuna()
     from maskkit.tune.run import run_study  # deferred: torch, optuna
 
@@ -57,8 +58,6 @@ def _print_summary(result: TuneResult) -> None:
 
     from rich.console import Console
     from rich.table import Table
-
-    from maskkit.tune.report import best_trial
 
     study = result.study
     states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))

@@ -17,10 +17,18 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
+from maskkit.engine.data import RUN_IMAGES
 from maskkit.errors import ConfigError, MaskkitError
+from maskkit.export.graphs import DenseGraph, RCNNGraph
+from maskkit.export.metadata import build_metadata
+from maskkit.export.onnx import DEFAULT_OPSET, export_onnx
+from maskkit.export.openvino import export_openvino
+from maskkit.export.torchscript import export_torchscript
 from maskkit.fileio import atomic_write_bytes, atomic_write_json
 from maskkit.inference.backends.artefact import GRAPH_FILES, METADATA_FILE, resized_size
+from maskkit.models.dense import DenseSegmentationModel
 from maskkit.models.factory import LoadedModel, inference_sizes, model_from_checkpoint
 
 FORMATS = tuple(GRAPH_FILES)
@@ -28,11 +36,6 @@ FORMATS = tuple(GRAPH_FILES)
 
 def graph_module(model: nn.Module, size_input: bool = False) -> tuple[Any, str]:
     """The export wrapper of ``model`` and its kind (``rcnn``/``dense``); a ConfigError says why not."""
-    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-
-    from maskkit.export.graphs import DenseGraph, RCNNGraph
-    from maskkit.models.dense import DenseSegmentationModel
-
     name = type(model).__name__
     if isinstance(model, GeneralizedRCNN):
         rh = model.roi_heads
@@ -93,9 +96,6 @@ def export_model(model: str | Path | LoadedModel, format: str, out: str | Path,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     graph_file = GRAPH_FILES[format]
-    from maskkit.export.metadata import build_metadata
-    from maskkit.export.onnx import DEFAULT_OPSET
-
     meta = build_metadata(loaded, graph, kind, format, graph_file, size, dynamic,
                           None if format == "torchscript" else opset or DEFAULT_OPSET)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
@@ -119,8 +119,6 @@ def export_model(model: str | Path | LoadedModel, format: str, out: str | Path,
 def _copy_split_record(model: Path, out: Path) -> None:
     """The run's record of its training and val images, beside the graph: ``maskkit eval --model`` on the export
     then scores only held-out images, as it does for the checkpoint."""
-    from maskkit.engine.data import RUN_IMAGES
-
     record = (model if model.is_dir() else model.parent) / RUN_IMAGES
     if record.is_file():
         atomic_write_bytes(out / RUN_IMAGES, record.read_bytes())
@@ -129,16 +127,10 @@ def _copy_split_record(model: Path, out: Path) -> None:
 def _write_graph(format: str, graph: nn.Module, kind: str, example: tuple[torch.Tensor, ...], target: Path,
                  dynamic: bool, opset: int | None) -> None:
     if format == "onnx":
-        from maskkit.export.onnx import export_onnx
-
         export_onnx(graph, kind, example, target, dynamic, opset)
     elif format == "torchscript":
-        from maskkit.export.torchscript import export_torchscript
-
         export_torchscript(graph, example, target)
     else:
-        from maskkit.export.openvino import export_openvino
-
         export_openvino(graph, kind, example, target, dynamic, opset)
 
 

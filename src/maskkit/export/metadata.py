@@ -9,7 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from maskkit import __version__
 from maskkit.inference.backends.artefact import graph_inputs, graph_outputs
+from maskkit.inference.predictor import is_torchvision_rcnn
 from maskkit.models.factory import LoadedModel
 from maskkit.models.registry import model_info
 
@@ -26,12 +28,10 @@ def weights_sha256(model: nn.Module) -> str:
 def postprocess_spec(model: Any, kind: str) -> dict[str, Any]:
     """The thresholds and decoder the Python post-processing needs (see ``RuntimePredictor``)."""
     if kind == "rcnn":
-        from maskkit.inference.predictor import _is_torchvision_rcnn
-
         rh = model.roi_heads
         return {"score_threshold": float(rh.score_thresh), "detections_per_img": int(rh.detections_per_img),
                 "nms_threshold": float(rh.nms_thresh), "mask_resolution": 2 * int(rh.mask_roi_pool.output_size[0]),
-                "fast_path": _is_torchvision_rcnn(model)}
+                "fast_path": is_torchvision_rcnn(model)}
     decoder = model.decoder
     if hasattr(model, "thresholds"):  # bottom-up: the watershed and its (tuned) thresholds
         return {"decoder": "watershed", "num_classes": int(decoder.num_classes), "params": model.thresholds}
@@ -41,8 +41,6 @@ def postprocess_spec(model: Any, kind: str) -> dict[str, Any]:
 def build_metadata(loaded: LoadedModel, graph: Any, kind: str, fmt: str, graph_file: str,
                    imgsz: tuple[int, int], dynamic: bool, opset: int | None) -> dict[str, Any]:
     """The metadata dict of one export."""
-    import maskkit
-
     cfg = loaded.config
     info = model_info(cfg.model.name)
     model: Any = loaded.model  # torchvision / dense model (no type information on its parts)
@@ -74,7 +72,7 @@ def build_metadata(loaded: LoadedModel, graph: Any, kind: str, fmt: str, graph_f
                   "min_size": min_size, "max_size": max_size, "size_divisor": divisor, "resize": resize},
         "postprocess": postprocess_spec(model, kind),
         "config": cfg.model_dump(mode="json"),
-        "maskkit_version": maskkit.__version__,
+        "maskkit_version": __version__,
         "export": {"format": fmt, "imgsz": list(imgsz), "dynamic": bool(dynamic), "opset": opset,
                    "torch": torch.__version__},
         "weights_sha256": weights_sha256(model),

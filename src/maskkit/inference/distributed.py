@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from maskkit.data.windows import open_image_windows
 from maskkit.errors import ConfigError, MaskkitError, one_line
+from maskkit.evaluation.results import read_record_image
 from maskkit.inference.filters import FilteredPredict
 from maskkit.inference.tiling import Tile, iter_tiles, stitch_tiles
 from maskkit.inference.writers import overlay_jpeg
@@ -179,8 +181,6 @@ class PredictWorker:
             image: np.ndarray | None = self._open(str(path)).read(int(row["y0"]), int(row["y1"]), int(row["x0"]),
                                                                   int(row["x1"]))
         else:
-            from maskkit.evaluation.results import read_record_image
-
             image = read_record_image(bytes(row["data"]) or None, str(row["source"]) or None, path)
         if image is None:
             return None
@@ -189,8 +189,6 @@ class PredictWorker:
         return inst
 
     def _open(self, path: str) -> Any:
-        from maskkit.data.windows import open_image_windows
-
         if self._windows is None or self._windows[0] != path:
             self._close()
             self._windows = (path, open_image_windows(path))

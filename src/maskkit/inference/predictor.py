@@ -32,6 +32,8 @@ from torch import nn
 from maskkit.config import TrainConfig
 from maskkit.errors import ConfigError
 from maskkit.inference import roi_align, tta
+from maskkit.inference.backends.artefact import is_exported
+from maskkit.inference.backends.base import RuntimePredictor
 from maskkit.inference.common import ImageLike, PredictorBase
 from maskkit.inference.paste import Detections
 from maskkit.inference.tta import make_views
@@ -109,7 +111,7 @@ class Predictor(PredictorBase):
         if unknown:
             raise TypeError(f"unknown Predictor option(s): {sorted(unknown)}")
         opts.update(options)
-        if opts["optimize"] is True and _is_torchvision_rcnn(model):  # optimize_rcnn changes the model
+        if opts["optimize"] is True and is_torchvision_rcnn(model):  # optimize_rcnn changes the model
             model = copy.deepcopy(model)
         self._setup(model, config or TrainConfig(), names, [int(c) for c in category_ids], device, **opts)
         return self
@@ -130,7 +132,7 @@ class Predictor(PredictorBase):
         self.tta_iou = float(tta_iou)
         if optimize not in (True, False, "exact"):
             raise ConfigError(f"optimize must be True, False or 'exact', got {optimize!r}")
-        self.fast = optimize is not False and _is_torchvision_rcnn(self.model)
+        self.fast = optimize is not False and is_torchvision_rcnn(self.model)
         self.channels_last = self.fast and optimize is True
         if self.channels_last:
             optimize_rcnn(self.model)
@@ -234,7 +236,7 @@ class Predictor(PredictorBase):
         return list(probs.split(counts))
 
 
-def _is_torchvision_rcnn(model: nn.Module) -> bool:
+def is_torchvision_rcnn(model: nn.Module) -> bool:
     """A torchvision Mask R-CNN whose inference is exactly torchvision's (the fast path reproduces it)."""
     from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
     from torchvision.models.detection.roi_heads import RoIHeads
@@ -312,11 +314,7 @@ def load(checkpoint: str | Path, device: str = "auto", ema: bool = True, backend
 
     Both have the same interface: ``predict``, ``predict_batch``, ``class_names``, ``category_ids``, ``config``.
     """
-    from maskkit.inference.backends.artefact import is_exported
-
     if is_exported(checkpoint):
-        from maskkit.inference.backends.base import RuntimePredictor
-
         return RuntimePredictor(checkpoint, backend=backend, device=device, ema=ema, **options)
     if backend not in (None, "torch", "pytorch"):
         raise ConfigError(f"backend {backend!r} runs exported models; {checkpoint} is a checkpoint (PyTorch)")

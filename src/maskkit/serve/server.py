@@ -15,6 +15,7 @@ from maskkit.serve.settings import SETTINGS_ENV, ServeSettings
 
 def load_app(settings: ServeSettings) -> Any:
     """The FastAPI app over ``maskkit.load(settings.model, **settings.load_options)``."""
+    # deferred: torch and FastAPI, so that `maskkit serve --help` (which imports this module) stays fast
     from maskkit.inference.predictor import load
     from maskkit.serve.app import create_app
 

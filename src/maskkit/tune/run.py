@@ -12,6 +12,7 @@ from maskkit.config import read_config, validate_config
 from maskkit.engine.trainer import validation_metric
 from maskkit.errors import ConfigError
 from maskkit.tune.objective import Objective, TrialFailed
+from maskkit.tune.report import write_report
 from maskkit.tune.space import SearchSpace, load_space
 from maskkit.tune.study import (
     default_storage,
@@ -94,8 +95,6 @@ def run_study(
         the_study.optimize(objective, n_trials=remaining, catch=(TrialFailed,), gc_after_trial=True,
                            callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
         ran = objective.calls
-    from maskkit.tune.report import write_report
-
     files = write_report(the_study, base, out)
     return TuneResult(study=the_study, out=out, storage=url, files=files, ran=ran)
 

@@ -51,7 +51,7 @@ def resized_size(kind: str, size: tuple[int, int], min_size: float | None, max_s
         assert min_size is not None and max_size is not None
         scale = min(float(min_size) / min(h, w), float(max_size) / max(h, w))  # torchvision's eager arithmetic
         return [math.floor(h * scale), math.floor(w * scale)]
-    from maskkit.models.encoders import resized_size as dense_size
+    from maskkit.models.encoders import resized_size as dense_size  # deferred: torch (this module is torch-free)
 
     return list(dense_size(h, w, None if min_size is None else int(min_size),
                            None if max_size is None else int(max_size)))

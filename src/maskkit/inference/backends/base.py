@@ -19,6 +19,9 @@ import torch
 from maskkit.config import TrainConfig
 from maskkit.errors import ConfigError
 from maskkit.inference.backends.artefact import SIZE_INPUT, locate, resized_size
+from maskkit.inference.backends.onnxruntime import OrtSession
+from maskkit.inference.backends.openvino import OpenVinoSession
+from maskkit.inference.backends.torchscript import TorchScriptSession
 from maskkit.inference.common import PredictorBase
 from maskkit.inference.paste import Detections
 from maskkit.models.outputs import to_instances
@@ -37,26 +40,20 @@ class Session(Protocol):
 def open_session(graph: Path, backend: str, threads: int | None) -> Session:
     """The backend's session on ``graph`` (its package imported here, lazily)."""
     if backend == "onnxruntime":
-        from maskkit.inference.backends.onnxruntime import OrtSession
-
         return OrtSession(graph, threads)
     if backend == "openvino":
-        from maskkit.inference.backends.openvino import OpenVinoSession
-
         return OpenVinoSession(graph, threads)
-    from maskkit.inference.backends.torchscript import TorchScriptSession
-
     return TorchScriptSession(graph, threads)
 
 
 def make_decoder(spec: dict[str, Any]) -> Any:
     """The dense model's decoder of an export's ``postprocess`` metadata."""
     if spec["decoder"] == "watershed":
-        from maskkit.models.bottomup import WatershedInstances
+        from maskkit.models.bottomup import WatershedInstances  # deferred: smp/timm, needed by dense exports only
 
         return WatershedInstances(int(spec["num_classes"]))
     if spec["decoder"] == "components":
-        from maskkit.models.semantic import ComponentInstances
+        from maskkit.models.semantic import ComponentInstances  # deferred: smp/timm, needed by dense exports only
 
         return ComponentInstances(int(spec["min_area"]))
     raise ConfigError(f"unknown decoder {spec['decoder']!r} in the export metadata")
