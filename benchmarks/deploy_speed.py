@@ -16,6 +16,10 @@ RLE encoding), batch 1, ``--threads`` threads (default 2) for torch and the runt
 timed calls produced). The figure is the median (and p90) of ``--repeats`` timed calls after one untimed
 warm-up call (:func:`maskkit.perf.timed_runs`). Run on an idle machine:
 ``python benchmarks/deploy_speed.py [--models bottomup_effl0] [--sizes 640] [--repeats 20]``.
+
+``--run RUN`` times a trained run instead (its own inference size and thresholds) on real images
+(``--images``, default 10 DSB 2018 nuclei images) resized to ``--sizes[0]`` squared: per backend the median over
+the images of each image's median of ``--repeats`` calls, and the slowest image.
 """
 
 from __future__ import annotations
@@ -102,6 +106,38 @@ def bench(models: list[str], sizes: list[int], backends: list[str], repeats: int
     return rows
 
 
+NUCLEI = Path(__file__).resolve().parents[1].parent / "shared/data/dsb2018-stage1-train-subset/stage1_train"
+
+
+def bench_run(run: Path, images: list[Path], size: int, backends: list[str], repeats: int, threads: int) -> str:
+    """A table of the trained ``run``'s latency per backend on ``images`` resized to ``size`` squared."""
+    import cv2
+
+    from maskkit.data.images import read_image
+    from maskkit.export.api import export_model
+    from maskkit.inference.predictor import load
+    from maskkit.perf import timed_runs
+
+    torch.set_num_threads(threads)
+    arrays = [cv2.resize(np.ascontiguousarray(read_image(f)[:, :, :3]), (size, size)) for f in images]
+    lines = ["| backend | median ms | slowest image ms | inst/img |", "|---|---|---|---|"]
+    with tempfile.TemporaryDirectory(prefix="deploy-speed-") as tmp:
+        for backend in backends:
+            if backend == "pytorch":
+                p = load(run, threads=threads)
+            else:
+                export_model(run, FORMAT[backend], Path(tmp) / backend, imgsz=size)
+                p = load(Path(tmp) / backend, backend=backend, threads=threads)
+            medians, counts = [], []
+            for a in arrays:
+                times, inst = timed_runs(lambda p=p, a=a: p.predict(a), repeats)
+                medians.append(statistics.median(times))
+                counts.append(len(inst))
+            lines.append(f"| {backend} | {1000 * statistics.median(medians):.1f} | {1000 * max(medians):.1f} | "
+                         f"{np.mean(counts):.0f} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| model | size | backend | median ms | p90 ms | inst/img | vs eager |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -122,8 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--conf", type=float, default=0.5, help="Score threshold of the Mask R-CNN models.")
+    parser.add_argument("--run", type=Path, default=None, help="Time this trained run on real images instead.")
+    parser.add_argument("--images", nargs="+", type=Path, default=None,
+                        help="Images of --run (default: 10 DSB 2018 nuclei images).")
     args = parser.parse_args(argv)
     import platform
+
+    if args.run is not None:
+        images = args.images or sorted(NUCLEI.glob("*/images/*.png"))[:60:6]
+        print(f"deploy speed of {args.run}: {len(images)} images resized to {args.sizes[0]}x{args.sizes[0]}, batch 1, "
+              f"{args.threads} threads, the run's own inference size and thresholds; median of {args.repeats} calls "
+              "per image after one warm-up")
+        print(bench_run(args.run, images, args.sizes[0], args.backends, args.repeats, args.threads))
+        return 0
 
     print(f"deploy speed: batch 1, {args.threads} threads, random weights, {CLASSES} classes, Mask R-CNN score "
           f"threshold {args.conf}; median of {args.repeats} timed runs after one warm-up; torch {torch.__version__}, "
