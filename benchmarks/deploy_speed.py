@@ -54,16 +54,12 @@ def build(name: str, size: int) -> Any:
     """A :class:`~maskkit.models.factory.LoadedModel` of ``name`` (random weights) resizing to ``size``."""
     from maskkit.config import TrainConfig
     from maskkit.models.factory import LoadedModel, build_model
+    from maskkit.perf import trained_like_batchnorm
 
     torch.manual_seed(0)
     cfg = TrainConfig.model_validate({"model": {"name": name, "pretrained_backbone": False, "min_size": size,
                                                 "max_size": size}, "data": {"path": "x"}})
-    model = build_model(cfg, CLASSES, pretrained=False).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
+    model = trained_like_batchnorm(build_model(cfg, CLASSES, pretrained=False).eval())
     return LoadedModel(model, cfg, [f"class{i}" for i in range(1, CLASSES + 1)], list(range(1, CLASSES + 1)))
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from maskkit.perf import trained_like_batchnorm
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -47,27 +49,38 @@ def tiny_config(base: dict[str, Any] | None = None, **sections: dict[str, Any] |
     return cfg
 
 
-def save_tiny_checkpoint(path: Path, model: dict[str, Any], category_ids: list[int], class_names: list[str]) -> Path:
-    """A checkpoint as the trainer saves one, of the ``model`` config section with random weights (seed 0) and
-    trained-looking BatchNorm statistics; 64 px inference size."""
+def save_tiny_checkpoint(path: Path, model: dict[str, Any], category_ids: list[int], class_names: list[str],
+                         seed: int = 0, tweak: Callable[[Any], None] | None = None) -> Path:
+    """A checkpoint as the trainer saves one, of the ``model`` config section with random weights (``seed``) and
+    trained-looking BatchNorm statistics; 64 px inference size. ``tweak(model)`` may change the weights first."""
     import torch
 
     from maskkit.config import TrainConfig
     from maskkit.models.checkpoint import save_checkpoint
     from maskkit.models.factory import build_model
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = TrainConfig.model_validate({"model": {**model, "pretrained_backbone": False}, "data": {"path": "x"},
                                       "augment": {"min_size": [64], "max_size": 128}})
-    net = build_model(cfg, len(category_ids), pretrained=False)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
+    net = trained_like_batchnorm(build_model(cfg, len(category_ids), pretrained=False))
+    if tweak is not None:
+        with torch.no_grad():
+            tweak(net)
     save_checkpoint(path, {"model": net.state_dict(), "config": cfg.model_dump(mode="json"),
                            "class_names": list(class_names), "category_ids": list(category_ids), "epoch": 1, "step": 1})
     return path
+
+
+def train_tiny_run(root: Path, config: dict[str, Any], val_fraction: float, images: int = 4) -> dict[str, Path]:
+    """``images`` synthetic 64 px images (COCO layout) in ``root/data`` and a run in ``root/run`` trained on them
+    with ``config`` (a :func:`tiny_config`); returns the paths (``root``, ``data``, ``images``, ``ckpt``)."""
+    import maskkit
+    from maskkit.data.synth import write_synthetic
+
+    write_synthetic(root / "data", images=images, size=64, seed=1, workers=1)
+    maskkit.train({**config, "data": {**config["data"], "path": str(root / "data"), "val_fraction": val_fraction},
+                   "output": {**config["output"], "out": str(root / "run")}})
+    return {"root": root, "data": root / "data", "images": root / "data" / "images", "ckpt": root / "run"}
 
 
 @pytest.fixture(scope="module")

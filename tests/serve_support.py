@@ -6,12 +6,14 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from conftest import save_tiny_checkpoint
 
 TINY_MODEL = {  # EfficientNet-Lite0 Mask R-CNN, 32-channel FPN, every box kept (score threshold 0): detections
     "name": "maskrcnn_effl0_fpn",
@@ -27,27 +29,12 @@ NUCLEI = "dsb2018-stage1-train-subset/stage1_train"
 
 def make_checkpoint(folder: Path, seed: int = 0, mask_bias: float = 0.5) -> Path:
     """A checkpoint of random weights (trained-looking BatchNorm statistics), 64 px inputs."""
-    import torch
 
-    from maskkit.config import TrainConfig
-    from maskkit.models.checkpoint import save_checkpoint
-    from maskkit.models.factory import build_model
-
-    torch.manual_seed(seed)
-    cfg = TrainConfig.model_validate({"model": TINY_MODEL, "data": {"path": "x"},
-                                      "augment": {"min_size": [64], "max_size": 128}})
-    model = build_model(cfg, len(CATEGORY_IDS), pretrained=False)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
+    def blob_masks(model: Any) -> None:
         # random mask logits sit near 0 (masks of a few pixels): a positive bias gives blob-like masks to draw
         model.roi_heads.mask_predictor.mask_fcn_logits.bias.fill_(mask_bias)
-    path = folder / "best.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
-                           "class_names": CLASS_NAMES, "category_ids": CATEGORY_IDS, "epoch": 1, "step": 1})
-    return path
+
+    return save_tiny_checkpoint(folder / "best.pt", TINY_MODEL, CATEGORY_IDS, CLASS_NAMES, seed=seed, tweak=blob_masks)
 
 
 def smooth_image(h: int, w: int, seed: int) -> np.ndarray:
@@ -80,10 +67,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_healthy(url: str, alive: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:
+    """Poll ``url``/v1/health until it answers 200 (True), the server dies or ``timeout`` passes (False)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll)
+    return False
+
+
 @contextmanager
 def live_server(app: Any, timeout: float = 30.0) -> Iterator[str]:
     """Run ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yields the base URL; stops it after."""
-    import httpx
     import uvicorn
 
     port = free_port()
@@ -91,17 +92,9 @@ def live_server(app: Any, timeout: float = 30.0) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            raise RuntimeError(f"the test server did not start on {url}")
-        time.sleep(0.05)
+    if not wait_healthy(url, thread.is_alive, timeout):
+        server.should_exit = True
+        raise RuntimeError(f"the test server did not start on {url}")
     try:
         yield url
     finally:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TINY_MASKRCNN, tiny_config
+from conftest import TINY_MASKRCNN, tiny_config, train_tiny_run
 from maskkit.cli.main import app
 from maskkit.errors import ConfigError, DataError
 from maskkit.inference.sources import collect_sources, dataset_image_ids, sequential_ids
@@ -27,15 +27,7 @@ TINY = tiny_config(  # box_score_thresh 0: even a barely trained model returns (
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """4 synthetic 64 px images (COCO layout) and a checkpoint trained for one step on 3 of them (1 val)."""
-    import maskkit
-    from maskkit.data.synth import write_synthetic
-
-    root = tmp_path_factory.mktemp("predict")
-    write_synthetic(root / "data", images=4, size=64, seed=1, workers=1)
-    cfg = {**TINY, "data": {**TINY["data"], "path": str(root / "data"), "val_fraction": 0.25},
-           "output": {**TINY["output"], "out": str(root / "run")}}
-    maskkit.train(cfg)
-    return {"root": root, "data": root / "data", "images": root / "data" / "images", "ckpt": root / "run"}
+    return train_tiny_run(tmp_path_factory.mktemp("predict"), TINY, val_fraction=0.25)
 
 
 def _cli(*args: str) -> str:

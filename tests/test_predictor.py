@@ -9,6 +9,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from conftest import save_tiny_checkpoint
 from maskkit.inference.predictor import Predictor
 from maskkit.structures import Instances, Masks
 
@@ -37,23 +38,8 @@ def _image(h: int, w: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint saved as the trainer saves one: random weights, trained-looking BatchNorm statistics."""
-    from maskkit.config import TrainConfig
-    from maskkit.models.checkpoint import save_checkpoint
-    from maskkit.models.factory import build_model
-
-    torch.manual_seed(0)
-    cfg = TrainConfig.model_validate({"model": TINY_MODEL, "data": {"path": "x"},
-                                      "augment": {"min_size": [64], "max_size": 128}})
-    model = build_model(cfg, len(CATEGORY_IDS), pretrained=False)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    path = tmp_path_factory.mktemp("predictor") / "best.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
-                           "class_names": CLASS_NAMES, "category_ids": CATEGORY_IDS, "epoch": 1, "step": 1})
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("predictor") / "best.pt", TINY_MODEL, CATEGORY_IDS,
+                                CLASS_NAMES)
 
 
 @pytest.fixture(scope="module")

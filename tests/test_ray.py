@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TINY_MASKRCNN, tiny_config
+from conftest import TINY_MASKRCNN, tiny_config, train_tiny_run
 from maskkit.cli.main import app
 from maskkit.errors import ConfigError
 from maskkit.inference.distributed import CRASH_ONCE_ENV, RAY_HINT, RaySettings
@@ -62,15 +62,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """4 synthetic 64 px images (2 val) and a checkpoint trained for one step on them."""
-    import maskkit
-    from maskkit.data.synth import write_synthetic
-
-    root = tmp_path_factory.mktemp("raycase")
-    write_synthetic(root / "data", images=4, size=64, seed=1, workers=1)
-    cfg = {**TINY, "data": {**TINY["data"], "path": str(root / "data"), "val_fraction": 0.5},
-           "output": {**TINY["output"], "out": str(root / "run")}}
-    maskkit.train(cfg)
-    return {"root": root, "data": root / "data", "ckpt": root / "run"}
+    return train_tiny_run(tmp_path_factory.mktemp("raycase"), TINY, val_fraction=0.5)
 
 
 def _cli(*args: object) -> str:

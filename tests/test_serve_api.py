@@ -22,7 +22,16 @@ from maskkit.inference.filters import filter_instances
 from maskkit.serve.app import create_app
 from maskkit.serve.settings import API_KEY_ENV, SETTINGS_ENV, ServeSettings
 from maskkit.structures.masks import decode_rle
-from serve_support import CATEGORY_IDS, CLASS_NAMES, encode, free_port, live_server, make_checkpoint, smooth_image
+from serve_support import (
+    CATEGORY_IDS,
+    CLASS_NAMES,
+    encode,
+    free_port,
+    live_server,
+    make_checkpoint,
+    smooth_image,
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MAX_BYTES = 200_000
@@ -396,15 +405,8 @@ def test_cli_serves_until_stopped(checkpoint: Path) -> None:
                              "--device", "cpu", "--max-batch", "2"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.2)
+        started = wait_healthy(f"http://127.0.0.1:{port}", lambda: proc.poll() is None, 60, poll=0.2)
+        assert started, proc.stderr.read() if proc.poll() is not None and proc.stderr else "no answer in 60 s"
         r = httpx.post(f"http://127.0.0.1:{port}/v1/predict", params={"conf": 0}, content=PNG, timeout=60)
         assert r.status_code == 200 and r.json()["count"] > 0
         assert httpx.get(f"http://127.0.0.1:{port}/v1/model").json()["max_batch"] == 2
