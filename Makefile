@@ -10,7 +10,7 @@ setup: setup-system $(STAMP)
 # The real-browser test of `maskkit serve`'s page drives Debian's chromium (Playwright cannot download browsers here).
 setup-system:
 	@if [ ! -x /usr/bin/chromium ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q --no-install-recommends chromium; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
 	  else echo "warning: /usr/bin/chromium missing (run 'apt-get install chromium' as root for the browser test)"; fi; \
 	fi
 
