@@ -172,7 +172,7 @@ def test_model_evaluation_plugs_in_a_predictor(tmp_path: Path, monkeypatch: pyte
     import maskkit.inference
     from maskkit.structures import Instances, Masks
 
-    class FakePredictor:  # the contract: Predictor(checkpoint).predict(image) -> Instances (dataset category ids)
+    class FakePredictor:  # the contract: load(checkpoint).predict(image) -> Instances (dataset category ids)
         def __init__(self, checkpoint: Path) -> None:
             self.checkpoint = checkpoint
 
@@ -181,7 +181,8 @@ def test_model_evaluation_plugs_in_a_predictor(tmp_path: Path, monkeypatch: pyte
             m[5:35, 5:35] = True
             return Instances.from_masks(Masks.from_bitmaps(m[None], *m.shape), [1], [0.9])
 
-    monkeypatch.setattr(maskkit.inference, "Predictor", FakePredictor, raising=False)
+    monkeypatch.setattr(maskkit.inference, "load", lambda checkpoint, **_: FakePredictor(checkpoint),
+                        raising=False)
     gt, _ = make_dataset(tmp_path / "data")
     code, _, err = run(monkeypatch, capsys, "--model", tmp_path / "ckpt.pt", "--data", gt, "--out", tmp_path / "o")
     assert code == 0, err
@@ -193,7 +194,7 @@ def test_model_evaluation_plugs_in_a_predictor(tmp_path: Path, monkeypatch: pyte
 
 
 class _FakePredictor:
-    """``Predictor(checkpoint).predict(image) -> Instances``: one square per image (dataset category ids)."""
+    """``load(checkpoint).predict(image) -> Instances``: one square per image (dataset category ids)."""
 
     def __init__(self, checkpoint: Path, **options: Any) -> None:
         self.checkpoint = checkpoint
@@ -224,7 +225,8 @@ def test_model_eval_on_the_training_source_scores_only_val_images(
         spelling: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import maskkit.inference
 
-    monkeypatch.setattr(maskkit.inference, "Predictor", _FakePredictor, raising=False)
+    monkeypatch.setattr(maskkit.inference, "load", lambda checkpoint, **_: _FakePredictor(checkpoint),
+                        raising=False)
     make_dataset(tmp_path / "data")
     (tmp_path / "run").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -246,7 +248,8 @@ def test_model_eval_other_data_and_training_only_data(tmp_path: Path, monkeypatc
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     import maskkit.inference
 
-    monkeypatch.setattr(maskkit.inference, "Predictor", _FakePredictor, raising=False)
+    monkeypatch.setattr(maskkit.inference, "load", lambda checkpoint, **_: _FakePredictor(checkpoint),
+                        raising=False)
     make_dataset(tmp_path / "data")
     make_dataset(tmp_path / "other")
     (tmp_path / "run").mkdir()

@@ -26,7 +26,6 @@ from maskkit.evaluation import InstanceEvaluator, inference_on_dataset
 from maskkit.evaluation.label_folders import read_label_folders
 from maskkit.evaluation.report import EvalFigures, print_report, write_outputs
 from maskkit.evaluation.results import image_loader, read_results_source
-from maskkit.inference.backends.artefact import is_exported
 from maskkit.inference.distributed import ray_settings
 from maskkit.perf import gc_paused
 from maskkit.structures import Instances
@@ -181,9 +180,8 @@ def _model_source(model: Path | None, data: Path | None, split: str, tta: bool,
     if model is None or data is None:
         raise ConfigError("--model and --data go together")
     options = _predictor_options(tta, tta_scales)
-    # an exported model runs through its runtime backend (maskkit.load), a checkpoint or run folder through PyTorch
-    predictor = (maskkit.inference.load(model, **options) if is_exported(model)
-                 else maskkit.inference.Predictor(model, **options))
+    # a checkpoint or run folder runs through PyTorch, an exported model through its runtime backend
+    predictor = maskkit.inference.load(model, **options)
     from maskkit.engine.data import images_to_score  # deferred: torch
 
     kept = images_to_score(data, split, model, allow_outside_root)
