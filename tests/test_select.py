@@ -269,3 +269,23 @@ def test_cli_round_trip_on_a_tiny_maskrcnn(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["select", "--model", str(exported), "--pool", str(pool), "--k", "1", "--out",
                                    str(tmp_path / "x")])
     assert isinstance(bad.exception, ConfigError) and "exported" in str(bad.exception)
+
+
+@pytest.mark.slow  # two tiny trainings per strategy (about a minute on a busy 2-core machine)
+def test_active_learning_benchmark_loop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "active_learning.py"
+    spec = importlib.util.spec_from_file_location("active_learning_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    assert bench.main(["--data", "synthetic", "--strategies", "random,diversity", "--initial", "2", "--k", "2",
+                       "--rounds", "2", "--steps", "1", "--threads", "1", "--synthetic-pool", "6",
+                       "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    for strategy in ("random", "diversity"):
+        rows = results[strategy]
+        assert [r["labelled"] for r in rows] == [2, 4] and len(rows[0]["picked"]) == 2
+    assert (tmp_path / "curve.png").is_file() and "| diversity |" in (tmp_path / "table.md").read_text()
