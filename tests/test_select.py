@@ -162,14 +162,17 @@ def test_diversity_term_skips_exact_duplicates(tmp_path: Path) -> None:
 
 
 def test_ranking_functions() -> None:
-    emb = np.array([[1.0, 0], [1.0, 0], [0, 1.0], [0.7071, 0.7071]])
-    order, scores, _ = diverse_order(np.array([0.9, 0.9, 0.5, 0.1]), emb, weight=1.0)
-    assert order[:2].tolist() == [0, 2] and order[-1] == 1 and scores[-1] == 0.0
-    assert np.all(np.diff(scores) <= 1e-12)  # gains only shrink as picks accumulate
-    order, _ = k_center_order(emb, centers=np.array([[1.0, 0]]))
-    assert order[0] == 2  # farthest from the labelled image first
-    order, _, _ = diverse_order(np.array([0.9, 0.9, 0.5, 0.1]), emb, weight=1.0, centers=np.array([[1.0, 0]]))
-    assert order[0] == 2
+    emb = np.array([[1.0, 0], [1.0, 0], [0, 1.0], [0.7071, 0.7071], [-1.0, 0]])
+    order, scores, _ = diverse_order(np.array([0.9, 0.9, 0.5, 0.1, 0.8]), emb, weight=1.0)
+    assert order.tolist() == [0, 4, 2, 3, 1] and scores[-1] == 0.0  # the duplicate of the first pick comes last
+    assert np.all(np.diff(scores) <= 1e-12)  # gains only shrink as picks accumulate (distances over 1 too)
+    order, dists = k_center_order(emb, centers=np.array([[1.0, 0]]))
+    assert order.tolist()[:2] == [4, 2] and dists[0] == pytest.approx(2.0)  # farthest from the labelled image first
+    assert set(order.tolist()[-2:]) == {0, 1}  # copies of the labelled image last
+    order, _, _ = diverse_order(np.array([0.9, 0.9, 0.5, 0.1, 0.3]), emb, weight=1.0, centers=np.array([[1.0, 0]]))
+    assert order[0] == 2 and set(order.tolist()[-2:]) == {0, 1}  # 0.5 x 0.71 beats 0.3 x 1; labelled copies last
+    order, _ = k_center_order(emb)
+    assert order[0] == 3  # without centers: the most typical image (nearest the mean) first
 
 
 # -- outputs ------------------------------------------------------------------------------------------

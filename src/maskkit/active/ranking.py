@@ -3,8 +3,9 @@
 Distances are Euclidean between L2-normalised embeddings. ``d_i`` is image ``i``'s distance to the nearest
 image already picked (or already labelled: ``centers``); it shrinks as images are picked. Greedy picks:
 
-* uncertainty strategies: the highest ``u_i × d_i ** weight`` (ties: higher ``u_i``, then pool order); with
-  ``weight = 0`` the plain uncertainty order. An exact duplicate of a picked image has ``d = 0`` and so goes
+* uncertainty strategies: the highest ``u_i × (d_i / 2) ** weight`` (``d / 2`` is in [0, 1] for unit vectors,
+  1 before anything is picked; ties: higher ``u_i``, then pool order); with ``weight = 0`` the plain uncertainty
+  order. An exact duplicate of a picked image has ``d = 0`` and so goes
   after every image that is not one (unless every remaining uncertainty is 0);
 * ``diversity``: the highest ``d_i`` (k-center greedy, the core-set approximation); without ``centers`` the
   first pick is the image nearest the pool's mean embedding (the most typical one);
@@ -35,7 +36,7 @@ def _initial(emb: np.ndarray, centers: np.ndarray | None) -> np.ndarray:
 
 def diverse_order(uncertainty: np.ndarray, emb: np.ndarray, weight: float = 0.5,
                   centers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Greedy order by ``u × d ** weight``; returns (order, score at pick, distance at pick)."""
+    """Greedy order by ``u × (d / 2) ** weight``; returns (order, score at pick, distance at pick)."""
     u = np.asarray(uncertainty, np.float64)
     n = len(u)
     emb = np.asarray(emb, np.float64).reshape(n, -1)
@@ -43,7 +44,7 @@ def diverse_order(uncertainty: np.ndarray, emb: np.ndarray, weight: float = 0.5,
     left = np.ones(n, bool)
     order, scores, dists = [], [], []
     for _ in range(n):
-        factor = np.ones(n) if weight == 0 else np.where(np.isinf(d), 1.0, d ** weight)
+        factor = np.ones(n) if weight == 0 else np.where(np.isinf(d), 1.0, np.minimum(d / 2, 1.0) ** weight)
         gain = u * factor
         # best gain, then best uncertainty, then pool order (lexsort: last key first)
         cand = np.flatnonzero(left)

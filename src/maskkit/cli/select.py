@@ -24,7 +24,7 @@ def command(
     out: Path = typer.Option(Path("runs/select"), "--out", "-o", help="Output folder."),
     strategy: str = typer.Option("entropy", "--strategy", help=STRATEGY_HELP),
     diversity: float = typer.Option(0.5, "--diversity", help="Weight of the diversity term of the uncertainty "
-                                    "strategies: picks maximise uncertainty x distance**weight (0: none)."),
+                                    "strategies: picks maximise uncertainty x (distance / 2)**weight (0: none)."),
     labeled: Path | None = typer.Option(None, "--labeled", help="Folder of images already labelled: the "
                                         "diversity term keeps picks away from them too."),
     conf: float = typer.Option(0.5, "--conf", help="Minimum score of the predictions written as pre-annotations."),
