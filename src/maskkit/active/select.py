@@ -50,7 +50,7 @@ from maskkit.models.factory import LoadedModel, model_from_checkpoint, resolve_d
 from maskkit.models.outputs import to_instances
 from maskkit.structures import Instances
 
-__all__ = ["PoolImage", "Scored", "Selection", "load_model", "pool_images", "select", "write_selection"]
+__all__ = ["PoolImage", "Scored", "Selection", "load_model", "pool_images", "ranking_csv", "select", "write_selection"]
 
 COLUMNS = ("image", "score", "rank", "selected", "entropy", "score_entropy", "mask_entropy", "margin", "mc_dropout",
            "distance", "instances")
