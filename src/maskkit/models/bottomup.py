@@ -164,7 +164,7 @@ class WatershedInstances:
         probs = sem_seg.numpy()
         dist = raw["distance"].detach().float().cpu().numpy()
         bnd = raw["boundary"].detach().float().cpu().numpy()
-        size = tuple(int(v) for v in raw["size"]) if "size" in raw else probs.shape[-2:]
+        size = (int(raw["size"][0]), int(raw["size"][1])) if "size" in raw else (probs.shape[-2], probs.shape[-1])
         shrink = probs.shape[-2] * probs.shape[-1] / (size[0] * size[1])  # map pixels per image pixel
         imap = seeded_watershed(
             1.0 - probs[0], dist, bnd,
@@ -301,9 +301,9 @@ def drop_last_decoder_stages(net: nn.Module, count: int, classes: int) -> None:
 
     decoder = cast(nn.Module, net.decoder)
     blocks = cast(nn.ModuleList, decoder.blocks)
-    decoder.blocks = nn.ModuleList(list(blocks)[: len(blocks) - count])
-    last = cast(nn.Module, decoder.blocks[-1])
-    width = int(last.conv2[0].out_channels)
+    kept = list(blocks)[: len(blocks) - count]
+    decoder.blocks = nn.ModuleList(kept)
+    width = int(cast(nn.Conv2d, cast(nn.Sequential, kept[-1].conv2)[0]).out_channels)
     net.segmentation_head = SegmentationHead(width, classes, kernel_size=3)
 
 
