@@ -19,9 +19,9 @@ def command(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (one sub-folder per image)."),
     instances: str = typer.Option("all", "--instances", help="'all' (the best --max-instances) or indices, "
                                   "comma-separated (0 = best score)."),
-    method: str = typer.Option("gradcam", "--method", help="gradcam, gradcam++, hirescam, gradcam-elementwise, "
+    method: str = typer.Option("hirescam", "--method", help="hirescam, gradcam, gradcam++, gradcam-elementwise, "
                                "xgradcam, layercam, eigencam, eigengradcam (grad-cam); saliency, input-x-gradient, "
-                               "integrated-gradients (captum)."),
+                               "integrated-gradients (captum). gradcam lights up every object of the class."),
     layers: str | None = typer.Option(None, "--layers", help="CAM layers, comma-separated (default: FPN levels "
                                       "fpn0-fpn3, or the two deepest encoder stages of a dense model)."),
     conf: float = typer.Option(0.5, "--conf", help="Explain predictions scoring at least this."),

@@ -21,7 +21,7 @@ from torch import nn
 
 from maskkit.errors import ConfigError
 from maskkit.explanations.adapters import DenseAdapter, Prepared, RCNNAdapter, to_image
-from maskkit.explanations.methods import TARGET_FREE, attribution, check_method, require_libraries
+from maskkit.explanations.methods import DEFAULT_METHOD, TARGET_FREE, attribution, check_method, require_libraries
 from maskkit.inference.common import ImageLike, PredictorBase
 from maskkit.inference.predictor import Predictor, load
 from maskkit.structures import Instances
@@ -61,7 +61,7 @@ class Explanation:
     maps: np.ndarray
     targets: list[MapInfo]
     features: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
-    method: str = "gradcam"
+    method: str = DEFAULT_METHOD
     layers: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -104,8 +104,8 @@ class Explainer:
     ``conf``: score threshold of the explained predictions (None: the model's own).
     """
 
-    def __init__(self, model: str | Path | PredictorBase, method: str = "gradcam", layers: Sequence[str] | None = None,
-                 conf: float | None = None, device: str = "cpu") -> None:
+    def __init__(self, model: str | Path | PredictorBase, method: str = DEFAULT_METHOD,
+                 layers: Sequence[str] | None = None, conf: float | None = None, device: str = "cpu") -> None:
         self.method = check_method(method)
         require_libraries(self.method)
         if isinstance(model, str | Path):
@@ -223,7 +223,7 @@ def display_image(tensor: torch.Tensor) -> np.ndarray:
 
 
 def explain(model: str | Path | PredictorBase, image: ImageLike, instances: str | Sequence[int] | None = "all",
-            method: str = "gradcam", layers: Sequence[str] | None = None, conf: float | None = None,
+            method: str = DEFAULT_METHOD, layers: Sequence[str] | None = None, conf: float | None = None,
             max_instances: int = DEFAULT_MAX_INSTANCES, device: str = "cpu") -> Explanation:
     """``maskkit.explanations``: saliency maps of one image's predictions (see :class:`Explainer` and
     :class:`Explanation`; ``instances``: ``all`` or indices, 0 = best score)."""

@@ -37,6 +37,11 @@ PIXEL_METHODS: dict[str, str] = {
 }
 """``--method`` name -> captum.attr class (attributions of the model's input pixels)."""
 METHODS = (*CAM_METHODS, *PIXEL_METHODS)
+DEFAULT_METHOD = "hirescam"
+"""HiResCAM (gradient x activation, summed over channels) keeps *where* a target's gradient arrives; Grad-CAM's
+channel weights (the gradient averaged over the map) then light up every object that activates those channels,
+so its maps of one nucleus show all the nuclei of the image (1-5 % of the mass in the nucleus's box, measured
+on the nuclei Mask R-CNN)."""
 TARGET_FREE = frozenset({"eigencam"})
 IG_STEPS = 16
 HINT = "maskkit explain needs the explain extra: pip install 'maskkit[explain]' (grad-cam and captum)"
