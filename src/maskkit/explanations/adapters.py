@@ -196,6 +196,25 @@ class RCNNAdapter:
         return module, ClassLogit(label), MaskLogits(label, region)
 
 
+    def box_predictions(self, prepared: Prepared, boxes: np.ndarray, labels: Sequence[int]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """What the heads say of given image-space ``boxes`` with model ``labels`` (1..K): the class probability of
+        each and its mask (``N x H x W`` bool, pasted into the image at 0.5)."""
+        from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+        scores, masks = [], []
+        for box, label in zip(boxes, labels, strict=True):
+            module = _FixedBoxHeads(self.model, self.to_input_box(box, prepared).to(prepared.x.device), prepared.size)
+            with torch.no_grad():
+                out = module(prepared.x)[0]
+            scores.append(float(out["class_logits"].softmax(0)[label]))
+            probs = out["mask_logits"][label].sigmoid()[None, None].cpu()
+            pasted = paste_masks_in_image(probs, torch.as_tensor(np.asarray(box, np.float32))[None], prepared.original)
+            masks.append(pasted[0, 0].numpy() > 0.5)
+        h, w = prepared.original
+        return np.asarray(scores, np.float32), (np.stack(masks) if masks else np.zeros((0, h, w), bool))
+
+
 class _DenseLogits(nn.Module):
     """``x -> [M x H' x W' logits]`` per image of a dense model's network."""
 

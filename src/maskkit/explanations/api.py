@@ -1,4 +1,4 @@
-"""``maskkit.explanations(model, image, ...)``: saliency maps per predicted instance (or per class) as arrays.
+"""``maskkit.explain(model, image, ...)``: saliency maps per predicted instance (or per class) as arrays.
 
 Instance models (Mask R-CNN, Panoptic FPN): for each chosen detection, one map for its class score (the class
 logit of the fixed detected box) and one for its mask (the mean mask logit over the predicted mask).
@@ -66,6 +66,19 @@ class Explanation:
     notes: list[str] = field(default_factory=list)
 
 
+def dilated_box(box: Sequence[float], shape: tuple[int, int], margin: float = BOX_MARGIN, min_size: int = 0
+                ) -> tuple[int, int, int, int]:
+    """Integer ``x0, y0, x1, y1`` of ``box`` (XYXY) grown by ``margin`` x its longer side (+2 px) on every side (and
+    to at least ``min_size`` px), clipped to an image of ``shape`` (h, w)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    pad = margin * max(x1 - x0, y1 - y0) + 2.0
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    half_w, half_h = max((x1 - x0) / 2 + pad, min_size / 2), max((y1 - y0) / 2 + pad, min_size / 2)
+    h, w = shape
+    return (max(int(np.floor(cx - half_w)), 0), max(int(np.floor(cy - half_h)), 0),
+            min(int(np.ceil(cx + half_w)), w), min(int(np.ceil(cy + half_h)), h))
+
+
 def mass_in_box(saliency: np.ndarray, box: Sequence[float], margin: float = BOX_MARGIN) -> float:
     """Share of the positive mass of ``saliency`` (H x W) inside ``box`` (XYXY) dilated by ``margin`` x its longer
     side (+2 px) on every side; 0 for a map without positive mass."""
@@ -73,11 +86,7 @@ def mass_in_box(saliency: np.ndarray, box: Sequence[float], margin: float = BOX_
     total = pos.sum()
     if total <= 0:
         return 0.0
-    x0, y0, x1, y1 = (float(v) for v in box)
-    pad = margin * max(x1 - x0, y1 - y0) + 2.0
-    h, w = pos.shape
-    c0, r0 = max(int(np.floor(x0 - pad)), 0), max(int(np.floor(y0 - pad)), 0)
-    c1, r1 = min(int(np.ceil(x1 + pad)), w), min(int(np.ceil(y1 + pad)), h)
+    c0, r0, c1, r1 = dilated_box(box, pos.shape[:2], margin)
     return float(pos[r0:r1, c0:c1].sum() / total)
 
 
@@ -118,17 +127,26 @@ class Explainer:
         self.layer_names = list(layers) if layers else None
 
     def explain(self, image: ImageLike, instances: str | Sequence[int] | None = "all",
-                max_instances: int = DEFAULT_MAX_INSTANCES) -> Explanation:
+                max_instances: int = DEFAULT_MAX_INSTANCES, boxes: np.ndarray | Sequence[Sequence[float]] | None = None,
+                labels: Sequence[int] | None = None) -> Explanation:
         """The maps of ``image`` (a path, an ``H x W x C`` array or a ``C x H x W`` tensor in [0, 1]) for the chosen
-        ``instances`` (``all``: the best ``max_instances``; or indices, 0 = best score)."""
+        ``instances`` (``all``: the best ``max_instances``; or indices, 0 = best score).
+
+        ``boxes`` (Mask R-CNN, Panoptic FPN; XYXY image pixels) explains these boxes instead of the predictions,
+        as class ``labels`` (category ids; default the first class), e.g. an object the model missed; their score
+        and mask are what the heads say of each box.
+        """
         predictor = self.predictor
         tensor = predictor._tensor(image).to(predictor.device)
-        pred = predictor.predict(tensor, score_threshold=self.conf)
-        assert isinstance(pred, Instances)
-        if pred.has("masks") and not isinstance(pred.masks, np.ndarray):
-            pred.masks = pred.masks.to_bitmaps()
-        chosen, notes = _choose(parse_instances(instances), len(pred), max_instances)
         prepared = self.adapter.prepare(tensor)
+        if boxes is None:
+            pred = predictor.predict(tensor, score_threshold=self.conf)
+            assert isinstance(pred, Instances)
+            if pred.has("masks") and not isinstance(pred.masks, np.ndarray):
+                pred.masks = pred.masks.to_bitmaps()
+        else:
+            pred = self._given_boxes(prepared, boxes, labels)
+        chosen, notes = _choose(parse_instances(instances), len(pred), max_instances)
         features = self.adapter.features(prepared)
         names = self.layer_names or self.adapter.default_layers()
         layers = self.adapter.taps.layers(names)
@@ -150,6 +168,20 @@ class Explainer:
             maps=np.stack(maps) if maps else np.zeros((0, h, w), np.float32), targets=infos,
             features=OrderedDict((k, v.numpy()) for k, v in features.items()), method=self.method,
             layers=list(names), notes=notes)
+
+    def _given_boxes(self, prepared: Prepared, boxes: np.ndarray | Sequence[Sequence[float]],
+                     labels: Sequence[int] | None) -> Instances:
+        if not isinstance(self.adapter, RCNNAdapter):
+            raise ConfigError("boxes can be explained for Mask R-CNN and Panoptic FPN models only")
+        array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        ids = self.predictor.category_ids
+        cats = [ids[0]] * len(array) if labels is None else [int(c) for c in labels]
+        unknown = sorted(set(cats) - set(ids))
+        if len(cats) != len(array) or unknown:
+            raise ConfigError(f"labels: one category id of {ids} per box, got {list(labels or [])}")
+        scores, masks = self.adapter.box_predictions(prepared, array, [ids.index(c) + 1 for c in cats])
+        return Instances(prepared.original, boxes=array, labels=np.asarray(cats, np.int64), scores=scores,
+                         masks=masks)
 
     def _info(self, kind: str, pred: Instances, i: int, names_of: dict[int, str]) -> MapInfo:
         cat = int(pred.labels[i])
@@ -224,11 +256,14 @@ def display_image(tensor: torch.Tensor) -> np.ndarray:
 
 def explain(model: str | Path | PredictorBase, image: ImageLike, instances: str | Sequence[int] | None = "all",
             method: str = DEFAULT_METHOD, layers: Sequence[str] | None = None, conf: float | None = None,
-            max_instances: int = DEFAULT_MAX_INSTANCES, device: str = "cpu") -> Explanation:
-    """``maskkit.explanations``: saliency maps of one image's predictions (see :class:`Explainer` and
-    :class:`Explanation`; ``instances``: ``all`` or indices, 0 = best score)."""
+            max_instances: int = DEFAULT_MAX_INSTANCES, device: str = "cpu",
+            boxes: np.ndarray | Sequence[Sequence[float]] | None = None, labels: Sequence[int] | None = None
+            ) -> Explanation:
+    """``maskkit.explain``: saliency maps of one image's predictions (see :class:`Explainer` and
+    :class:`Explanation`; ``instances``: ``all`` or indices, 0 = best score; ``boxes``/``labels``: explain these
+    boxes instead, Mask R-CNN and Panoptic FPN)."""
     explainer = Explainer(model, method, layers, conf, device)
     try:
-        return explainer.explain(image, instances, max_instances)
+        return explainer.explain(image, instances, max_instances, boxes, labels)
     finally:
         explainer.release()

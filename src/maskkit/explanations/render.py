@@ -1,4 +1,4 @@
-"""Pictures of an :class:`~maskkit.explanations.api.Explanation`: one overlay PNG per map (the saliency as a heat map
+"""Pictures of an :class:`~maskkit.explanations.api.Explanation`: an overlay PNG per map (saliency as a heat map
 over the image, the instance or class region outlined), one grid PNG per feature level and a contact sheet.
 
 Files written by :func:`write_explanation` in ``out/<key>/``: ``instance<k>_class.png`` and
@@ -49,16 +49,17 @@ def heat(saliency: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, saliency: np.ndarray, region: np.ndarray | None = None,
-            box: list[float] | None = None, alpha: float = 0.5, min_side: int = MIN_SIDE) -> np.ndarray:
-    """``image`` (H x W x 3 uint8) blended with the heat map of ``saliency``, ``region`` (bool mask) outlined in
-    white over black, ``box`` (XYXY) drawn as a thin white rectangle; enlarged to ``min_side``."""
+            box: list[float] | None = None, alpha: float = 0.75, min_side: int = MIN_SIDE) -> np.ndarray:
+    """``image`` (H x W x 3 uint8) under the heat map of ``saliency`` (opaque where it is high, clear where it is
+    0), ``region`` (bool mask) outlined in white over black, ``box`` (XYXY) as a thin white rectangle; enlarged so
+    that the short side is at least ``min_side``."""
     import cv2
 
     h, w = image.shape[:2]
     scale = max(1.0, min_side / max(min(h, w), 1))
-    canvas = _resize(image, scale).astype(np.float32)
-    canvas = ((1 - alpha) * canvas + alpha * _resize(heat(saliency), scale)).astype(np.uint8)
-    canvas = np.ascontiguousarray(canvas)
+    weight = alpha * np.sqrt(np.clip(_resize(saliency.astype(np.float32), scale), 0, 1))[:, :, None]
+    canvas = (1 - weight) * _resize(image, scale).astype(np.float32) + weight * _resize(heat(saliency), scale)
+    canvas = np.ascontiguousarray(canvas.astype(np.uint8))
     if box is not None:
         x0, y0, x1, y1 = (round(v * scale) for v in box)
         cv2.rectangle(canvas, (x0, y0), (x1, y1), (255, 255, 255), 1, cv2.LINE_AA)
@@ -68,6 +69,22 @@ def overlay(image: np.ndarray, saliency: np.ndarray, region: np.ndarray | None =
         cv2.drawContours(canvas, contours, -1, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.drawContours(canvas, contours, -1, (255, 255, 255), 1, cv2.LINE_AA)
     return canvas
+
+
+def with_zoom(image: np.ndarray, saliency: np.ndarray, region: np.ndarray | None, box: list[float],
+              min_side: int = MIN_SIDE) -> np.ndarray:
+    """The full :func:`overlay` beside a zoom on ``box`` (its dilated box, at least 24 px): small instances
+    stay readable."""
+    from maskkit.explanations.api import dilated_box
+
+    full = overlay(image, saliency, region, box, min_side=min_side)
+    x0, y0, x1, y1 = dilated_box(box, image.shape[:2], min_size=24)
+    local = [box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0]
+    crop = overlay(image[y0:y1, x0:x1], saliency[y0:y1, x0:x1], None if region is None else region[y0:y1, x0:x1],
+                   local, min_side=full.shape[0])
+    zoom = _resize(crop, full.shape[0] / crop.shape[0])
+    gap = np.full((full.shape[0], 4, 3), 255, np.uint8)
+    return np.hstack([full, gap, zoom[: full.shape[0]]])
 
 
 def feature_grid(features: np.ndarray, level: str, channels: int = GRID_CHANNELS, cell: int = 96) -> np.ndarray:
@@ -145,14 +162,16 @@ def write_explanation(explanation: Explanation, folder: Path, class_names: dict[
     entries = []
     for saliency, info in zip(e.maps, e.targets, strict=True):
         name = file_name(info)
-        picture = overlay(e.image, saliency, _region(e, info), info.box)
-        atomic_write_png(folder / name, caption(picture, f"{describe(info, e.method)} ({e.method})"))
+        region = _region(e, info)
+        picture = overlay(e.image, saliency, region, info.box)
+        single = picture if info.box is None else with_zoom(e.image, saliency, region, info.box)
+        atomic_write_png(folder / name, caption(single, f"{describe(info, e.method)} ({e.method})"))
         thumbs.append(caption(_resize(picture, THUMB / min(picture.shape[:2])), describe(info, e.method)))
         entries.append({**info.as_dict(), "file": name})
     for level, feats in e.features.items():
         atomic_write_png(folder / f"features_{level}.png", feature_grid(feats, level))
         summary = level_summary(feats, e.image.shape[:2])
-        thumbs.append(caption(_resize(overlay(e.image, summary, alpha=0.6, min_side=1), max(scale_side, 1e-3)),
+        thumbs.append(caption(_resize(overlay(e.image, summary, alpha=0.9, min_side=1), max(scale_side, 1e-3)),
                               f"{level} mean |activation|"))
     sheet = overlay_grid(thumbs, cols=4)
     title = f"{source or folder.name}: {e.method} on {', '.join(e.layers)}" if e.layers else (source or folder.name)
