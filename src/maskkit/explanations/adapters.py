@@ -74,10 +74,11 @@ class Taps:
     def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Any:
         if isinstance(output, Tensor):
             return self._tap(0, output)
+        kind: Any = type(output)  # OrderedDict, dict, list, tuple
         if isinstance(output, Mapping):
-            return type(output)((k, self._tap(k, v)) for k, v in output.items())
+            return kind((k, self._tap(k, v)) for k, v in output.items())
         if isinstance(output, list | tuple):
-            return type(output)(self._tap(i, v) for i, v in enumerate(output))
+            return kind(self._tap(i, v) for i, v in enumerate(output))
         return output
 
     def layers(self, names: Sequence[str]) -> list[nn.Module]:
@@ -154,8 +155,9 @@ class RCNNAdapter:
     family = "rcnn"
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.taps = Taps(model.backbone, lambda key: f"fpn{key}")
+        rcnn: Any = model  # a torchvision GeneralizedRCNN (no type information)
+        self.model = rcnn
+        self.taps = Taps(rcnn.backbone, lambda key: f"fpn{key}")
 
     def prepare(self, image: Tensor) -> Prepared:
         m: Any = self.model
@@ -234,9 +236,10 @@ class DenseAdapter:
     family = "dense"
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        dense: Any = model  # a DenseSegmentationModel
+        self.model = dense
         self.module = _DenseLogits(model)
-        self.taps = Taps(model.net.encoder, lambda key: f"enc{key}")
+        self.taps = Taps(dense.net.encoder, lambda key: f"enc{key}")
 
     def prepare(self, image: Tensor) -> Prepared:
         m: Any = self.model

@@ -166,14 +166,14 @@ def write_explanation(explanation: Explanation, folder: Path, class_names: dict[
         picture = overlay(e.image, saliency, region, info.box)
         single = picture if info.box is None else with_zoom(e.image, saliency, region, info.box)
         atomic_write_png(folder / name, caption(single, f"{describe(info, e.method)} ({e.method})"))
-        thumbs.append(caption(_resize(picture, THUMB / min(picture.shape[:2])), describe(info, e.method)))
+        thumbs.append(caption(_resize(single, THUMB / single.shape[0]), describe(info, e.method)))
         entries.append({**info.as_dict(), "file": name})
     for level, feats in e.features.items():
         atomic_write_png(folder / f"features_{level}.png", feature_grid(feats, level))
         summary = level_summary(feats, e.image.shape[:2])
         thumbs.append(caption(_resize(overlay(e.image, summary, alpha=0.9, min_side=1), max(scale_side, 1e-3)),
                               f"{level} mean |activation|"))
-    sheet = overlay_grid(thumbs, cols=4)
+    sheet = overlay_grid(thumbs, cols=3 if any(t.box is not None for t in e.targets) else 4)
     title = f"{source or folder.name}: {e.method} on {', '.join(e.layers)}" if e.layers else (source or folder.name)
     atomic_write_png(folder / "contact_sheet.png", caption(sheet, title, height=30))
     summary_json = {"source": source, "method": e.method, "layers": e.layers, "instances": len(e.instances),
