@@ -85,6 +85,18 @@ def test_map_follows_the_target_instance(run: dict[str, Path]) -> None:
     assert float(np.abs(e.maps[0] - e.maps[2]).mean()) > 0.02  # the class map of object 0 is not that of object 1
 
 
+def test_panoptic_fpn_instances(tmp_path: Path) -> None:
+    """Panoptic FPN explains its detections like Mask R-CNN (random weights: the maps still stay in their box)."""
+    import maskkit
+
+    ckpt = save_tiny_checkpoint(tmp_path / "best.pt", {"name": "panoptic_fpn_r18", "anchor_sizes": [8, 16, 32, 64, 128],
+                                                       "options": {"box_score_thresh": 0.0}}, [1, 2], ["a", "b"])
+    image, boxes, _ = _scene(TWO_OBJECTS)
+    e = maskkit.explain(ckpt, image, boxes=boxes, labels=[2, 1], method="gradcam-elementwise")
+    assert [t.class_name for t in e.targets] == ["b", "b", "a", "a"]
+    assert all(t.in_box is not None and t.in_box >= IN_BOX for t in e.targets), e.targets
+
+
 def test_predicted_instances_and_features(run: dict[str, Path]) -> None:
     import maskkit
 

@@ -146,7 +146,9 @@ class Explainer:
                 pred.masks = pred.masks.to_bitmaps()
         else:
             pred = self._given_boxes(prepared, boxes, labels)
-        chosen, notes = _choose(parse_instances(instances), len(pred), max_instances)
+        per_instance = isinstance(self.adapter, RCNNAdapter) or _is_bottomup(self.adapter.model)
+        chosen, notes = (_choose(parse_instances(instances), len(pred), max_instances) if per_instance
+                         else ([], []))
         features = self.adapter.features(prepared)
         names = self.layer_names or self.adapter.default_layers()
         layers = self.adapter.taps.layers(names)
@@ -209,7 +211,7 @@ class Explainer:
             maps.append(to_image(attribution(self.method, module, prepared.x, RegionLogits(label, region), layers),
                                  prepared))
             infos.append(MapInfo("class", None, cat, names_of.get(cat, str(cat)), None, None))
-        if self.predictor.config.model.name.startswith("bottomup") and pred.has("masks"):
+        if _is_bottomup(self.adapter.model) and pred.has("masks"):
             for i in chosen:
                 label = self.predictor.category_ids.index(int(pred.labels[i])) + 1
                 target = RegionLogits(label, self.adapter.to_input_region(pred.masks[i], prepared))
@@ -230,6 +232,12 @@ def _choose(wanted: list[int] | None, count: int, max_instances: int) -> tuple[l
         raise ConfigError(f"--instances {','.join(map(str, missing))}: the model predicted {count} instance(s) "
                           f"(indices 0-{count - 1})" if count else "--instances: the model predicted no instance")
     return list(dict.fromkeys(wanted)), []
+
+
+def _is_bottomup(model: nn.Module) -> bool:
+    from maskkit.models.bottomup import BottomUpSegmenter
+
+    return isinstance(model, BottomUpSegmenter)
 
 
 def adapter_for(model: nn.Module) -> RCNNAdapter | DenseAdapter:
