@@ -8,7 +8,6 @@ resizes them to 85 x 64 and pads to 96 x 64, so the box mapping and the crop bac
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import ONE_THREAD_ENV, TINY_MASKRCNN, save_tiny_checkpoint, tiny_config, train_tiny_run
+from conftest import TINY_MASKRCNN, save_tiny_checkpoint, tiny_config, train_tiny_run
 
 pytest.importorskip("pytorch_grad_cam", reason="needs the explain extra (grad-cam)")
 
@@ -138,18 +137,17 @@ def test_missing_extra_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
         require_libraries("hirescam")
 
 
-def _cli(*args: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "maskkit", "explain", *map(str, args)], capture_output=True,
-                          text=True, env=ONE_THREAD_ENV, timeout=600)
-
-
 def test_cli_writes_overlays_and_contact_sheet(run: dict[str, Path], tmp_path: Path) -> None:
     from PIL import Image
+    from typer.testing import CliRunner
+
+    from maskkit.cli.main import app
 
     out = tmp_path / "out"
     images = sorted(run["images"].glob("*.png"))[:2]
-    proc = _cli("--model", run["ckpt"], *images, "--out", out, "--conf", "0", "--max-instances", "2")
-    assert proc.returncode == 0, proc.stderr
+    args = ["explain", "--model", run["ckpt"], *images, "--out", out, "--conf", "0", "--max-instances", "2"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
     for path in images:
         folder = out / path.stem
         summary = json.loads((folder / "explanation.json").read_text())
@@ -162,9 +160,24 @@ def test_cli_writes_overlays_and_contact_sheet(run: dict[str, Path], tmp_path: P
                 assert im.format == "PNG" and min(im.size) >= 64, name
         with Image.open(folder / "contact_sheet.png") as sheet:
             assert sheet.size[0] > 3 * 256  # a row of panels
-    assert "contact_sheet.png" in proc.stdout
+    assert "contact_sheet.png" in result.output
 
-    bad = _cli("--model", run["ckpt"], images[0], "--out", out, "--method", "nope")
-    assert bad.returncode == 2 and "unknown --method 'nope'" in bad.stderr and "Traceback" not in bad.stderr
-    missing = _cli("--model", tmp_path / "none.pt", images[0], "--out", out)
-    assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
+
+def test_cli_errors_are_one_line(run: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from maskkit.cli.main import main
+
+    image = sorted(run["images"].glob("*.png"))[0]
+
+    def error(*args: Any) -> str:
+        monkeypatch.setattr(sys, "argv", ["maskkit", "explain", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, err
+        return err
+
+    assert "unknown --method 'nope'" in error("--model", run["ckpt"], image, "--out", tmp_path, "--method", "nope")
+    assert "checkpoint not found" in error("--model", tmp_path / "none.pt", image, "--out", tmp_path)
+    assert "--instances" in error("--model", run["ckpt"], image, "--out", tmp_path, "--instances", "x")
