@@ -6,17 +6,18 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Predictor", "__version__", "load", "train"]
+__all__ = ["Predictor", "__version__", "explain", "load", "train"]
 
 _LAZY = {
     "train": "maskkit.engine.api",
     "load": "maskkit.inference.predictor",
     "Predictor": "maskkit.inference.predictor",
+    "explain": "maskkit.explanations.api",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """``train``, ``load`` and ``Predictor`` import torch on first use (``import maskkit`` stays light)."""
+    """``train``, ``load``, ``Predictor`` and ``explain`` import torch on first use (``import maskkit`` stays light)."""
     if name in _LAZY:
         import importlib
 

@@ -106,14 +106,15 @@ def command(
 
 
 def _load_predictor(model: Path, device: str, conf: float | None, tta: bool = False,
-                    tta_scales: list[float] | None = None) -> Any:
-    """The Predictor; a missing or foreign checkpoint becomes one DataError line."""
+                    tta_scales: list[float] | None = None, **options: Any) -> Any:
+    """The Predictor (``options``: more Predictor options); a missing or foreign checkpoint becomes one DataError
+    line."""
     if not model.exists():
         raise DataError("checkpoint not found", file=model)
     from maskkit.inference.predictor import load  # deferred: torch
 
     try:  # a checkpoint or run folder (PyTorch), or an exported model (runtime backend)
-        return load(model, **_predictor_options(device, conf, tta, tta_scales))
+        return load(model, **_predictor_options(device, conf, tta, tta_scales), **options)
     except DataError as exc:  # torch's messages can run over many lines: keep the first
         first = exc.problem.splitlines()[0] if exc.problem else ""
         if len(first) > 160 and ". " in first:
