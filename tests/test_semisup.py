@@ -332,3 +332,30 @@ def test_bad_unlabeled_folder_is_a_clear_cli_error(synth: dict[str, Path], tmp_p
                          capture_output=True, text=True, env=ONE_THREAD_ENV)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert f"{missing}: unlabeled images: folder not found" in res.stderr
+
+
+def test_label_fraction_benchmark_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
+    """benchmarks/label_fraction.py end to end at 2 steps: nested labelled subsets, the rest as unlabeled images,
+    a table row per run and the curve."""
+    import importlib.util
+    import sys
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("label_fraction_bench", REPO / "benchmarks" / "label_fraction.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench"
+    monkeypatch.setattr(sys, "argv", [
+        "label_fraction.py", "--steps", "2", "--fractions", "50", "100", "--images", "10", "--size", "64",
+        "--set", "model.name=bottomup_mbv2", "--set", "model.pretrained_backbone=false", "--set", "model.min_size=64",
+        "--set", "model.options={decoder_channels: [16, 16, 8, 8, 8]}", "--set", "augment.min_size=[64]",
+        "--semi", "burn_in_steps=1", "--threads", "1", "--out", str(out)])
+    bench.main()
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["fraction"], r["variant"], r["labelled"], r["unlabelled_used"]) for r in rows] == [
+        (50, "supervised", 4, 0), (50, "semi-supervised", 4, 4), (100, "supervised", 8, 0)]
+    assert all(r["steps"] == 2 and r["segm_AP"] is not None for r in rows)
+    assert len(list((out / "data" / "f50" / "unlabeled").iterdir())) == 4
+    assert (out / "curve.png").stat().st_size > 0 and (out / "table.md").read_text().count("| 50 % |") == 2
