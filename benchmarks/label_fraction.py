@@ -66,7 +66,8 @@ def parse_args() -> argparse.Namespace:
                    help="semi.* options of the semi-supervised runs, e.g. --semi weight=2 (repeatable).")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="Any config field for every run, dotted (repeatable).")
-    p.add_argument("--no-semi", action="store_true", help="Supervised runs only.")
+    p.add_argument("--variants", nargs="+", choices=("supervised", "semi"), default=["supervised", "semi"],
+                   help="Which runs per fraction (semi-supervised runs only below 100 %%).")
     p.add_argument("--images", type=int, default=100, help="Synthetic images (20 %% of them val).")
     p.add_argument("--size", type=int, default=160, help="Synthetic image size.")
     p.add_argument("--seed", type=int, default=0)
@@ -223,9 +224,9 @@ def main() -> None:
     results = out / "results.json"
     for f in args.fractions:
         split = splits[f]
-        variants = [("supervised", None)]
+        variants = [("supervised", None)] if "supervised" in args.variants else []
         pool = args.pool or (str(split["unlabeled"]) if split["unlabeled"] else None)
-        if not args.no_semi and f < 100 and pool:
+        if "semi" in args.variants and f < 100 and pool:
             variants.append(("semi-supervised", pool))
         for variant, unlabeled in variants:
             print(f"== {f} % labelled ({split['labelled']} images), {variant}", flush=True)
