@@ -17,9 +17,12 @@ timed calls produced). The figure is the median (and p90) of ``--repeats`` timed
 warm-up call (:func:`maskkit.perf.timed_runs`). Run on an idle machine:
 ``python benchmarks/deploy_speed.py [--models bottomup_effl0] [--sizes 640] [--repeats 20]``.
 
-``--run RUN`` times a trained run instead (its own inference size and thresholds) on real images
-(``--images``, default 10 DSB 2018 nuclei images) resized to ``--sizes[0]`` squared: per backend the median over
-the images of each image's median of ``--repeats`` calls, and the slowest image.
+``--models`` entries may carry builder options: ``bottomup_effl0:output_stride=2``.
+
+``--run RUN`` times a trained run instead (its own inference size and thresholds, or its network at
+``--net-size``) on real images (``--images``, default 10 DSB 2018 nuclei images) resized to ``--sizes[0]``
+squared: per backend the median over the images of each image's median of ``--repeats`` calls, and the slowest
+image.
 """
 
 from __future__ import annotations
@@ -50,15 +53,25 @@ def test_image(size: int, seed: int = 0) -> np.ndarray:
     return img.clip(0, 255).astype(np.uint8)
 
 
-def build(name: str, size: int) -> Any:
-    """A :class:`~maskkit.models.factory.LoadedModel` of ``name`` (random weights) resizing to ``size``."""
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``name[:option=value,...]`` (e.g. ``bottomup_effl0:output_stride=2``) -> the name and its builder options."""
+    import yaml
+
+    name, _, rest = spec.partition(":")
+    options = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in rest.split(",") if item)}
+    return name, options
+
+
+def build(spec: str, size: int) -> Any:
+    """A :class:`~maskkit.models.factory.LoadedModel` of ``spec`` (random weights) resizing to ``size``."""
     from maskkit.config import TrainConfig
     from maskkit.models.factory import LoadedModel, build_model
     from maskkit.perf import trained_like_batchnorm
 
     torch.manual_seed(0)
+    name, options = parse_spec(spec)
     cfg = TrainConfig.model_validate({"model": {"name": name, "pretrained_backbone": False, "min_size": size,
-                                                "max_size": size}, "data": {"path": "x"}})
+                                                "max_size": size, "options": options}, "data": {"path": "x"}})
     model = trained_like_batchnorm(build_model(cfg, CLASSES, pretrained=False).eval())
     return LoadedModel(model, cfg, [f"class{i}" for i in range(1, CLASSES + 1)], list(range(1, CLASSES + 1)))
 
@@ -105,13 +118,26 @@ def bench(models: list[str], sizes: list[int], backends: list[str], repeats: int
 NUCLEI = Path(__file__).resolve().parents[1].parent / "shared/data/dsb2018-stage1-train-subset/stage1_train"
 
 
-def bench_run(run: Path, images: list[Path], size: int, backends: list[str], repeats: int, threads: int) -> str:
+def trained(run: Path, net_size: int | None) -> Any:
+    """The ``run``'s best model as a :class:`~maskkit.models.factory.LoadedModel`; with ``net_size`` its network
+    runs at that size (``min_size = max_size = net_size``) instead of the recipe's inference size."""
+    from maskkit.models.factory import model_from_checkpoint
+
+    loaded = model_from_checkpoint(run)
+    if net_size is not None:
+        loaded.model.input.min_size = loaded.model.input.max_size = net_size
+        loaded.config.model.min_size = loaded.config.model.max_size = net_size
+    return loaded
+
+
+def bench_run(run: Path, images: list[Path], size: int, backends: list[str], repeats: int, threads: int,
+              net_size: int | None = None) -> str:
     """A table of the trained ``run``'s latency per backend on ``images`` resized to ``size`` squared."""
     import cv2
 
     from maskkit.data.images import read_image
     from maskkit.export.api import export_model
-    from maskkit.inference.predictor import load
+    from maskkit.inference.predictor import Predictor, load
     from maskkit.perf import timed_runs
 
     torch.set_num_threads(threads)
@@ -119,10 +145,12 @@ def bench_run(run: Path, images: list[Path], size: int, backends: list[str], rep
     lines = ["| backend | median ms | slowest image ms | inst/img |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="deploy-speed-") as tmp:
         for backend in backends:
+            loaded = trained(run, net_size)
             if backend == "pytorch":
-                p = load(run, threads=threads)
+                p = Predictor.from_model(loaded.model, loaded.category_ids, loaded.class_names, config=loaded.config,
+                                         device="cpu", threads=threads)
             else:
-                export_model(run, FORMAT[backend], Path(tmp) / backend, imgsz=size)
+                export_model(loaded, FORMAT[backend], Path(tmp) / backend, imgsz=size)
                 p = load(Path(tmp) / backend, backend=backend, threads=threads)
             medians, counts = [], []
             for a in arrays:
@@ -157,15 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, default=None, help="Time this trained run on real images instead.")
     parser.add_argument("--images", nargs="+", type=Path, default=None,
                         help="Images of --run (default: 10 DSB 2018 nuclei images).")
+    parser.add_argument("--net-size", type=int, default=None,
+                        help="Run --run's network at this size (default: the recipe's own inference size).")
     args = parser.parse_args(argv)
     import platform
 
     if args.run is not None:
         images = args.images or sorted(NUCLEI.glob("*/images/*.png"))[:60:6]
+        net = f"network at {args.net_size} px" if args.net_size else "the run's own inference size"
         print(f"deploy speed of {args.run}: {len(images)} images resized to {args.sizes[0]}x{args.sizes[0]}, batch 1, "
-              f"{args.threads} threads, the run's own inference size and thresholds; median of {args.repeats} calls "
-              "per image after one warm-up")
-        print(bench_run(args.run, images, args.sizes[0], args.backends, args.repeats, args.threads))
+              f"{args.threads} threads, {net} and thresholds; median of {args.repeats} calls per image after one "
+              "warm-up")
+        print(bench_run(args.run, images, args.sizes[0], args.backends, args.repeats, args.threads, args.net_size))
         return 0
 
     print(f"deploy speed: batch 1, {args.threads} threads, random weights, {CLASSES} classes, Mask R-CNN score "

@@ -59,9 +59,11 @@ def test_data_io_tiny(capsys: pytest.CaptureFixture[str]) -> None:
 def test_deploy_speed_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     """Every backend exports, loads and times a tiny model (64 px, one timed run)."""
     bench = _load("deploy_speed")
-    assert bench.main(["--models", "maskrcnn_r18_fpn", "unet_mbv2", "--sizes", "64", "--repeats", "1",
-                       "--threads", "1"]) == 0
+    assert bench.main(["--models", "maskrcnn_r18_fpn", "unet_mbv2", "bottomup_mbv2:output_stride=2", "--sizes", "64",
+                       "--repeats", "1", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "median of 1 timed runs after one warm-up" in out and "failed" not in out
-    rows = [line for line in out.splitlines() if line.startswith("| maskrcnn_r18_fpn") or line.startswith("| unet")]
-    assert len(rows) == 8 and all(row.count("|") == 8 for row in rows)
+    rows = [line for line in out.splitlines() if line.startswith(("| maskrcnn_r18_fpn", "| unet", "| bottomup"))]
+    assert len(rows) == 12 and all(row.count("|") == 8 for row in rows)
+    assert bench.parse_spec("bottomup_effl0:output_stride=2,min_area=4.5") == (
+        "bottomup_effl0", {"output_stride": 2, "min_area": 4.5})

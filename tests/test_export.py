@@ -34,6 +34,9 @@ MODELS: dict[str, dict[str, Any]] = {
                  "options": {**RCNN_OPTIONS, "semantic_channels": 16}},
     "bottomup": {"name": "bottomup_mbv2", "options": {"decoder_channels": [16, 16, 8, 8, 8], "seed_threshold": 0.3}},
     "semantic": {"name": "unet_mbv2", "options": {"decoder_channels": [16, 16, 8, 8, 8]}},
+    # maps at stride 2, flooded there and upsampled by the shared decoder
+    "bottomup_s2": {"name": "bottomup_mbv2", "options": {"decoder_channels": [16, 16, 8, 8, 8], "seed_threshold": 0.3,
+                                                         "output_stride": 2}},
 }
 BACKENDS = {"onnxruntime": "onnx", "openvino": "openvino", "torchscript": "torchscript"}
 SIZES = [(96, 128), (120, 88)]  # two image sizes (H, W), neither a multiple of the strides
@@ -154,7 +157,7 @@ def _reference_maps(model: torch.nn.Module, tensors: list[torch.Tensor]) -> torc
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
-@pytest.mark.parametrize("family", ["bottomup", "semantic"])
+@pytest.mark.parametrize("family", ["bottomup", "bottomup_s2", "semantic"])
 def test_dense_maps_parity(family: str, backend: str, checkpoints: dict[str, Path],
                            exports: dict[tuple[str, str], Path],
                            images: dict[tuple[int, int], list[np.ndarray]]) -> None:

@@ -131,10 +131,13 @@ def _overfit_data(n: int = 4, size: int = 64) -> tuple[list[torch.Tensor], list[
     return images, targets
 
 
-def test_overfits_touching_discs() -> None:
-    """70 steps on 3 images: the loss falls 10x and the instances match the ground truth (class-aware F1@0.5)."""
+@pytest.mark.parametrize("output_stride", [1, 2])
+def test_overfits_touching_discs(output_stride: int) -> None:
+    """70 steps on 3 images: the loss falls 10x (8x at stride 2) and the instances match the ground truth
+    (class-aware F1@0.5), also with the maps at stride 2 (flooded there, upsampled to the image)."""
     torch.manual_seed(0)
-    model = create("bottomup_mbv2", 2, pretrained_backbone=False, decoder_channels=(32, 16, 16, 16, 16))
+    model = create("bottomup_mbv2", 2, pretrained_backbone=False, decoder_channels=(32, 16, 16, 16, 16),
+                   output_stride=output_stride)
     images, targets = _overfit_data(3)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
@@ -145,7 +148,8 @@ def test_overfits_touching_discs() -> None:
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    assert losses[-1] < losses[0] / 10, losses
+    # the upsampled stride-2 logits cannot draw the 1-pixel borders as sharply: 8x there (8.9x observed)
+    assert losses[-1] < losses[0] / (10 if output_stride == 1 else 8), losses
     model.eval()
     acc = MatchingAccumulator(thresholds=[0.5], class_aware=True)
     with torch.inference_mode():
@@ -186,3 +190,33 @@ def test_rows_sharing_a_region_get_its_mask() -> None:
     del out["instance_ids"]  # without ids, row i is region i + 1
     assert len(to_instances({**out, "labels": out["labels"][:2], "scores": out["scores"][:2],
                              "boxes": out["boxes"][:2]}, (6, 8), [10, 20])) == 2
+
+
+def test_strided_maps_flood_at_their_resolution_and_follow_the_image_outline() -> None:
+    """Perfect maps of touching discs averaged down to stride 2: the decoder recovers every disc at the image's
+    size (IoU >= 0.9 each), its outline cut by the upsampled foreground rather than 2-pixel steps."""
+    from maskkit.models.bottomup import WatershedInstances
+    from maskkit.models.targets import bottomup_targets
+
+    h, w = 67, 90  # an odd side: the maps cover ceil(size / 2)
+    masks = torch.stack([_disc(h, w, 30, 22, 14), _disc(h, w, 30, 49, 14), _disc(h, w, 33, 75, 9)]).numpy()
+    masks[1] &= ~masks[0]
+    masks[2] &= ~masks[1]
+    border, distance = bottomup_targets(torch.from_numpy(masks.astype(np.uint8)))
+    fg = masks.any(0).astype(np.float32)
+    full = torch.from_numpy(np.stack([1 - fg, fg, border.astype(np.float32), distance.astype(np.float32)]))
+    maps = torch.nn.functional.avg_pool2d(full[None], 2, ceil_mode=True)[0]  # 67 x 90 -> 34 x 45
+    decoder = WatershedInstances(1)
+    raw = decoder.from_maps(maps, (h, w))
+    assert raw["distance"].shape == (34, 45) and raw["size"].tolist() == [h, w]
+    out = decoder(raw, fg_threshold=0.5, seed_threshold=0.5, boundary_threshold=0.5, min_area=8)
+    imap = out["instance_map"].numpy()
+    assert imap.shape == (h, w) and out["sem_seg"].shape == (2, h, w)
+    found = [imap == i for i in out["instance_ids"].tolist()]
+    assert len(found) == 3
+    for gt in masks:
+        assert max(float((gt & f).sum() / (gt | f).sum()) for f in found) >= 0.9
+    with pytest.raises(ConfigError):
+        create("bottomup_mbv2", 1, pretrained_backbone=False, decoder_channels=(8,), output_stride=2)
+    with pytest.raises(ConfigError):
+        create("bottomup_mbv2", 1, pretrained_backbone=False, output_stride=3)

@@ -11,7 +11,8 @@ and does the model's normalisation and resize rules itself, so that a runtime on
   the input size), ``scores``, ``labels`` (1..K), ``masks`` (``N x M x M`` probabilities of the predicted
   class, to be pasted by :func:`maskkit.inference.paste.paste_masks`) and ``batch_index`` (image of each row).
 * :class:`DenseGraph` (semantic and bottom-up models): the decoder's activated maps (``B x M x H x W``,
-  at the input size), post-processed by the model's own decoder in Python.
+  at the input size, or at the network's output stride for bottom-up models built with ``output_stride``),
+  post-processed by the model's own decoder in Python.
 """
 
 from __future__ import annotations
@@ -239,6 +240,7 @@ class DenseGraph(nn.Module):
         self.stride, self.min_size, self.max_size = int(inp.stride), inp.min_size, inp.max_size
         self.net = model.net
         self.decoder = model.decoder
+        self.output_stride = int(model.output_stride)
 
     def forward(self, images: Tensor, resized_size: Tensor | None = None) -> Tensor:
         hw = _hw(images)
@@ -247,7 +249,11 @@ class DenseGraph(nn.Module):
         if resized is not None:
             x = F.interpolate(x, size=[_dim(resized[0]), _dim(resized[1])], mode="bilinear", align_corners=False)
         size = resized if resized is not None else hw
-        logits = self.net(_pad_to_multiple(x, self.stride))
+        padded = _pad_to_multiple(x, self.stride)
+        logits = self.net(padded)
+        if self.output_stride > 1:  # maps at the network's stride, cropped to ceil(size / stride); see from_maps
+            s = self.output_stride
+            return self.decoder.activate_maps(logits[:, :, : (size[0] + s - 1) // s, : (size[1] + s - 1) // s])
         logits = logits[:, :, : size[0], : size[1]]
         if resized is not None:
             logits = F.interpolate(logits, size=[_dim(hw[0]), _dim(hw[1])], mode="bilinear", align_corners=False)

@@ -30,7 +30,10 @@ Builder options (besides ``pretrained_backbone``, ``in_channels``, ``min_size``,
 ``encoder`` (override the name's encoder), ``decoder_channels`` (default ``(64, 32, 24, 16, 16)``,
 light for CPUs), ``semantic_weight``/``boundary_weight``/``distance_weight``, the four thresholds,
 ``trainable_encoder_stages`` (freeze the stem and all but the last N encoder stages: EfficientNet-Lite
-blocks, 7 in all, or ResNet layers, 4; None trains everything); anything else goes to smp's ``Unet``.
+blocks, 7 in all, or ResNet layers, 4; None trains everything), ``output_stride`` (1, 2 or 4: leave out the
+U-Net's last 0, 1 or 2 decoder stages; the maps come out at that stride, are upsampled for the loss, and
+inference floods them at their own resolution: see :class:`WatershedInstances`); anything else goes to smp's
+``Unet``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -45,11 +49,11 @@ from torch import Tensor, nn
 from maskkit.errors import ConfigError, DataError
 from maskkit.models.backbones import freeze_timm_stages
 from maskkit.models.dense import DENSE_CAPABILITIES, DenseSegmentationModel, Targets, encoder_builder
-from maskkit.models.encoders import ENCODER_NAMES, ENCODERS, DenseInput, build_smp, pad_to
+from maskkit.models.encoders import ENCODER_NAMES, ENCODERS, DenseInput, build_smp, pad_to, resize_map
 from maskkit.models.losses import cross_entropy, dice_loss, mse_loss
 from maskkit.models.registry import register_model
 from maskkit.models.targets import bottomup_targets, checked_semantic_target
-from maskkit.models.watershed import instance_boxes, instance_stats, seeded_watershed
+from maskkit.models.watershed import instance_boxes, instance_stats, relabel, seeded_watershed
 from maskkit.structures.labels import IGNORE_INDEX
 
 DEFAULT_DECODER_CHANNELS = (64, 32, 24, 16, 16)
@@ -65,6 +69,8 @@ SECONDARY_CLASS_MIN = 0.01
 """A region is also output as every other class whose mean probability over it reaches this (as Mask R-CNN
 outputs a box per class above its score threshold): an object of an ambiguous class still counts for AP
 when the first choice is wrong (+0.017 mask AP on the demo), at a low score that a ``--conf`` filter drops."""
+GROW_KERNEL = np.ones((3, 3), np.uint8)
+"""Neighbourhood over which a strided instance map grows into the background before it is upsampled."""
 THRESHOLD_GRID: dict[str, list[float]] = {
     "fg_threshold": [0.4, 0.5, 0.6],
     "seed_threshold": [0.1, 0.3, 0.5],
@@ -120,15 +126,20 @@ class BottomUpLoss:
 
 class WatershedInstances:
     """Decoder of the ``K + 3`` maps: class probabilities, border and distance maps, then instances by seeded
-    watershed with the given thresholds (see the module docstring for the output)."""
+    watershed with the given thresholds (see the module docstring for the output).
+
+    Maps at a stride of the image (a network with ``output_stride`` > 1; the raw dict then holds the image
+    ``size``) are flooded at their own resolution; the instance map is then upsampled (nearest) and cut to the
+    foreground of the bilinearly upsampled class probabilities, so outlines follow the image's pixels.
+    """
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
 
-    def activate(self, logits: Tensor) -> dict[str, Tensor]:
+    def activate(self, logits: Tensor, size: tuple[int, int] | None = None) -> dict[str, Tensor]:
         """``sem_seg`` ((K+1) x H x W class probabilities), ``boundary`` and ``distance`` (H x W, sigmoid),
-        CPU float32."""
-        return self.from_maps(self.activate_maps(logits.float()).cpu())
+        CPU float32; with ``size``, the image's (h, w) when the maps are at a stride of it."""
+        return self.from_maps(self.activate_maps(logits.float()).cpu(), size)
 
     def activate_maps(self, logits: Tensor) -> Tensor:
         """``[B x] (K+3) x H x W`` maps of as many logits: class probabilities (softmax over the first K + 1),
@@ -136,25 +147,39 @@ class WatershedInstances:
         k = self.num_classes + 1
         return torch.cat([logits[..., :k, :, :].softmax(-3), logits[..., k:, :, :].sigmoid()], -3)
 
-    def from_maps(self, maps: Tensor) -> dict[str, Tensor]:
-        """The raw maps (``sem_seg``, ``boundary``, ``distance``) of one image's :meth:`activate_maps` output."""
+    def from_maps(self, maps: Tensor, size: tuple[int, int] | None = None) -> dict[str, Tensor]:
+        """The raw maps (``sem_seg``, ``boundary``, ``distance``) of one image's :meth:`activate_maps` output;
+        maps smaller than the image's ``size`` keep it under ``size`` (an int64 tensor ``[h, w]``)."""
         k = self.num_classes + 1
-        return {"sem_seg": maps[:k], "boundary": maps[k], "distance": maps[k + 1]}
+        raw = {"sem_seg": maps[:k], "boundary": maps[k], "distance": maps[k + 1]}
+        if size is not None and tuple(maps.shape[-2:]) != tuple(size):
+            raw["size"] = torch.tensor([int(size[0]), int(size[1])], dtype=torch.int64)
+        return raw
 
     def __call__(
         self, raw: Mapping[str, Tensor], *, fg_threshold: float, seed_threshold: float, boundary_threshold: float,
         min_area: float,
     ) -> dict[str, Tensor]:
-        probs = raw["sem_seg"].detach().float().cpu().numpy()
+        sem_seg = raw["sem_seg"].detach().float().cpu()
+        probs = sem_seg.numpy()
         dist = raw["distance"].detach().float().cpu().numpy()
         bnd = raw["boundary"].detach().float().cpu().numpy()
-        fg_classes = probs[1:]
+        size = tuple(int(v) for v in raw["size"]) if "size" in raw else probs.shape[-2:]
+        shrink = probs.shape[-2] * probs.shape[-1] / (size[0] * size[1])  # map pixels per image pixel
         imap = seeded_watershed(
             1.0 - probs[0], dist, bnd,
             fg_threshold=fg_threshold, seed_threshold=seed_threshold,
-            boundary_threshold=boundary_threshold, min_area=round(min_area),
-            class_map=fg_classes.argmax(0),
+            boundary_threshold=boundary_threshold, min_area=round(min_area * shrink),
+            class_map=probs[1:].argmax(0),
         )
+        if shrink != 1.0:
+            sem_seg = resize_map(sem_seg, size)
+            probs = sem_seg.numpy()
+            # grown by a map pixel first: image pixels in the foreground whose map pixel was not get the neighbour's
+            grown = np.where(imap > 0, imap, cv2.dilate(imap.astype(np.float32), GROW_KERNEL).astype(np.int32))
+            upsampled = cv2.resize(grown, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+            imap = relabel(np.where(1.0 - probs[0] > fg_threshold, upsampled, 0), round(min_area))
+        fg_classes = probs[1:]
         n = int(imap.max())
         areas, means = instance_stats(imap, n, fg_classes)  # means: K x n
         primary = means.argmax(0) if n else np.zeros(0, dtype=np.int64)
@@ -174,7 +199,7 @@ class WatershedInstances:
             "scores": torch.from_numpy(scores.astype(np.float32)),
             "instance_ids": torch.from_numpy(remap[reg + 1].astype(np.int64)),
             "instance_map": torch.from_numpy(remap[imap]),
-            "sem_seg": raw["sem_seg"],
+            "sem_seg": sem_seg,
         }
 
 
@@ -188,9 +213,10 @@ class BottomUpSegmenter(DenseSegmentationModel):
         input: DenseInput,
         criterion: BottomUpLoss,
         decoder: WatershedInstances,
+        output_stride: int = 1,
         **thresholds: float,
     ) -> None:
-        super().__init__(net, num_classes, input, criterion, decoder)
+        super().__init__(net, num_classes, input, criterion, decoder, output_stride)
         for name, value in DEFAULT_THRESHOLDS.items():
             self.register_buffer(name, torch.tensor(float(value)))
         self.set_thresholds(**thresholds)
@@ -261,6 +287,26 @@ def freeze_encoder_stages(encoder: nn.Module, trainable: int) -> int:
     raise ConfigError("trainable_encoder_stages supports the EfficientNet-Lite and ResNet encoders")
 
 
+OUTPUT_STRIDES = {1: 0, 2: 1, 4: 2}
+"""``output_stride`` -> how many of the U-Net's last (highest-resolution) decoder stages are left out."""
+
+
+def drop_last_decoder_stages(net: nn.Module, count: int, classes: int) -> None:
+    """Leave out the last ``count`` decoder stages of an smp U-Net: its maps come out at a stride of ``2 ** count``.
+
+    The full-resolution stages are the most expensive part of a light U-Net (about a third of its CPU time at
+    640 px for EfficientNet-Lite0); nuclei-sized objects keep their shape at stride 2.
+    """
+    from segmentation_models_pytorch.base import SegmentationHead
+
+    decoder = cast(nn.Module, net.decoder)
+    blocks = cast(nn.ModuleList, decoder.blocks)
+    decoder.blocks = nn.ModuleList(list(blocks)[: len(blocks) - count])
+    last = cast(nn.Module, decoder.blocks[-1])
+    width = int(last.conv2[0].out_channels)
+    net.segmentation_head = SegmentationHead(width, classes, kernel_size=3)
+
+
 def build_bottomup(
     num_classes: int,
     encoder: str,
@@ -275,15 +321,21 @@ def build_bottomup(
     boundary_threshold: float = DEFAULT_THRESHOLDS["boundary_threshold"],
     min_area: float = DEFAULT_THRESHOLDS["min_area"],
     trainable_encoder_stages: int | None = None,
+    output_stride: int = 1,
     **options: Any,
 ) -> BottomUpSegmenter:
     """A :class:`BottomUpSegmenter` on ``encoder`` (see the module docstring for the options)."""
     channels = tuple(int(c) for c in decoder_channels)
     if not 1 <= len(channels) <= 5 or min(channels) < 1:
         raise ConfigError(f"decoder_channels needs 1 to 5 positive widths (one per U-Net stage), got {list(channels)}")
+    if output_stride not in OUTPUT_STRIDES or len(channels) <= OUTPUT_STRIDES[output_stride]:
+        raise ConfigError(f"output_stride must be one of {sorted(OUTPUT_STRIDES)} and leave at least one of the "
+                          f"{len(channels)} decoder stages, got {output_stride}")
     options.setdefault("encoder_depth", len(channels))
     net = build_smp("Unet", encoder, num_classes + 3, in_channels, pretrained_backbone, decoder_channels=channels,
                     **options)
+    if output_stride > 1:
+        drop_last_decoder_stages(net, OUTPUT_STRIDES[output_stride], num_classes + 3)
     if trainable_encoder_stages is not None:
         freeze_encoder_stages(cast(nn.Module, net.encoder), int(trainable_encoder_stages))
     net = net.to(memory_format=torch.channels_last)
@@ -292,14 +344,15 @@ def build_bottomup(
     return BottomUpSegmenter(
         net, num_classes, dense_input,
         BottomUpLoss(num_classes, semantic_weight, boundary_weight, distance_weight),
-        WatershedInstances(num_classes),
+        WatershedInstances(num_classes), output_stride,
         fg_threshold=fg_threshold, seed_threshold=seed_threshold, boundary_threshold=boundary_threshold,
         min_area=min_area,
     )
 
 
 OPTIONS = ("min_size", "max_size", "pretrained_backbone", "in_channels", "encoder", "decoder_channels",
-           "semantic_weight", "boundary_weight", "distance_weight", *DEFAULT_THRESHOLDS, "trainable_encoder_stages")
+           "semantic_weight", "boundary_weight", "distance_weight", *DEFAULT_THRESHOLDS, "trainable_encoder_stages",
+           "output_stride")
 """Named options of every bottom-up builder (anything else goes to smp's ``Unet``)."""
 CAPABILITIES: dict[str, Any] = {**DENSE_CAPABILITIES, "options": OPTIONS}
 

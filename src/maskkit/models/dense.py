@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskkit.models.encoders import DenseInput, pad_to
@@ -39,8 +40,9 @@ class DenseLoss(Protocol):
 class DenseDecoder(Protocol):
     """Post-processing of one image's logits (already cropped and resized to the input size)."""
 
-    def activate(self, logits: Tensor) -> Any:
-        """The raw maps (probabilities) of ``M x H x W`` logits."""
+    def activate(self, logits: Tensor, *args: Any) -> Any:
+        """The raw maps (probabilities) of ``M x H x W`` logits (decoders of strided outputs also take the
+        input size)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         """``(raw, **params)``: the eval output dict of raw maps; ``params`` (if any) tune the post-processing."""
@@ -74,9 +76,12 @@ class DenseSegmentationModel(nn.Module):
     """A per-pixel network over ``num_classes`` foreground classes with injected input, loss and decoder."""
 
     def __init__(
-        self, net: nn.Module, num_classes: int, input: DenseInput, criterion: DenseLoss, decoder: DenseDecoder
+        self, net: nn.Module, num_classes: int, input: DenseInput, criterion: DenseLoss, decoder: DenseDecoder,
+        output_stride: int = 1,
     ) -> None:
         super().__init__()
+        self.output_stride = output_stride
+        """The stride of ``net``'s output maps relative to its input (1: the input's resolution)."""
         self.net = net
         self.num_classes = num_classes
         self.input = input
@@ -91,13 +96,21 @@ class DenseSegmentationModel(nn.Module):
             if targets is None:
                 raise ValueError("targets are required in train mode")
             batch = self.input(images)
-            return self.criterion(self.net(batch.tensor), targets, batch.sizes)
+            logits = self.net(batch.tensor)
+            if logits.shape[-2:] != batch.tensor.shape[-2:]:  # a strided output: the loss sees the input size
+                logits = F.interpolate(logits, size=batch.tensor.shape[-2:], mode="bilinear", align_corners=False)
+            return self.criterion(logits, targets, batch.sizes)
         return [self._decode(raw) for raw in self._raw(images)]
 
     def _raw(self, images: Sequence[Tensor]) -> list[Any]:
-        """Per image, the decoder's raw maps at the input size."""
+        """Per image, the decoder's raw maps at the input size, or (a network with a strided output) at the
+        network's output resolution with the input size beside them (the decoder upsamples its result)."""
         batch = self.input(images)
-        return [self.decoder.activate(logits) for logits in batch.unpad(self.net(batch.tensor))]
+        logits = self.net(batch.tensor)
+        if logits.shape[-2:] == batch.tensor.shape[-2:]:
+            return [self.decoder.activate(maps) for maps in batch.unpad(logits)]
+        return [self.decoder.activate(maps, size)
+                for maps, size in zip(batch.unpad(logits, resize=False), batch.input_sizes, strict=True)]
 
     def _decode(self, raw: Any) -> dict[str, Tensor]:
         return self.decoder(raw)

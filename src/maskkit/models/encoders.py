@@ -211,8 +211,12 @@ class PaddedBatch:
     input_sizes: list[tuple[int, int]]  # each image's original (h, w)
 
     def unpad(self, outputs: Tensor, resize: bool = True, mode: str = "bilinear") -> list[Tensor]:
-        """Crop B x C x H' x W' outputs per image and (``resize``) resample them to the input size."""
-        crops = crop_batch(outputs, self.sizes)
+        """Crop B x C x H' x W' outputs per image and (``resize``) resample them to the input size.
+
+        Outputs at a stride of the network input (``H' = H / s``) are cropped to each image's ``ceil(h / s)``.
+        """
+        stride = int(self.tensor.shape[-1]) // int(outputs.shape[-1])
+        crops = crop_batch(outputs, [(-(-h // stride), -(-w // stride)) for h, w in self.sizes])
         if not resize:
             return crops
         return [resize_map(c, s, mode) for c, s in zip(crops, self.input_sizes, strict=True)]

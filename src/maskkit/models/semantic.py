@@ -134,8 +134,9 @@ class ComponentInstances:
         """Class probabilities of ``[B x] (K+1) x H x W`` logits (also inside exported graphs)."""
         return logits.softmax(-3)
 
-    def from_maps(self, maps: Tensor) -> Tensor:
-        """The raw maps of one image's :meth:`activate_maps` output (the probabilities themselves)."""
+    def from_maps(self, maps: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """The raw maps of one image's :meth:`activate_maps` output (the probabilities themselves, already at
+        the image ``size``)."""
         return maps
 
     def __call__(self, probs: Tensor) -> dict[str, Tensor]:

@@ -138,8 +138,8 @@ class RuntimePredictor(PredictorBase):
         assert self.decoder is not None
         out = []
         for m, size in zip(maps, sizes, strict=True):
-            decoded = self.decoder(self.decoder.from_maps(torch.from_numpy(np.ascontiguousarray(m))),
-                                   **self.post.get("params", {}))
+            raw = self.decoder.from_maps(torch.from_numpy(np.ascontiguousarray(m)), size)
+            decoded = self.decoder(raw, **self.post.get("params", {}))
             out.append(self._filter(to_instances(decoded, size, self.category_ids, self.mask_threshold), thr))
         return out
 
