@@ -117,6 +117,9 @@ class DataConfig(_Strict):
     and listing them in ``skipped_images.json``."""
     allow_outside_root: bool = False
     """Accept image paths resolving outside the dataset root (``--allow-outside-root``; refused by default)."""
+    unlabeled: str | None = None
+    """A folder of unlabeled images for semi-supervised training (``--unlabeled``; see ``semi``): every image
+    file below it, except those in ``labels``/``masks``/``annotations`` folders (any labels there are ignored)."""
 
 
 class OptimConfig(_Strict):
@@ -178,6 +181,43 @@ class TuneConfig(_Strict):
     """Size of the ``train_slice``."""
 
 
+class SemiConfig(_Strict):
+    """Semi-supervised training on ``data.unlabeled`` (mean teacher): an EMA of the student predicts pseudo-labels
+    on weakly augmented unlabeled images; the student learns them on strongly augmented views."""
+
+    threshold: float = Field(0.7, gt=0.0, lt=1.0)
+    """Confidence a pseudo-label needs: instance score (Mask R-CNN, Panoptic FPN) or pixel class probability
+    (dense models; less confident pixels are ignored)."""
+    class_thresholds: dict[str, float] = Field(default_factory=dict)
+    """Per-class thresholds by class name (``background`` for the dense models' class 0); others use ``threshold``."""
+    adaptive: bool = False
+    """FlexMatch-style per-class thresholds: classes the teacher is less often confident about get lower ones,
+    ``threshold * b / (2 - b)`` with ``b`` the class's confident share relative to the best class (never below
+    ``min_threshold``)."""
+    min_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    """Floor of the adaptive thresholds."""
+    weight: float = Field(1.0, ge=0.0)
+    """Weight of the unlabeled loss (``loss_unsup``) against the supervised one."""
+    ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
+    """Decay of the teacher's exponential moving average of the student."""
+    ratio: int = Field(1, ge=1)
+    """Unlabeled images per labelled image in a step."""
+    burn_in_steps: int = Field(100, ge=0)
+    """Supervised-only steps before the teacher (a copy of the student then) starts pseudo-labelling."""
+    box_regression: bool = False
+    """Mask R-CNN: also learn box regression (RPN and RoI) from pseudo-boxes (Unbiased Teacher leaves it out)."""
+    color_jitter: float = Field(0.4, ge=0.0, le=1.0)
+    """Strong view: brightness/contrast/saturation jitter strength."""
+    blur: float = Field(0.5, ge=0.0, le=1.0)
+    """Strong view: probability of a Gaussian blur."""
+    noise: float = Field(0.03, ge=0.0)
+    """Strong view: standard deviation of additive Gaussian noise (images are in ``[0, 1]``)."""
+    cutout: float = Field(0.5, ge=0.0, le=1.0)
+    """Strong view: probability of erasing one random rectangle (up to a quarter of each side)."""
+    flip: bool = True
+    """Strong view: random horizontal/vertical flips, applied to the image and its pseudo-labels together."""
+
+
 class OutputConfig(_Strict):
     """Where the run folder goes and what is logged into it."""
 
@@ -199,6 +239,8 @@ class TrainConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    semi: SemiConfig = Field(default_factory=SemiConfig)
+    """Semi-supervised options; used only with ``data.unlabeled``."""
     loss_weights: dict[str, float] = Field(default_factory=dict)
     """Weight per loss term (``loss_classifier``, ``loss_box_reg``, ``loss_mask``, ``loss_objectness``,
     ``loss_rpn_box_reg``); missing terms weigh 1."""

@@ -13,6 +13,8 @@ from maskkit.errors import ConfigError
 def command(
     config: Path | None = typer.Option(None, "--config", "-c", help="Training config YAML (see configs/)."),
     data: str | None = typer.Option(None, "--data", help="Dataset YAML or any dataset path."),
+    unlabeled: str | None = typer.Option(None, "--unlabeled", help="Folder of unlabeled images: semi-supervised "
+                                         "training (data.unlabeled; options under semi.*, e.g. --set semi.weight=2)."),
     model: str | None = typer.Option(None, "--model", help="Model name (maskkit models)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Number of epochs."),
     batch: int | None = typer.Option(None, "--batch", help="Batch size."),
@@ -41,7 +43,8 @@ def command(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides: dict[str, Any] = {
-        "data.path": data, "model.name": model, "schedule.epochs": epochs, "data.batch_size": batch,
+        "data.path": data, "data.unlabeled": unlabeled, "model.name": model, "schedule.epochs": epochs,
+        "data.batch_size": batch,
         "augment.min_size": [imgsz] if imgsz else None, "model.min_size": imgsz, "output.out": out,
         "model.weights": weights, "device": device, "data.val_fraction": val_fraction, "data.workers": workers,
         "seed": seed, "output.progress": False if no_progress else None, "schedule.max_minutes": minutes,

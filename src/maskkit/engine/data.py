@@ -43,6 +43,8 @@ class TrainData:
     """Images dropped because they fail to decode (``data.skip_bad_images``): ``"file: problem"``."""
     tune: AnnotationSet | None = None
     """Training images held back for the run's choices (``tune.split: train_slice``); None: val makes them."""
+    unlabeled: AnnotationSet | None = None
+    """The images of ``data.unlabeled`` (no instances) for semi-supervised training; None without it."""
 
     @property
     def class_names(self) -> list[str]:
@@ -115,13 +117,22 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
         return replace(s, categories=categories) if s is not None else None
 
     train, val, tune = replace(train, categories=categories), fix(val), fix(tune)
+    unlabeled = None
+    if cfg.data.unlabeled:
+        from maskkit.data.unlabeled import load_unlabeled
+
+        unlabeled = replace(load_unlabeled(cfg.data.unlabeled, cfg.data.allow_outside_root), categories=categories)
     skipped: list[str] = []
     if cfg.data.skip_bad_images:
         train = drop_undecodable(train, skipped)
-        val, tune = (drop_undecodable(s, skipped) if s is not None else None for s in (val, tune))
+        val, tune, unlabeled = (drop_undecodable(s, skipped) if s is not None else None
+                                for s in (val, tune, unlabeled))
         if not train.images:
             raise DataError("no train image decodes (data.skip_bad_images dropped them all)", file=cfg.data.path)
-    return TrainData(train, val, categories, source, tune=tune, skipped=skipped)
+        if unlabeled is not None and not unlabeled.images:
+            raise DataError("no unlabeled image decodes (data.skip_bad_images dropped them all)",
+                            file=cfg.data.unlabeled)
+    return TrainData(train, val, categories, source, tune=tune, skipped=skipped, unlabeled=unlabeled)
 
 
 def decode_problem(aset: AnnotationSet, record: ImageRecord) -> str | None:
@@ -147,8 +158,8 @@ def drop_undecodable(aset: AnnotationSet, skipped: list[str]) -> AnnotationSet:
 
 
 RUN_IMAGES = "val_images.json"
-"""The run-folder file listing which images the run trained on, chose on (``tune_images``) and left for
-evaluation (``images``), each with its resolved file path."""
+"""The run-folder file listing which images the run trained on (``train_images``, and ``unlabeled_images``
+without labels), chose on (``tune_images``) and left for evaluation (``images``), each with its resolved path."""
 
 
 def split_record(data: TrainData, cfg: TrainConfig) -> dict[str, Any]:
@@ -164,6 +175,7 @@ def split_record(data: TrainData, cfg: TrainConfig) -> dict[str, Any]:
         "source": data.val_source, "seed": cfg.seed, "val_fraction": cfg.data.val_fraction,
         "val_split": cfg.data.val_split, "tune_split": cfg.tune.split,
         "images": entries(data.val), "tune_images": entries(data.tune), "train_images": entries(data.train),
+        "unlabeled_images": entries(data.unlabeled),
     }
 
 
@@ -195,6 +207,7 @@ def held_out(aset: AnnotationSet, run_dir: Path) -> HeldOut:
     try:
         record = json.loads(path.read_text())
         used = {e["path"] for key in ("train_images", "tune_images") for e in record[key]}
+        used |= {e["path"] for e in record.get("unlabeled_images", [])}  # trained on without labels
         val = {e["path"] for e in record["images"]}
     except (OSError, ValueError, KeyError, TypeError):
         return HeldOut(aset, True, f"cannot tell which images the model was trained on ({path} is missing or "

@@ -31,6 +31,8 @@ class StepContext:
     scaler: torch.amp.GradScaler | None = None
     ema: Any = None
     amp: bool = False
+    semi: Any = None
+    """A :class:`~maskkit.engine.semisup.SemiSupervised` adding ``loss_unsup`` to every step (None: supervised)."""
 
 
 @dataclass
@@ -81,6 +83,8 @@ def train_epoch(
         images, targets = to_device(images, targets, ctx.device)
         with torch.autocast(ctx.device.type, enabled=ctx.amp):
             losses = ctx.model(images, targets)
+            if ctx.semi is not None:
+                losses = {**losses, **ctx.semi.losses(ctx.model, state.step, ctx.loss_weights)}
         total = weighted_total(losses, ctx.loss_weights)
         ctx.optimizer.zero_grad(set_to_none=True)
         finite = bool(torch.isfinite(total))

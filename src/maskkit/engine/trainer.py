@@ -132,6 +132,7 @@ class _Checkpointer:
             "scheduler": c.scheduler.state_dict(),
             "scaler": c.scaler.state_dict() if c.scaler is not None else None,
             "ema": c.ema.state_dict() if c.ema is not None else None,
+            "semi": c.semi.state_dict() if c.semi is not None else None,
             "rng": run_state.rng_state(),
             "epoch": st.epoch, "batch": st.batch, "step": st.step, "bad_steps": st.bad_steps,
             "sums": dict(st.sums),
@@ -157,6 +158,8 @@ def _restore(ckpt: dict[str, Any], ctx: StepContext, st: EpochState, best: _Best
         ctx.scaler.load_state_dict(ckpt["scaler"])
     if ctx.ema is not None and ckpt.get("ema"):
         ctx.ema.load_state_dict(ckpt["ema"])
+    if ctx.semi is not None and ckpt.get("semi"):
+        ctx.semi.load_state_dict(ckpt["semi"], unwrap(ctx.model))
     st.epoch, st.batch, st.step = int(ckpt["epoch"]), int(ckpt["batch"]), int(ckpt["step"])
     st.bad_steps, st.sums = int(ckpt.get("bad_steps", 0)), dict(ckpt.get("sums", {}))
     b = ckpt.get("best") or {}
@@ -233,6 +236,12 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, on_validation: Valid
     per_epoch = steps_per_epoch(len(train_ds), bs, dinfo.world_size)
     budget = _Budget(cfg.schedule.max_minutes)
     ctx = _build_context(cfg, model, device, per_epoch * cfg.schedule.epochs, budget)
+    if data.unlabeled is not None:
+        if dinfo.enabled:
+            raise ConfigError("semi-supervised training (data.unlabeled) runs in one process, not distributed")
+        from maskkit.engine.semisup import SemiSupervised
+
+        ctx.semi = SemiSupervised(cfg, data.unlabeled, data.class_names, device)
     st, best = EpochState(), _Best()
     if ckpt is not None:
         _restore(ckpt, ctx, st, best)
@@ -250,9 +259,10 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, on_validation: Valid
         logger = RunLogger(out, cfg.output.tensorboard, purge_step=st.step + 1 if ckpt is not None else None)
         if ckpt is not None:
             logger.truncate(st.step, st.epoch)
-        log.info("training %s on %d images (%d val, %s%s), %d classes, %d steps/epoch, device %s",
+        log.info("training %s on %d images (%d val, %s%s%s), %d classes, %d steps/epoch, device %s",
                  cfg.model.name, len(data.train), len(data.val) if data.val else 0, data.val_source,
                  f"; {len(data.tune)} held back to tune and choose on" if data.tune else "",
+                 f"; {len(data.unlabeled)} unlabeled" if data.unlabeled else "",
                  len(data.categories), per_epoch, device)
     saver = _Checkpointer(out, cfg, data, ctx, dinfo)
     val = _Validation(cfg, data, device, dinfo, semantic) if data.val or data.tune else None
