@@ -1,0 +1,158 @@
+"""Star-convex polygons (StarDist, Schmidt et al. 2018): ray-distance targets and polygon NMS, as Numba kernels.
+
+A star-convex polygon is a centre pixel and ``n`` distances along rays at the angles ``2 pi k / n``
+(``k = 0..n-1``; ray ``k`` points along ``(dy, dx) = (sin, cos)`` of its angle, ``y`` down). Distances are in
+pixels from the pixel centre to the object outline (pixel edges).
+
+* :func:`star_distances`: for every object pixel of an instance label map, the distance along each ray to the
+  first pixel of another label (or the image edge), found by marching in unit steps; the outline lies half a
+  step before that pixel. A disc of radius ``r`` gets ``r + 0.5`` from its centre along the axes.
+* :func:`polygon_nms`: the candidates (a centre, its rays and its object probability) sorted by probability;
+  each one is rasterised (pixel centres inside its polygon) and accepted unless its IoU with an accepted
+  polygon exceeds the threshold. Accepted polygons paint an instance map first come, first kept, so where
+  two overlap the more probable one keeps the pixels (as StarDist renders them). The IoU with an accepted
+  polygon counts the pixels it kept, so it is exact unless accepted polygons overlap each other.
+
+Both kernels compile with Numba on first use (cached on disk). This module imports Numba: the models import it
+lazily, when they first compute targets or decode.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+_jit = numba.njit(cache=True, nogil=True)
+
+
+def ray_angles(n_rays: int) -> np.ndarray:
+    """The ``n_rays`` ray angles ``2 pi k / n`` (float64)."""
+    return 2.0 * np.pi * np.arange(n_rays) / n_rays
+
+
+@_jit
+def _star_distances_kernel(ids: np.ndarray, sin: np.ndarray, cos: np.ndarray,
+                           out: np.ndarray) -> None:  # pragma: no cover (compiled)
+    height, width = ids.shape
+    for i in range(height):
+        for j in range(width):
+            value = ids[i, j]
+            if value == 0:
+                continue
+            for k in range(sin.shape[0]):
+                dy, dx = sin[k], cos[k]
+                y, x = float(i), float(j)
+                t = 0
+                while True:
+                    t += 1
+                    y += dy
+                    x += dx
+                    ii = math.floor(y + 0.5)
+                    jj = math.floor(x + 0.5)
+                    if ii < 0 or ii >= height or jj < 0 or jj >= width or ids[ii, jj] != value:
+                        out[k, i, j] = t - 0.5
+                        break
+
+
+@_jit
+def _inside(py: float, px: float, dist: np.ndarray, sin: np.ndarray, cos: np.ndarray,
+            step: float) -> bool:  # pragma: no cover (compiled)
+    """Whether the offset ``(py, px)`` from a polygon's centre lies inside it (on the centre's side of the edge
+    between the two rays around its angle)."""
+    n = dist.shape[0]
+    if py == 0.0 and px == 0.0:
+        return dist.max() > 0.0
+    theta = math.atan2(py, px)
+    if theta < 0.0:
+        theta += 2.0 * math.pi
+    k = int(theta / step) % n
+    k2 = (k + 1) % n
+    ay, ax = dist[k] * sin[k], dist[k] * cos[k]
+    by, bx = dist[k2] * sin[k2], dist[k2] * cos[k2]
+    # the sign of the cross product (b - a) x (p - a) against that of the origin, (b - a) x (0 - a)
+    ey, ex = by - ay, bx - ax
+    side_p = ex * (py - ay) - ey * (px - ax)
+    side_o = ex * (-ay) - ey * (-ax)
+    return side_p * side_o >= 0.0 and side_o != 0.0
+
+
+@_jit
+def _polygon_nms_kernel(cy: np.ndarray, cx: np.ndarray, dists: np.ndarray, sin: np.ndarray, cos: np.ndarray,
+                        threshold: float, min_area: int, labels: np.ndarray,
+                        kept: np.ndarray) -> int:  # pragma: no cover (compiled)
+    height, width = labels.shape
+    n_rays = sin.shape[0]
+    step = 2.0 * math.pi / n_rays
+    areas = np.zeros(cy.shape[0] + 1, np.int64)
+    hits = np.zeros(cy.shape[0] + 1, np.int64)
+    touched = np.zeros(cy.shape[0] + 1, np.int64)
+    n_accepted = 0
+    for c in range(cy.shape[0]):
+        d = dists[c]
+        reach = d.max()
+        if reach <= 0.0:
+            continue
+        y0 = max(math.floor(cy[c] - reach), 0)
+        y1 = min(math.ceil(cy[c] + reach), height - 1)
+        x0 = max(math.floor(cx[c] - reach), 0)
+        x1 = min(math.ceil(cx[c] + reach), width - 1)
+        area = 0
+        n_touched = 0
+        for y in range(y0, y1 + 1):
+            for x in range(x0, x1 + 1):
+                if _inside(y - cy[c], x - cx[c], d, sin, cos, step):
+                    area += 1
+                    owner = labels[y, x]
+                    if owner > 0:
+                        if hits[owner] == 0:
+                            touched[n_touched] = owner
+                            n_touched += 1
+                        hits[owner] += 1
+        suppressed = area < max(min_area, 1)
+        for t in range(n_touched):
+            owner = touched[t]
+            inter = hits[owner]
+            if inter / (area + areas[owner] - inter) > threshold:
+                suppressed = True
+            hits[owner] = 0
+        if suppressed:
+            continue
+        n_accepted += 1
+        areas[n_accepted] = area
+        kept[n_accepted - 1] = c
+        for y in range(y0, y1 + 1):
+            for x in range(x0, x1 + 1):
+                if labels[y, x] == 0 and _inside(y - cy[c], x - cx[c], d, sin, cos, step):
+                    labels[y, x] = n_accepted
+    return n_accepted
+
+
+def star_distances(ids: np.ndarray, n_rays: int = 32) -> np.ndarray:
+    """``n_rays x H x W`` float32 distances from every object pixel of the label map ``ids`` to its outline along
+    each ray (0 on the background); see the module docstring."""
+    labels = np.ascontiguousarray(ids, dtype=np.int32)
+    angles = ray_angles(n_rays)
+    out = np.zeros((n_rays, *labels.shape), np.float32)
+    _star_distances_kernel(labels, np.sin(angles), np.cos(angles), out)
+    return out
+
+
+def polygon_nms(centres: np.ndarray, dists: np.ndarray, probs: np.ndarray, shape: tuple[int, int],
+                iou_threshold: float, min_area: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy NMS of star-convex candidates, most probable first; returns the ``H x W`` int32 instance map of the
+    accepted polygons (``1..n`` in order of acceptance) and the indices of the accepted candidates (``(n,)``).
+
+    ``centres``: ``N x 2`` (y, x) pixel centres; ``dists``: ``N x n_rays``; ``probs``: ``(N,)``. Polygons with
+    fewer than ``min_area`` pixels are dropped before they can suppress others.
+    """
+    order = np.argsort(-np.asarray(probs), kind="stable")
+    c = np.asarray(centres, np.float64)[order].reshape(-1, 2)
+    d = np.ascontiguousarray(np.asarray(dists, np.float64)[order].reshape(len(c), -1))
+    angles = ray_angles(d.shape[1])
+    labels = np.zeros(shape, np.int32)
+    kept = np.zeros(len(c), np.int64)
+    n = int(_polygon_nms_kernel(np.ascontiguousarray(c[:, 0]), np.ascontiguousarray(c[:, 1]), d,
+                                   np.sin(angles), np.cos(angles), float(iou_threshold), int(min_area), labels, kept))
+    return labels, order[kept[:n]]
