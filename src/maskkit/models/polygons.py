@@ -5,8 +5,8 @@ A star-convex polygon is a centre pixel and ``n`` distances along rays at the an
 pixels from the pixel centre to the object outline (pixel edges).
 
 * :func:`star_distances`: for every object pixel of an instance label map, the distance along each ray to the
-  first pixel of another label (or the image edge), found by marching in unit steps; the outline lies half a
-  step before that pixel. A disc of radius ``r`` gets ``r + 0.5`` from its centre along the axes.
+  outline: march in unit steps until the nearest pixel holds another label (or lies outside the image), then
+  bisect that last step to 1/32 px. A disc of radius ``r`` gets ``r + 0.5`` from its centre along the axes.
 * :func:`polygon_nms`: the candidates (a centre, its rays and its object probability) sorted by probability;
   each one is rasterised (pixel centres inside its polygon) and accepted unless its IoU with an accepted
   polygon exceeds the threshold. Accepted polygons paint an instance map first come, first kept, so where
@@ -43,17 +43,25 @@ def _star_distances_kernel(ids: np.ndarray, sin: np.ndarray, cos: np.ndarray,
                 continue
             for k in range(sin.shape[0]):
                 dy, dx = sin[k], cos[k]
-                y, x = float(i), float(j)
-                t = 0
-                while True:
-                    t += 1
-                    y += dy
-                    x += dx
-                    ii = math.floor(y + 0.5)
-                    jj = math.floor(x + 0.5)
-                    if ii < 0 or ii >= height or jj < 0 or jj >= width or ids[ii, jj] != value:
-                        out[k, i, j] = t - 0.5
-                        break
+                t = 0.0
+                while _same(ids, value, i + (t + 1.0) * dy, j + (t + 1.0) * dx):
+                    t += 1.0
+                lo, hi = t, t + 1.0  # inside at lo, outside at hi: bisect to 1/32 px
+                for _ in range(5):
+                    mid = 0.5 * (lo + hi)
+                    if _same(ids, value, i + mid * dy, j + mid * dx):
+                        lo = mid
+                    else:
+                        hi = mid
+                out[k, i, j] = 0.5 * (lo + hi)
+
+
+@_jit
+def _same(ids: np.ndarray, value: int, y: float, x: float) -> bool:  # pragma: no cover (compiled)
+    """Whether the pixel nearest to ``(y, x)`` lies in the image and holds ``value``."""
+    ii = math.floor(y + 0.5)
+    jj = math.floor(x + 0.5)
+    return 0 <= ii < ids.shape[0] and 0 <= jj < ids.shape[1] and ids[ii, jj] == value
 
 
 @_jit

@@ -140,8 +140,7 @@ class StarPolygonInstances:
         ys, xs = np.nonzero(grid & (prob > prob_threshold))
         labels, kept = polygon_nms(np.stack([ys, xs], 1), rays[:, ys, xs].T, prob[ys, xs], prob.shape,
                                    nms_threshold, round(min_area))
-        n = int(labels.max())
-        areas = np.bincount(labels.ravel(), minlength=n + 1)
+        areas = np.bincount(labels.ravel(), minlength=len(kept) + 1)  # accepted polygons may keep no pixel
         keep = areas[1:] >= max(round(min_area), 1)
         return region_outputs(relabel(labels, round(min_area)), probs[1:], raw["sem_seg"],
                               prob[ys[kept], xs[kept]][keep])
