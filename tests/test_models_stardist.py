@@ -51,6 +51,11 @@ def test_nms_keeps_the_most_probable_of_overlapping_polygons() -> None:
     labels, kept = polygon_nms(centres, dists, np.array([0.6, 0.9, 0.5]), (48, 64), 0.4)
     assert kept.tolist() == [1, 2] and labels.max() == 2
     assert 100 <= (labels == 1).sum() <= 130  # ~ pi 6.5^2 pixels
+    labels, kept = polygon_nms(np.zeros((0, 2)), np.zeros((0, 16)), np.zeros(0), (48, 64), 0.4)
+    assert kept.shape == (0,) and not labels.any()
+    empty = StarPolygonInstances(1)(_perfect_raw(np.zeros((40, 30), np.int32)), prob_threshold=0.5,
+                                    nms_threshold=0.4, min_area=8)
+    assert len(empty["scores"]) == 0 and empty["instance_map"].shape == (40, 30)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

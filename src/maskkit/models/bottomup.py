@@ -219,14 +219,15 @@ class BottomUpSegmenter(DenseSegmentationModel):
         Decoders whose maps hold lengths in pixels (``rescale_maps(maps, factor)``, e.g. StarDist's rays) get them
         scaled from the network's (eval-resized) frame to the input size's."""
         batch = self.input(images)
-        rescale = getattr(self.decoder, "rescale_maps", None)
+        decoder: Any = self.decoder  # every bottom-up decoder has activate_maps/from_maps
+        rescale = getattr(decoder, "rescale_maps", None)
         out = []
         for logits, size, input_size in zip(batch.unpad(self.net(batch.tensor)), batch.sizes, batch.input_sizes,
                                             strict=True):
-            maps = self.decoder.activate_maps(logits.float())
+            maps = decoder.activate_maps(logits.float())
             if rescale is not None:
                 maps = rescale(maps, resize_factor(torch.tensor(size), torch.tensor(input_size)))
-            out.append(self.decoder.from_maps(maps.cpu()))
+            out.append(decoder.from_maps(maps.cpu()))
         return out
 
     def _raw(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
@@ -242,7 +243,7 @@ class BottomUpSegmenter(DenseSegmentationModel):
     # -- training --------------------------------------------------------------------------------
     def losses(self, logits: Tensor, targets: Targets, sizes: list[tuple[int, int]]) -> dict[str, Tensor]:
         """The criterion's weighted loss terms of padded ``B x M x H x W`` logits."""
-        return cast(dict[str, Tensor], self.criterion(logits, targets, sizes))
+        return self.criterion(logits, targets, sizes)
 
 
 def resize_factor(resized: Tensor, original: Tensor) -> Tensor:

@@ -155,11 +155,13 @@ def polygon_nms(centres: np.ndarray, dists: np.ndarray, probs: np.ndarray, shape
     ``centres``: ``N x 2`` (y, x) pixel centres; ``dists``: ``N x n_rays``; ``probs``: ``(N,)``. Polygons with
     fewer than ``min_area`` pixels are dropped before they can suppress others.
     """
+    labels = np.zeros(shape, np.int32)
+    if not len(probs):
+        return labels, np.zeros(0, np.int64)
     order = np.argsort(-np.asarray(probs), kind="stable")
     c = np.asarray(centres, np.float64)[order].reshape(-1, 2)
     d = np.ascontiguousarray(np.asarray(dists, np.float64)[order].reshape(len(c), -1))
     angles = ray_angles(d.shape[1])
-    labels = np.zeros(shape, np.int32)
     kept = np.zeros(len(c), np.int64)
     n = int(_polygon_nms_kernel(np.ascontiguousarray(c[:, 0]), np.ascontiguousarray(c[:, 1]), d,
                                    np.sin(angles), np.cos(angles), float(iou_threshold), int(min_area), labels, kept))
