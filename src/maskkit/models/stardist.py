@@ -16,11 +16,13 @@ Losses (each times its weight option): ``loss_semantic`` (cross-entropy + Dice o
 model's, which gives ``labels`` and ``sem_seg``), ``loss_probability`` (binary cross-entropy of the object
 probability against its soft target) and ``loss_rays`` (the L1 error of the distances, in units of
 ``ray_unit`` pixels, averaged over object pixels weighted by their target probability, as in the paper: the
-centre's rays count most). The network's ray outputs are in ``ray_unit`` pixels (ReLU at inference) so that
-they start at the scale of nuclei.
+centre's rays count most). The network's ray outputs are in ``ray_unit`` pixels (ReLU at inference), their
+bias starting at 1 so that an untrained model already proposes polygons of nucleus size.
 
 Post-processing (:class:`StarPolygonInstances`): candidates are the pixels (on a grid of stride
-``candidate_stride``, 2 as StarDist's grid for nuclei) whose object probability exceeds ``prob_threshold``;
+``candidate_stride``, 2 as StarDist's grid for nuclei) whose object probability exceeds ``prob_threshold`` and
+whose most probable class is an object class (the class head, trained with Dice, learns the foreground much
+faster than the soft probability target; this keeps background pixels from proposing polygons early on);
 sorted by probability, each is kept unless its polygon's IoU with a kept one exceeds ``nms_threshold``
 (:func:`~maskkit.models.polygons.polygon_nms`); kept polygons paint the instance map (the more probable one
 keeps overlapping pixels) and instances under ``min_area`` pixels are dropped. A row's score is the object
@@ -137,7 +139,7 @@ class StarPolygonInstances:
         s = max(self.candidate_stride, 1)
         grid = np.zeros(prob.shape, bool)
         grid[::s, ::s] = True
-        ys, xs = np.nonzero(grid & (prob > prob_threshold))
+        ys, xs = np.nonzero(grid & (prob > prob_threshold) & (probs.argmax(0) > 0))
         labels, kept = polygon_nms(np.stack([ys, xs], 1), rays[:, ys, xs].T, prob[ys, xs], prob.shape,
                                    nms_threshold, round(min_area))
         areas = np.bincount(labels.ravel(), minlength=len(kept) + 1)  # accepted polygons may keep no pixel
@@ -210,6 +212,8 @@ def build_stardist(
                                   in_channels=in_channels, min_size=min_size, max_size=max_size,
                                   decoder_channels=decoder_channels,
                                   trainable_encoder_stages=trainable_encoder_stages, **options)
+    with torch.no_grad():  # rays start at ray_unit pixels (a nucleus), not at 0 (no polygon)
+        net.segmentation_head[0].bias[num_classes + 2 :] = 1.0
     return StarDistSegmenter(
         net, num_classes, dense_input,
         StarDistLoss(num_classes, int(n_rays), ray_unit, semantic_weight, probability_weight, ray_weight),
