@@ -7,8 +7,9 @@ pixels from the pixel centre to the object outline (pixel edges).
 * :func:`star_distances`: for every object pixel of an instance label map, the distance along each ray to the
   outline: march in unit steps until the nearest pixel holds another label (or lies outside the image), then
   bisect that last step to 1/32 px. A disc of radius ``r`` gets ``r + 0.5`` from its centre along the axes.
-* :func:`polygon_nms`: the candidates (a centre, its rays and its object probability) sorted by probability;
-  each one is rasterised (pixel centres inside its polygon) and accepted unless its IoU with an accepted
+* :func:`polygon_nms`: the candidates (a centre pixel, its rays and its object probability) sorted by
+  probability; each one is rasterised (pixel centres inside its polygon; the ray sector of each pixel offset comes
+  from a table, so no trigonometry per pixel) and accepted unless its IoU with an accepted
   polygon exceeds the threshold. Accepted polygons paint an instance map first come, first kept, so where
   two overlap the more probable one keeps the pixels (as StarDist renders them). The IoU with an accepted
   polygon counts the pixels it kept, so it is exact unless accepted polygons overlap each other.
@@ -65,25 +66,28 @@ def _same(ids: np.ndarray, value: int, y: float, x: float) -> bool:  # pragma: n
 
 
 @_jit
-def _inside(py: float, px: float, dist: np.ndarray, sin: np.ndarray, cos: np.ndarray,
-            step: float) -> bool:  # pragma: no cover (compiled)
-    """Whether the offset ``(py, px)`` from a polygon's centre lies inside it (on the centre's side of the edge
-    between the two rays around its angle)."""
-    n = dist.shape[0]
-    if py == 0.0 and px == 0.0:
-        return dist.max() > 0.0
-    theta = math.atan2(py, px)
-    if theta < 0.0:
-        theta += 2.0 * math.pi
-    k = int(theta / step) % n
-    k2 = (k + 1) % n
-    ay, ax = dist[k] * sin[k], dist[k] * cos[k]
-    by, bx = dist[k2] * sin[k2], dist[k2] * cos[k2]
-    # the sign of the cross product (b - a) x (p - a) against that of the origin, (b - a) x (0 - a)
-    ey, ex = by - ay, bx - ax
-    side_p = ex * (py - ay) - ey * (px - ax)
-    side_o = ex * (-ay) - ey * (-ax)
-    return side_p * side_o >= 0.0 and side_o != 0.0
+def _inside(py: float, px: float, k: int, vy: np.ndarray, vx: np.ndarray) -> bool:  # pragma: no cover (compiled)
+    """Whether the offset ``(py, px)`` from a polygon's centre, in the sector between rays ``k`` and ``k + 1``, lies
+    inside the polygon of vertices ``(vy, vx)``: on the centre's side of the edge between those two vertices."""
+    k2 = (k + 1) % vy.shape[0]
+    ay, ax, ey, ex = vy[k], vx[k], vy[k2] - vy[k], vx[k2] - vx[k]
+    side_o = ex * (-ay) - ey * (-ax)  # the sign of (b - a) x (p - a) against that of the centre, (b - a) x (0 - a)
+    return side_o != 0.0 and (ex * (py - ay) - ey * (px - ax)) * side_o >= 0.0
+
+
+@_jit
+def _sectors(reach: int, n_rays: int) -> np.ndarray:  # pragma: no cover (compiled)
+    """``(2 reach + 1)^2`` table: the ray sector ``k`` (angle in ``[2 pi k / n, 2 pi (k + 1) / n)``) of every
+    integer offset from a centre (so the NMS needs no ``atan2`` per pixel)."""
+    table = np.zeros((2 * reach + 1, 2 * reach + 1), np.int64)
+    step = 2.0 * math.pi / n_rays
+    for i in range(2 * reach + 1):
+        for j in range(2 * reach + 1):
+            theta = math.atan2(i - reach, j - reach)
+            if theta < 0.0:
+                theta += 2.0 * math.pi
+            table[i, j] = int(theta / step) % n_rays
+    return table
 
 
 @_jit
@@ -92,25 +96,32 @@ def _polygon_nms_kernel(cy: np.ndarray, cx: np.ndarray, dists: np.ndarray, sin: 
                         kept: np.ndarray) -> int:  # pragma: no cover (compiled)
     height, width = labels.shape
     n_rays = sin.shape[0]
-    step = 2.0 * math.pi / n_rays
+    big = math.ceil(dists.max()) + 1
+    sector = _sectors(big, n_rays)
     areas = np.zeros(cy.shape[0] + 1, np.int64)
     hits = np.zeros(cy.shape[0] + 1, np.int64)
     touched = np.zeros(cy.shape[0] + 1, np.int64)
+    vy = np.empty(n_rays)
+    vx = np.empty(n_rays)
     n_accepted = 0
     for c in range(cy.shape[0]):
         d = dists[c]
         reach = d.max()
         if reach <= 0.0:
             continue
-        y0 = max(math.floor(cy[c] - reach), 0)
-        y1 = min(math.ceil(cy[c] + reach), height - 1)
-        x0 = max(math.floor(cx[c] - reach), 0)
-        x1 = min(math.ceil(cx[c] + reach), width - 1)
+        for k in range(n_rays):
+            vy[k] = d[k] * sin[k]
+            vx[k] = d[k] * cos[k]
+        y0 = max(cy[c] - math.ceil(reach), 0)
+        y1 = min(cy[c] + math.ceil(reach), height - 1)
+        x0 = max(cx[c] - math.ceil(reach), 0)
+        x1 = min(cx[c] + math.ceil(reach), width - 1)
         area = 0
         n_touched = 0
         for y in range(y0, y1 + 1):
             for x in range(x0, x1 + 1):
-                if _inside(y - cy[c], x - cx[c], d, sin, cos, step):
+                py, px = y - cy[c], x - cx[c]
+                if (py == 0 and px == 0) or _inside(py, px, sector[py + big, px + big], vy, vx):
                     area += 1
                     owner = labels[y, x]
                     if owner > 0:
@@ -132,7 +143,9 @@ def _polygon_nms_kernel(cy: np.ndarray, cx: np.ndarray, dists: np.ndarray, sin: 
         kept[n_accepted - 1] = c
         for y in range(y0, y1 + 1):
             for x in range(x0, x1 + 1):
-                if labels[y, x] == 0 and _inside(y - cy[c], x - cx[c], d, sin, cos, step):
+                py, px = y - cy[c], x - cx[c]
+                if labels[y, x] == 0 and ((py == 0 and px == 0)
+                                          or _inside(py, px, sector[py + big, px + big], vy, vx)):
                     labels[y, x] = n_accepted
     return n_accepted
 
@@ -152,14 +165,14 @@ def polygon_nms(centres: np.ndarray, dists: np.ndarray, probs: np.ndarray, shape
     """Greedy NMS of star-convex candidates, most probable first; returns the ``H x W`` int32 instance map of the
     accepted polygons (``1..n`` in order of acceptance) and the indices of the accepted candidates (``(n,)``).
 
-    ``centres``: ``N x 2`` (y, x) pixel centres; ``dists``: ``N x n_rays``; ``probs``: ``(N,)``. Polygons with
-    fewer than ``min_area`` pixels are dropped before they can suppress others.
+    ``centres``: ``N x 2`` (y, x) pixels (rounded to integers); ``dists``: ``N x n_rays``; ``probs``: ``(N,)``.
+    Polygons with fewer than ``min_area`` pixels are dropped before they can suppress others.
     """
     labels = np.zeros(shape, np.int32)
     if not len(probs):
         return labels, np.zeros(0, np.int64)
     order = np.argsort(-np.asarray(probs), kind="stable")
-    c = np.asarray(centres, np.float64)[order].reshape(-1, 2)
+    c = np.rint(np.asarray(centres, np.float64)[order]).astype(np.int64).reshape(-1, 2)
     d = np.ascontiguousarray(np.asarray(dists, np.float64)[order].reshape(len(c), -1))
     angles = ray_angles(d.shape[1])
     kept = np.zeros(len(c), np.int64)
