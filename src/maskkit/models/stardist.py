@@ -37,12 +37,12 @@ tuned on val by the trainer like the watershed's.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from maskkit.errors import ConfigError
 from maskkit.models.bottomup import DEFAULT_DECODER_CHANNELS, BottomUpSegmenter, build_unet, flip_maps
@@ -212,8 +212,9 @@ def build_stardist(
                                   in_channels=in_channels, min_size=min_size, max_size=max_size,
                                   decoder_channels=decoder_channels,
                                   trainable_encoder_stages=trainable_encoder_stages, **options)
+    head: Any = cast(nn.Sequential, net.segmentation_head)[0]  # smp's final conv
     with torch.no_grad():  # rays start at ray_unit pixels (a nucleus), not at 0 (no polygon)
-        net.segmentation_head[0].bias[num_classes + 2 :] = 1.0
+        head.bias[num_classes + 2 :] = 1.0
     return StarDistSegmenter(
         net, num_classes, dense_input,
         StarDistLoss(num_classes, int(n_rays), ray_unit, semantic_weight, probability_weight, ray_weight),
