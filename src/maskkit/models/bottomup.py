@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskkit.errors import ConfigError, DataError
@@ -257,6 +258,17 @@ def flip_maps(maps: Tensor, flip: str) -> Tensor:
     """``... x H x W`` maps mirrored as a TTA view's ``flip`` says (``h``, ``v``, ``hv``, ``none``)."""
     dims = [d for d, on in ((-1, "h" in flip), (-2, "v" in flip)) if on]
     return maps.flip(dims) if dims else maps
+
+
+def resize_like(raw: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Every ``... x h x w`` map of ``raw`` resized (bilinear) to the size of the same-named map of ``reference``."""
+    out = dict(raw)
+    for name, value in raw.items():
+        size = reference[name].shape[-2:]
+        if value.shape[-2:] != size:
+            out[name] = F.interpolate(value.reshape(1, -1, *value.shape[-2:]), size=size, mode="bilinear",
+                                      align_corners=False).reshape(*value.shape[:-2], *size)
+    return out
 
 
 def freeze_encoder_stages(encoder: nn.Module, trainable: int) -> int:

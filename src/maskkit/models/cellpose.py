@@ -32,11 +32,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from maskkit.errors import ConfigError
-from maskkit.models.bottomup import DEFAULT_DECODER_CHANNELS, BottomUpSegmenter, build_unet, flip_maps
+from maskkit.models.bottomup import DEFAULT_DECODER_CHANNELS, BottomUpSegmenter, build_unet, flip_maps, resize_like
 from maskkit.models.dense import DENSE_CAPABILITIES, Targets, encoder_builder, instance_map_batch
 from maskkit.models.encoders import ENCODER_NAMES, ENCODERS
 from maskkit.models.losses import cross_entropy, dice_loss
@@ -145,12 +144,7 @@ class CellposeSegmenter(BottomUpSegmenter):
         out = {name: flip_maps(value, flip) for name, value in raw.items()}
         sign = torch.tensor([-1.0 if "v" in flip else 1.0, -1.0 if "h" in flip else 1.0])
         out["flows"] = out["flows"] * sign[:, None, None]
-        for name, value in out.items():
-            size = reference[name].shape[-2:]
-            if value.shape[-2:] != size:
-                out[name] = F.interpolate(value.reshape(1, -1, *value.shape[-2:]), size=size, mode="bilinear",
-                                          align_corners=False).reshape(*value.shape[:-2], *size)
-        return out
+        return resize_like(out, reference)
 
 
 def build_cellpose(

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskkit.errors import ConfigError
-from maskkit.models.bottomup import DEFAULT_DECODER_CHANNELS, BottomUpSegmenter, build_unet, flip_maps
+from maskkit.models.bottomup import DEFAULT_DECODER_CHANNELS, BottomUpSegmenter, build_unet, flip_maps, resize_like
 from maskkit.models.dense import DENSE_CAPABILITIES, Targets, encoder_builder, instance_map_batch
 from maskkit.models.encoders import ENCODER_NAMES, ENCODERS
 from maskkit.models.losses import cross_entropy, dice_loss
@@ -176,12 +176,7 @@ class StarDistSegmenter(BottomUpSegmenter):
         if "v" in flip:
             index = (-index) % n
         out["rays"] = out["rays"][index]
-        for name, value in out.items():
-            size = reference[name].shape[-2:]
-            if value.shape[-2:] != size:
-                out[name] = F.interpolate(value.reshape(1, -1, *value.shape[-2:]), size=size, mode="bilinear",
-                                          align_corners=False).reshape(*value.shape[:-2], *size)
-        return out
+        return resize_like(out, reference)
 
 
 def build_stardist(
