@@ -15,7 +15,11 @@ which make every choice of the run (post-processing thresholds, ``best.pt``, ear
 images are only scored (``score`` takes exactly the run's ``val_images.json`` images). The table's "chosen
 on" column says, per row, what was tuned and on which images (from the run's ``metrics.json``).
 
-Run: ``python benchmarks/nuclei.py [--minutes 20] [--recipes dsb2018,dsb2018-bottomup] [--out runs/bench-nuclei]``
+Recipes: ``dsb2018`` (Mask R-CNN), ``dsb2018-bottomup`` (seeded watershed), ``dsb2018-stardist`` (star-convex
+polygons) and ``dsb2018-cellpose`` (flow fields), side by side at the same split and budget.
+
+Run: ``python benchmarks/nuclei.py [--minutes 20] [--recipes dsb2018,dsb2018-bottomup,dsb2018-stardist,dsb2018-cellpose]
+[--out runs/bench-nuclei]``
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ PEERS = [  # ../shared/notes/peer-baselines.md (2026-11-25, same machine type, s
 ]
 
 
+RECIPES = ("dsb2018", "dsb2018-bottomup", "dsb2018-stardist", "dsb2018-cellpose")
+"""The default rows: Mask R-CNN, then the bottom-up family (seeded watershed, StarDist-, Cellpose-style)."""
 NOTHING_TO_TUNE = {"dsb2018"}
 """Recipes whose model has no post-processing thresholds to tune: validated once at the end (``best.pt`` = last),
 their runs choose nothing, so the benchmark trains them on all 48 non-val images (``tune.split: val``) instead of
@@ -93,7 +99,8 @@ def score(run: Path, tta: bool) -> dict[str, float]:
     seconds = time.perf_counter() - t0
     m = ev.evaluate()
     return {"AP": m["segm"]["AP"], "AP50": m["segm"]["AP50"], "boundary_AP": m["boundary"]["AP"],
-            "F1@0.5": m["matching"]["f1@0.50"], "images": len(val.images), "s/image": seconds / len(val.images)}
+            "F1@0.5": m["matching"]["f1@0.50"], "AR@1000": m["segm"]["AR1000"], "images": len(val.images),
+            "s/image": seconds / len(val.images)}
 
 
 def chosen_on(run: Path) -> str:
@@ -109,13 +116,13 @@ def chosen_on(run: Path) -> str:
         where = f"{len(split['tune_images'])} held-back train images"
     else:  # runs before tune.split: the reported val images themselves
         where = f"the {len(split['images'])} reported val images"
-    return f"watershed thresholds ({tuning['combinations']} combinations) on {where}"
+    return f"post-processing thresholds ({tuning['combinations']} combinations) on {where}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=20.0)
-    ap.add_argument("--recipes", default="dsb2018,dsb2018-bottomup")
+    ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-nuclei")
     ap.add_argument("--skip-train", action="store_true", help="Score the runs already in --out.")
     ap.add_argument("--no-tta", action="store_true", help="Skip the TTA rows.")
@@ -134,15 +141,15 @@ def main() -> None:
         print(f"{recipe}: {plain} | TTA {tta}", flush=True)
 
     print(f"\nDSB 2018 nuclei val (12 images, 510 nuclei), {args.minutes:g} CPU minutes of training each\n")
-    print("| model | train img/s | mask AP (maxDets 1000) | AP50 | Boundary AP | F1@0.5 | with TTA: AP / F1@0.5 "
-          "| chosen on |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| model | train img/s | mask AP (maxDets 1000) | AP50 | Boundary AP | F1@0.5 | AR@1000 | s/image "
+          "| with TTA: AP / F1@0.5 | chosen on |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, rate, ap_, ap50 in PEERS:
-        print(f"| {name} (peer) | {rate:.2f} | {ap_:.3f} | {ap50:.3f} | – | – | – | see peer notes |")
+        print(f"| {name} (peer) | {rate:.2f} | {ap_:.3f} | {ap50:.3f} | – | – | – | – | – | see peer notes |")
     for name, rate, m, t, where in rows:
         tta_cell = f"{t['AP']:.3f} / {t['F1@0.5']:.3f}" if t else "–"
         print(f"| {name} | {rate:.2f} | {m['AP']:.3f} | {m['AP50']:.3f} | {m['boundary_AP']:.3f} | "
-              f"{m['F1@0.5']:.3f} | {tta_cell} | {where} |")
+              f"{m['F1@0.5']:.3f} | {m['AR@1000']:.3f} | {m['s/image']:.2f} | {tta_cell} | {where} |")
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def test_nuclei_recipes_never_choose_on_the_reported_val_images(shared_data: Pat
 
     root = Path(__file__).resolve().parents[1] / "configs"
     data = shared_data / "dsb2018-stage1-train-subset" / "stage1_train"
-    for name in ("dsb2018.yaml", "dsb2018-bottomup.yaml"):
+    for name in ("dsb2018.yaml", "dsb2018-bottomup.yaml", "dsb2018-stardist.yaml", "dsb2018-cellpose.yaml"):
         cfg = load_config(root / name, {"data.path": str(data)})
         assert (cfg.tune.split, cfg.tune.images) == ("train_slice", 8), name
         d = load_train_data(cfg)

@@ -10,9 +10,10 @@ and does the model's normalisation and resize rules itself, so that a runtime on
   fast path does) and ``max_detections`` (int64 scalar cap per image); outputs ``boxes`` (``N x 4`` XYXY at
   the input size), ``scores``, ``labels`` (1..K), ``masks`` (``N x M x M`` probabilities of the predicted
   class, to be pasted by :func:`maskkit.inference.paste.paste_masks`) and ``batch_index`` (image of each row).
-* :class:`DenseGraph` (semantic and bottom-up models): the decoder's activated maps (``B x M x H x W``,
-  at the input size, or at the network's output stride for bottom-up models built with ``output_stride``),
-  post-processed by the model's own decoder in Python.
+* :class:`DenseGraph` (semantic and bottom-up models, StarDist and Cellpose included): the decoder's activated
+  maps (``B x M x H x W``, at the input size, or at the network's output stride for bottom-up models built with
+  ``output_stride``; lengths in pixels rescaled by the decoder's ``rescale_maps``), post-processed by the
+  model's own decoder in Python (named in the metadata, :mod:`maskkit.models.decoders`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import roi_align
 from torchvision.ops.poolers import MultiScaleRoIAlign, _onnx_merge_levels, _setup_scales
+
+from maskkit.models.bottomup import resize_factor
 
 
 def _dim(t: Tensor) -> Any:
@@ -227,7 +230,7 @@ class DenseGraph(nn.Module):
     mean: Tensor
     std: Tensor
     net: nn.Module
-    decoder: Any  # ComponentInstances or WatershedInstances
+    decoder: Any  # a dense decoder (maskkit.models.decoders)
     min_size: int | None
     max_size: int | None
 
@@ -249,15 +252,18 @@ class DenseGraph(nn.Module):
         if resized is not None:
             x = F.interpolate(x, size=[_dim(resized[0]), _dim(resized[1])], mode="bilinear", align_corners=False)
         size = resized if resized is not None else hw
-        padded = _pad_to_multiple(x, self.stride)
-        logits = self.net(padded)
+        logits = self.net(_pad_to_multiple(x, self.stride))
         if self.output_stride > 1:  # maps at the network's stride, cropped to ceil(size / stride); see from_maps
             s = self.output_stride
             return self.decoder.activate_maps(logits[:, :, : (size[0] + s - 1) // s, : (size[1] + s - 1) // s])
         logits = logits[:, :, : size[0], : size[1]]
         if resized is not None:
             logits = F.interpolate(logits, size=[_dim(hw[0]), _dim(hw[1])], mode="bilinear", align_corners=False)
-        return self.decoder.activate_maps(logits)
+        maps = self.decoder.activate_maps(logits)
+        rescale = getattr(self.decoder, "rescale_maps", None)  # maps holding lengths in pixels (StarDist's rays)
+        if rescale is not None and resized is not None:
+            maps = rescale(maps, resize_factor(resized, hw))
+        return maps
 
     def _resized(self, hw: Tensor) -> Tensor | None:
         """:func:`maskkit.models.encoders.resized_size` on tensors (None: no resize)."""

@@ -12,6 +12,7 @@ from torch import nn
 from maskkit import __version__
 from maskkit.inference.backends.artefact import graph_inputs, graph_outputs
 from maskkit.inference.predictor import is_torchvision_rcnn
+from maskkit.models.decoders import decoder_spec
 from maskkit.models.factory import LoadedModel
 from maskkit.models.registry import model_info
 
@@ -32,10 +33,8 @@ def postprocess_spec(model: Any, kind: str) -> dict[str, Any]:
         return {"score_threshold": float(rh.score_thresh), "detections_per_img": int(rh.detections_per_img),
                 "nms_threshold": float(rh.nms_thresh), "mask_resolution": 2 * int(rh.mask_roi_pool.output_size[0]),
                 "fast_path": is_torchvision_rcnn(model)}
-    decoder = model.decoder
-    if hasattr(model, "thresholds"):  # bottom-up: the watershed and its (tuned) thresholds
-        return {"decoder": "watershed", "num_classes": int(decoder.num_classes), "params": model.thresholds}
-    return {"decoder": "components", "min_area": int(decoder.min_area), "params": {}}
+    # dense: the decoder's name and values, and the (tuned) thresholds of the bottom-up models
+    return {**decoder_spec(model.decoder), "params": dict(getattr(model, "thresholds", {}))}
 
 
 def build_metadata(loaded: LoadedModel, graph: Any, kind: str, fmt: str, graph_file: str,

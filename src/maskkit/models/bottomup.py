@@ -44,6 +44,7 @@ from typing import Any, cast
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskkit.errors import ConfigError, DataError
@@ -51,9 +52,10 @@ from maskkit.models.backbones import freeze_timm_stages
 from maskkit.models.dense import DENSE_CAPABILITIES, DenseSegmentationModel, Targets, encoder_builder
 from maskkit.models.encoders import ENCODER_NAMES, ENCODERS, DenseInput, build_smp, pad_to, resize_map
 from maskkit.models.losses import cross_entropy, dice_loss, mse_loss
+from maskkit.models.regions import region_outputs
 from maskkit.models.registry import register_model
 from maskkit.models.targets import bottomup_targets, checked_semantic_target
-from maskkit.models.watershed import instance_boxes, instance_stats, relabel, seeded_watershed
+from maskkit.models.watershed import relabel, seeded_watershed
 from maskkit.structures.labels import IGNORE_INDEX
 
 DEFAULT_DECODER_CHANNELS = (64, 32, 24, 16, 16)
@@ -63,12 +65,6 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "boundary_threshold": 0.3,
     "min_area": 8.0,
 }
-SCORE_HALF_AREA = 30.0
-"""Instances of this many pixels get half the confidence of large ones: fragments rank last."""
-SECONDARY_CLASS_MIN = 0.01
-"""A region is also output as every other class whose mean probability over it reaches this (as Mask R-CNN
-outputs a box per class above its score threshold): an object of an ambiguous class still counts for AP
-when the first choice is wrong (+0.017 mask AP on the demo), at a low score that a ``--conf`` filter drops."""
 GROW_KERNEL = np.ones((3, 3), np.uint8)
 """Neighbourhood over which a strided instance map grows into the background before it is upsampled."""
 THRESHOLD_GRID: dict[str, list[float]] = {
@@ -179,45 +175,41 @@ class WatershedInstances:
             grown = np.where(imap > 0, imap, cv2.dilate(imap.astype(np.float32), GROW_KERNEL).astype(np.int32))
             upsampled = cv2.resize(grown, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
             imap = relabel(np.where(1.0 - probs[0] > fg_threshold, upsampled, 0), round(min_area))
-        fg_classes = probs[1:]
-        n = int(imap.max())
-        areas, means = instance_stats(imap, n, fg_classes)  # means: K x n
-        primary = means.argmax(0) if n else np.zeros(0, dtype=np.int64)
-        best = means.max(0) if n else np.zeros(0)
-        order = np.argsort(-best, kind="stable")  # regions renumbered by their primary score
-        remap = np.zeros(n + 1, dtype=np.int32)
-        remap[order + 1] = np.arange(1, n + 1, dtype=np.int32)
-        # one row per (region, class) whose mean probability reaches SECONDARY_CLASS_MIN, plus the primary class
-        cls, reg = np.nonzero((means >= SECONDARY_CLASS_MIN) | (np.arange(len(means))[:, None] == primary[None]))
-        scores = means[cls, reg] * areas[reg] / (areas[reg] + SCORE_HALF_AREA)
-        rows = np.lexsort((cls, remap[reg + 1], -scores))  # by score, then region, then class
-        cls, reg, scores = cls[rows], reg[rows], scores[rows]
-        boxes = instance_boxes(imap, n)
-        return {
-            "boxes": torch.from_numpy(boxes[reg].reshape(-1, 4)),
-            "labels": torch.from_numpy((cls + 1).astype(np.int64)),
-            "scores": torch.from_numpy(scores.astype(np.float32)),
-            "instance_ids": torch.from_numpy(remap[reg + 1].astype(np.int64)),
-            "instance_map": torch.from_numpy(remap[imap]),
-            "sem_seg": sem_seg,
-        }
+        return region_outputs(imap, probs[1:], sem_seg)
+
+    def export_spec(self) -> dict[str, Any]:
+        """What :func:`maskkit.models.decoders.decoder_from_spec` needs to rebuild this decoder."""
+        return {"decoder": "watershed", "num_classes": int(self.num_classes)}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> WatershedInstances:
+        return cls(int(spec["num_classes"]))
 
 
 class BottomUpSegmenter(DenseSegmentationModel):
-    """Semantic + border + distance maps from one U-Net, instances by seeded watershed (see the module docstring)."""
+    """Semantic + border + distance maps from one U-Net, instances by seeded watershed (see the module docstring).
+
+    The base of every bottom-up model: post-processing thresholds as buffers (:attr:`default_thresholds`, tuned
+    on val over :attr:`grid`), ``predict_raw``/``postprocess`` for tuning and TTA. The star-convex polygon and
+    flow-field models (:mod:`maskkit.models.stardist`, :mod:`maskkit.models.cellpose`) are subclasses with their
+    own loss, decoder and thresholds.
+    """
+
+    default_thresholds: dict[str, float] = DEFAULT_THRESHOLDS
+    grid: dict[str, list[float]] = THRESHOLD_GRID
 
     def __init__(
         self,
         net: nn.Module,
         num_classes: int,
         input: DenseInput,
-        criterion: BottomUpLoss,
-        decoder: WatershedInstances,
+        criterion: Any,
+        decoder: Any,
         output_stride: int = 1,
         **thresholds: float,
     ) -> None:
         super().__init__(net, num_classes, input, criterion, decoder, output_stride)
-        for name, value in DEFAULT_THRESHOLDS.items():
+        for name, value in self.default_thresholds.items():
             self.register_buffer(name, torch.tensor(float(value)))
         self.set_thresholds(**thresholds)
 
@@ -230,26 +222,40 @@ class BottomUpSegmenter(DenseSegmentationModel):
     @property
     def thresholds(self) -> dict[str, float]:
         """The current post-processing thresholds (buffer values)."""
-        return {name: round(float(getattr(self, name)), 6) for name in DEFAULT_THRESHOLDS}
+        return {name: round(float(getattr(self, name)), 6) for name in self.default_thresholds}
 
     def set_thresholds(self, **values: float) -> None:
-        """Set some of ``fg_threshold``, ``seed_threshold``, ``boundary_threshold``, ``min_area``."""
-        unknown = sorted(set(values) - set(DEFAULT_THRESHOLDS))
+        """Set some of the thresholds (for the watershed: ``fg_threshold``, ``seed_threshold``,
+        ``boundary_threshold``, ``min_area``)."""
+        unknown = sorted(set(values) - set(self.default_thresholds))
         if unknown:
-            raise ConfigError(f"unknown threshold(s) {unknown}; known: {list(DEFAULT_THRESHOLDS)}")
+            raise ConfigError(f"unknown threshold(s) {unknown}; known: {list(self.default_thresholds)}")
         for name, value in values.items():
             getattr(self, name).fill_(float(value))
 
     def threshold_grid(self) -> dict[str, list[float]]:
-        """Candidate values per threshold for tuning on a val set (27 combinations)."""
-        return {k: list(v) for k, v in THRESHOLD_GRID.items()}
+        """Candidate values per threshold for tuning on a val set (the watershed's: 27 combinations)."""
+        return {k: list(v) for k, v in self.grid.items()}
 
     # -- inference -------------------------------------------------------------------------------
     @torch.no_grad()
     def predict_raw(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
-        """Per image, the network's maps at the input size (CPU float32): ``sem_seg`` ((K+1) x H x W class
-        probabilities), ``boundary`` and ``distance`` (H x W, sigmoid)."""
-        return super()._raw(images)
+        """Per image, the network's maps at the input size (CPU float32), as the decoder's ``activate`` gives
+        them (the watershed's: ``sem_seg`` ((K+1) x H x W class probabilities), ``boundary`` and ``distance``).
+
+        Decoders whose maps hold lengths in pixels (``rescale_maps(maps, factor)``, e.g. StarDist's rays) get them
+        scaled from the network's (eval-resized) frame to the input size's."""
+        batch = self.input(images)
+        decoder: Any = self.decoder  # every bottom-up decoder has activate_maps/from_maps
+        rescale = getattr(decoder, "rescale_maps", None)
+        out = []
+        for logits, size, input_size in zip(batch.unpad(self.net(batch.tensor)), batch.sizes, batch.input_sizes,
+                                            strict=True):
+            maps = decoder.activate_maps(logits.float())
+            if rescale is not None:
+                maps = rescale(maps, resize_factor(torch.tensor(size), torch.tensor(input_size)))
+            out.append(decoder.from_maps(maps.cpu()))
+        return out
 
     def _raw(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
         return self.predict_raw(images)  # eval forward without autograd, as predict_raw
@@ -263,8 +269,32 @@ class BottomUpSegmenter(DenseSegmentationModel):
 
     # -- training --------------------------------------------------------------------------------
     def losses(self, logits: Tensor, targets: Targets, sizes: list[tuple[int, int]]) -> dict[str, Tensor]:
-        """``loss_semantic``, ``loss_boundary``, ``loss_distance`` (weighted) of padded ``B x (K+3) x H x W`` logits."""
+        """The criterion's weighted loss terms of padded ``B x M x H x W`` logits."""
         return self.criterion(logits, targets, sizes)
+
+
+def resize_factor(resized: Tensor, original: Tensor) -> Tensor:
+    """The length scale (float32 0-d) from an image resized to ``resized`` (h, w) back to ``original`` (h, w): the
+    geometric mean of the two sides' factors; also inside exported graphs (tensors from shapes)."""
+    ratio = original.to(torch.float32) / resized.to(torch.float32)
+    return torch.sqrt(ratio[0] * ratio[1])
+
+
+def flip_maps(maps: Tensor, flip: str) -> Tensor:
+    """``... x H x W`` maps mirrored as a TTA view's ``flip`` says (``h``, ``v``, ``hv``, ``none``)."""
+    dims = [d for d, on in ((-1, "h" in flip), (-2, "v" in flip)) if on]
+    return maps.flip(dims) if dims else maps
+
+
+def resize_like(raw: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Every ``... x h x w`` map of ``raw`` resized (bilinear) to the size of the same-named map of ``reference``."""
+    out = dict(raw)
+    for name, value in raw.items():
+        size = reference[name].shape[-2:]
+        if value.shape[-2:] != size:
+            out[name] = F.interpolate(value.reshape(1, -1, *value.shape[-2:]), size=size, mode="bilinear",
+                                      align_corners=False).reshape(*value.shape[:-2], *size)
+    return out
 
 
 def freeze_encoder_stages(encoder: nn.Module, trainable: int) -> int:
@@ -307,6 +337,36 @@ def drop_last_decoder_stages(net: nn.Module, count: int, classes: int) -> None:
     net.segmentation_head = SegmentationHead(width, classes, kernel_size=3)
 
 
+def build_unet(
+    out_channels: int,
+    encoder: str,
+    *,
+    pretrained_backbone: bool = True, in_channels: int = 3, min_size: int | None = None, max_size: int | None = None,
+    decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
+    trainable_encoder_stages: int | None = None,
+    output_stride: int = 1,
+    **options: Any,
+) -> tuple[nn.Module, DenseInput]:
+    """The channels-last smp U-Net of every bottom-up model (``out_channels`` maps on ``encoder``, at
+    ``output_stride``) and its input pipeline; ``options`` go to smp's ``Unet``."""
+    channels = tuple(int(c) for c in decoder_channels)
+    if not 1 <= len(channels) <= 5 or min(channels) < 1:
+        raise ConfigError(f"decoder_channels needs 1 to 5 positive widths (one per U-Net stage), got {list(channels)}")
+    if output_stride not in OUTPUT_STRIDES or len(channels) <= OUTPUT_STRIDES[output_stride]:
+        raise ConfigError(f"output_stride must be one of {sorted(OUTPUT_STRIDES)} and leave at least one of the "
+                          f"{len(channels)} decoder stages, got {output_stride}")
+    options.setdefault("encoder_depth", len(channels))
+    net = build_smp("Unet", encoder, out_channels, in_channels, pretrained_backbone, decoder_channels=channels,
+                    **options)
+    if output_stride > 1:
+        drop_last_decoder_stages(net, OUTPUT_STRIDES[output_stride], out_channels)
+    if trainable_encoder_stages is not None:
+        freeze_encoder_stages(cast(nn.Module, net.encoder), int(trainable_encoder_stages))
+    net = net.to(memory_format=torch.channels_last)
+    # NHWC inputs too: ~25% faster convolutions on CPU with the channels-last weights
+    return net, DenseInput.for_network(net, encoder, in_channels, min_size, max_size, channels_last=True)
+
+
 def build_bottomup(
     num_classes: int,
     encoder: str,
@@ -325,22 +385,11 @@ def build_bottomup(
     **options: Any,
 ) -> BottomUpSegmenter:
     """A :class:`BottomUpSegmenter` on ``encoder`` (see the module docstring for the options)."""
-    channels = tuple(int(c) for c in decoder_channels)
-    if not 1 <= len(channels) <= 5 or min(channels) < 1:
-        raise ConfigError(f"decoder_channels needs 1 to 5 positive widths (one per U-Net stage), got {list(channels)}")
-    if output_stride not in OUTPUT_STRIDES or len(channels) <= OUTPUT_STRIDES[output_stride]:
-        raise ConfigError(f"output_stride must be one of {sorted(OUTPUT_STRIDES)} and leave at least one of the "
-                          f"{len(channels)} decoder stages, got {output_stride}")
-    options.setdefault("encoder_depth", len(channels))
-    net = build_smp("Unet", encoder, num_classes + 3, in_channels, pretrained_backbone, decoder_channels=channels,
-                    **options)
-    if output_stride > 1:
-        drop_last_decoder_stages(net, OUTPUT_STRIDES[output_stride], num_classes + 3)
-    if trainable_encoder_stages is not None:
-        freeze_encoder_stages(cast(nn.Module, net.encoder), int(trainable_encoder_stages))
-    net = net.to(memory_format=torch.channels_last)
-    # NHWC inputs too: ~25% faster convolutions on CPU with the channels-last weights
-    dense_input = DenseInput.for_network(net, encoder, in_channels, min_size, max_size, channels_last=True)
+    net, dense_input = build_unet(num_classes + 3, encoder, pretrained_backbone=pretrained_backbone,
+                                  in_channels=in_channels, min_size=min_size, max_size=max_size,
+                                  decoder_channels=decoder_channels,
+                                  trainable_encoder_stages=trainable_encoder_stages, output_stride=output_stride,
+                                  **options)
     return BottomUpSegmenter(
         net, num_classes, dense_input,
         BottomUpLoss(num_classes, semantic_weight, boundary_weight, distance_weight),

@@ -19,13 +19,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maskkit.errors import DataError
 from maskkit.models.encoders import DenseInput, pad_to
 from maskkit.models.registry import InputSpec
-from maskkit.models.targets import checked_semantic_target
+from maskkit.models.targets import checked_semantic_target, instance_id_map
 from maskkit.structures.labels import IGNORE_INDEX
 
 Targets = Sequence[Mapping[str, Tensor]]
@@ -70,6 +72,29 @@ def semantic_batch(targets: Targets, sizes: list[tuple[int, int]], num_classes: 
     maps = [checked_semantic_target(t, size, num_classes).to(torch.int64)[None]
             for t, size in zip(targets, sizes, strict=True)]
     return pad_to(maps, (int(like.shape[-2]), int(like.shape[-1])), fill=IGNORE_INDEX)[:, 0]
+
+
+def instance_map_batch(
+    targets: Targets, sizes: list[tuple[int, int]], num_classes: int, like: Tensor,
+    maps: Callable[[np.ndarray], np.ndarray],
+) -> tuple[Tensor, Tensor]:
+    """Semantic class maps (as :func:`semantic_batch`) and per-pixel target maps ``maps(ids)`` (``C x h x w``
+    float32 of each image's instance id map, :func:`~maskkit.models.targets.instance_id_map`), both padded to
+    the spatial size of ``like`` (maps with 0). Box-only targets get a ``DataError``."""
+    if len(targets) != len(sizes):
+        raise DataError(f"{len(sizes)} images but {len(targets)} targets")
+    padded = (int(like.shape[-2]), int(like.shape[-1]))
+    sems, dense = [], []
+    for t, size in zip(targets, sizes, strict=True):
+        sem = checked_semantic_target(t, size, num_classes).to(device=like.device, dtype=torch.int64)
+        masks = t.get("masks")
+        if masks is None:
+            raise DataError("bottom-up models need instance masks in the targets")
+        if tuple(masks.shape[-2:]) != size:
+            raise DataError(f"instance masks are {tuple(masks.shape[-2:])} but the image is {size[0]}x{size[1]}")
+        sems.append(sem[None])
+        dense.append(torch.from_numpy(maps(instance_id_map(masks.detach().cpu()))).to(like.device))
+    return pad_to(sems, padded, fill=IGNORE_INDEX)[:, 0], pad_to(dense, padded)
 
 
 class DenseSegmentationModel(nn.Module):

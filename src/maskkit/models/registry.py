@@ -84,6 +84,8 @@ _BUILTIN_MODULES = (
     "maskkit.models.panoptic",
     "maskkit.models.semantic",
     "maskkit.models.bottomup",
+    "maskkit.models.stardist",
+    "maskkit.models.cellpose",
 )
 _loaded = False
 

@@ -142,6 +142,14 @@ class ComponentInstances:
     def __call__(self, probs: Tensor) -> dict[str, Tensor]:
         return {**instances_from_semantic(probs, self.min_area), "sem_seg": probs}
 
+    def export_spec(self) -> dict[str, Any]:
+        """What :func:`maskkit.models.decoders.decoder_from_spec` needs to rebuild this decoder."""
+        return {"decoder": "components", "min_area": self.min_area}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> ComponentInstances:
+        return cls(int(spec["min_area"]))
+
 
 class SemanticSegmenter(DenseSegmentationModel):
     """A per-pixel classifier over K + 1 classes (0 background): a dense model with :class:`SemanticLoss` and

@@ -3,8 +3,9 @@
 The graph does what a graph can (normalisation, resize, network, box decoding and NMS for Mask R-CNN); what
 follows is the PyTorch path's own code: :meth:`Detections.from_mask_probs` pastes the low-resolution masks
 and :class:`~maskkit.inference.common.PredictorBase` filters and encodes them (Mask R-CNN); the model's
-decoder (:mod:`maskkit.models.semantic`, :mod:`maskkit.models.bottomup`: connected components, seeded
-watershed) and :func:`~maskkit.models.outputs.to_instances` turn dense maps into instances.
+decoder (named by the export's metadata, :mod:`maskkit.models.decoders`: connected components, seeded
+watershed, star-convex polygon NMS, flow following) and :func:`~maskkit.models.outputs.to_instances` turn
+dense maps into instances.
 """
 
 from __future__ import annotations
@@ -47,16 +48,10 @@ def open_session(graph: Path, backend: str, threads: int | None) -> Session:
 
 
 def make_decoder(spec: dict[str, Any]) -> Any:
-    """The dense model's decoder of an export's ``postprocess`` metadata."""
-    if spec["decoder"] == "watershed":
-        from maskkit.models.bottomup import WatershedInstances  # deferred: smp/timm, needed by dense exports only
+    """The dense model's decoder of an export's ``postprocess`` metadata (which names it)."""
+    from maskkit.models.decoders import decoder_from_spec  # deferred: smp/timm/Numba, needed by dense exports only
 
-        return WatershedInstances(int(spec["num_classes"]))
-    if spec["decoder"] == "components":
-        from maskkit.models.semantic import ComponentInstances  # deferred: smp/timm, needed by dense exports only
-
-        return ComponentInstances(int(spec["min_area"]))
-    raise ConfigError(f"unknown decoder {spec['decoder']!r} in the export metadata")
+    return decoder_from_spec(spec)
 
 
 class RuntimePredictor(PredictorBase):
