@@ -31,6 +31,8 @@ class StepContext:
     scaler: torch.amp.GradScaler | None = None
     ema: Any = None
     amp: bool = False
+    adversarial: Any = None
+    """``(model, images, targets) -> images``: adversarial examples mixed into each batch (None: off)."""
 
 
 @dataclass
@@ -79,6 +81,8 @@ def train_epoch(
     for images, targets in batches:
         t0 = time.perf_counter()
         images, targets = to_device(images, targets, ctx.device)
+        if ctx.adversarial is not None:
+            images = ctx.adversarial(ctx.model, images, targets)
         with torch.autocast(ctx.device.type, enabled=ctx.amp):
             losses = ctx.model(images, targets)
         total = weighted_total(losses, ctx.loss_weights)
