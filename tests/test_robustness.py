@@ -105,8 +105,10 @@ def test_killed_run_resumes_and_options_change_invalidate(setup: dict[str, Path]
     assert len(run_robustness(setup["model"], setup["data"], out, seed=1, **kw).computed) == 5
 
 
-def test_corruption_is_seeded_per_image(setup: dict[str, Path], tmp_path: Path, one_thread: None) -> None:
-    kw: dict[str, Any] = {"corruptions": "gaussian_noise", "severities": "5", "attacks": None, "plots": False}
+def test_conditions_repeat(setup: dict[str, Path], tmp_path: Path, one_thread: None) -> None:
+    """Corruptions and attacks are seeded per image: two runs give the same numbers."""
+    kw: dict[str, Any] = {"corruptions": "gaussian_noise", "severities": "5", "attacks": "fgsm,pgd", "eps": "8/255",
+                          "pgd_steps": 2, "plots": False}
     a = run_robustness(setup["model"], setup["data"], tmp_path / "a", **kw).report["conditions"]
     b = run_robustness(setup["model"], setup["data"], tmp_path / "b", **kw).report["conditions"]
     assert a == {k: {**v, "seconds": a[k]["seconds"]} for k, v in b.items()}
@@ -130,3 +132,16 @@ def test_errors(setup: dict[str, Path], tmp_path: Path) -> None:
                            str(setup["data"]), "--out", str(tmp_path), "--attacks", "cw"], capture_output=True,
                           text=True, env=ONE_THREAD_ENV, timeout=120)
     assert proc.returncode != 0 and "unknown attack 'cw'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ray_equals_single_process(setup: dict[str, Path], tmp_path: Path, one_thread: None) -> None:
+    """Clean and corrupted images predicted on Ray (corrupted in the workers) give the single process's numbers."""
+    from maskkit.inference.distributed import RaySettings
+
+    pytest.importorskip("ray")
+    kw: dict[str, Any] = {"corruptions": "impulse_noise", "severities": "2", "attacks": None, "plots": False}
+    single = run_robustness(setup["model"], setup["data"], tmp_path / "single", **kw).report["conditions"]
+    ray = run_robustness(setup["model"], setup["data"], tmp_path / "ray", ray=RaySettings("local:2"),
+                         **kw).report["conditions"]
+    assert set(ray) == {"clean", "impulse_noise/2"}
+    assert {k: v["metrics"] for k, v in ray.items()} == {k: v["metrics"] for k, v in single.items()}

@@ -32,8 +32,14 @@ def command(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write corruptions.png and attacks.png."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Accept image paths resolving "
                                             "outside the dataset root."),
+    ray: str | None = typer.Option(None, "--ray", help="Predict the clean and corrupted images on Ray (auto, a Ray "
+                                   "address or local:N); attacks run here. Needs maskkit[ray]."),
+    ray_workers: int | None = typer.Option(None, "--ray-workers", help="With --ray: actors, one model each."),
+    ray_cpus: int = typer.Option(1, "--ray-cpus", help="With --ray: CPUs (and torch threads) per worker."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="With --ray: GPUs per worker."),
 ) -> None:
     """Robustness to common corruptions and adversarial attacks (resumable: finished conditions are kept)."""
+    from maskkit.inference.distributed import ray_settings
     from maskkit.robustness import run_robustness  # deferred: torch
     from maskkit.robustness.report import print_table
 
@@ -45,7 +51,7 @@ def command(
         model, data, out, split=split, corruptions=corruptions, severities=severities,
         attacks=None if attacks.strip().lower() == "none" else attacks, eps=eps, pgd_steps=pgd_steps, seed=seed,
         max_dets=dets, score_threshold=score_threshold, allow_outside_root=allow_outside_root, plots=plots,
-        log=lambda msg: typer.echo(msg, err=True))
+        ray=ray_settings(ray, ray_workers, ray_cpus, ray_gpus), log=lambda msg: typer.echo(msg, err=True))
     print_table(result.report)
     resumed = len(result.report["conditions"]) - len(result.computed)
     typer.echo(f"wrote {out / 'robustness.json'} ({len(result.computed)} conditions evaluated, {resumed} resumed)"

@@ -287,6 +287,14 @@ def corrupt(image: np.ndarray, name: str, severity: int, seed: int = 0) -> np.nd
     return out[:, :, 0] if grey else out
 
 
+def corrupt_tensor(x: Any, name: str, severity: int, seed: int = 0) -> Any:
+    """A model-input image (float ``C×H×W`` torch tensor in ``[0, 1]``) under a corruption, through 8 bits."""
+    import torch
+
+    hwc = (x.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return torch.from_numpy(corrupt(hwc, name, severity, seed)).permute(2, 0, 1).float().div_(255.0)
+
+
 def applicable(name: str, channels: int) -> bool:
     """Whether corruption ``name`` applies to images of ``channels`` channels."""
     return not CORRUPTIONS[name].rgb or channels == 3

@@ -85,14 +85,13 @@ class RandomCorruption(v2.Transform):  # type: ignore[misc]  # torchvision has n
                 "seed": int(torch.randint(2**31 - 1, ()))}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        from maskkit.data.corruptions import applicable, corrupt
+        from maskkit.data.corruptions import applicable, corrupt_tensor
 
         name = params["name"]
         if name is None or not applicable(name, int(inpt.shape[-3])):
             return inpt
-        hwc = (inpt.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
-        out = torch.from_numpy(corrupt(hwc, name, params["severity"], params["seed"])).permute(2, 0, 1)
-        return tv_tensors.wrap(out.to(inpt.dtype).div_(255.0), like=inpt)
+        out = corrupt_tensor(inpt, name, params["severity"], params["seed"])
+        return tv_tensors.wrap(out.to(inpt.dtype, device=inpt.device), like=inpt)
 
 
 def build_transforms(train: bool, cfg: AugmentConfig | None = None) -> v2.Compose:

@@ -15,9 +15,10 @@ file, data, images, options); a rerun skips the conditions whose file matches, s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 import maskkit.inference
-from maskkit.data.corruptions import applicable, corrupt
+from maskkit.data.corruptions import applicable, corrupt_tensor
 from maskkit.engine.adversarial import attack, model_loss
 from maskkit.engine.data import images_to_score
 from maskkit.errors import ConfigError, DataError
@@ -35,6 +36,7 @@ from maskkit.evaluation.results import image_loader
 from maskkit.fileio import atomic_write_json
 from maskkit.inference.backends.artefact import is_exported
 from maskkit.inference.common import image_tensor
+from maskkit.inference.distributed import RaySettings
 from maskkit.robustness.conditions import (
     Condition,
     build_conditions,
@@ -70,16 +72,6 @@ def _model_stamp(model: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-
-
-def corrupt_tensor(x: torch.Tensor, name: str, severity: int, seed: int) -> torch.Tensor:
-    """A model-input image (float ``C×H×W`` in ``[0, 1]``) under a corruption, through 8 bits."""
-    out = corrupt(_to_uint8(x.cpu()), name, severity, seed)
-    return torch.from_numpy(out).permute(2, 0, 1).float().div_(255.0)
-
-
 class _Attacker:
     """The model of a checkpoint in PyTorch and each image's training target, for the attacks."""
 
@@ -99,8 +91,12 @@ class _Attacker:
         resized, target = self.ds[self.index[image_id]]
         size = (int(resized.shape[-2]), int(resized.shape[-1]))
         loss = model_loss(self.net, [target], self.weights, sizes=[size])
-        gen = torch.Generator().manual_seed(image_seed(self.seed, image_id, cond.name))
-        return attack(cond.name, loss, [x], cond.eps, self.steps, generator=gen)[0]
+        seed = image_seed(self.seed, image_id, cond.name)
+        # Mask R-CNN samples proposals in train mode: from a generator seeded per image, so that the attack (and
+        # the metrics) repeat; the caller's random state is left as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return attack(cond.name, loss, [x], cond.eps, self.steps, generator=torch.Generator().manual_seed(seed))[0]
 
 
 def run_robustness(
@@ -120,11 +116,13 @@ def run_robustness(
     backend: str = "faster",
     allow_outside_root: bool = False,
     plots: bool = True,
+    ray: RaySettings | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RobustnessResult:
     """Score ``model`` on ``data`` clean, under each corruption x severity and each attack x eps (module
     docstring); write ``out/robustness.json``, ``out/conditions/*.json`` and the plots. ``corruptions``: names
-    or groups (None: all; ``none``: no corruption); ``attacks`` None or empty: none."""
+    or groups (None: all; ``none``: no corruption); ``attacks`` None or empty: none. ``ray``: predict the clean and
+    corrupted images on Ray (:mod:`maskkit.inference.distributed`; attacks, which need gradients, run here)."""
     model, out = Path(model), Path(out)
     say = log or (lambda _msg: None)
     names_attacks = parse_attacks(attacks)
@@ -157,44 +155,24 @@ def run_robustness(
     for c in conditions:
         if c not in todo:
             skipped[c.key] = f"{c.name} needs RGB images; the model takes {channels} channel(s)"
-    for n, cond in enumerate(todo, 1):
-        path = out / "conditions" / f"{cond.slug}.json"
-        saved = _load_condition(path, fingerprint)
-        if saved is not None:
-            results[cond.key] = saved
-            continue
-        if cond.kind == "attack" and attacker is None:
-            attacker = _Attacker(model, aset, pgd_steps, seed)
-
-        def predict(batch: list[Any], cond: Condition = cond, attacker: _Attacker | None = attacker) -> list[Any]:
-            preds = []
-            for rec in batch:
-                raw = load_image(rec.id)
-                if raw is None:
-                    raise DataError("image file not found or unreadable", file=aset.image_path(rec))
-                x = image_tensor(raw, predictor.config)
-                if cond.kind == "corruption":
-                    x = corrupt_tensor(x, cond.name, cond.severity, image_seed(seed, rec.id, cond.name))
-                elif cond.kind == "attack":
-                    assert attacker is not None
-                    x = attacker(cond, rec.id, x)
-                preds.append(predictor.predict(x))
-            return preds
-
-        ev = InstanceEvaluator(aset.categories, max_dets=list(max_dets), extras=["matching", "boundary"],
-                               score_threshold=score_threshold, backend=backend, detection_areas="detectron2")
-        t0 = time.perf_counter()
-        metrics = inference_on_dataset(predict, ([rec] for rec in aset.images), ev)
-        row = {"fingerprint": fingerprint, "key": cond.key, "kind": cond.kind, "name": cond.name,
-               "severity": cond.severity, "eps": cond.eps, "eps_label": cond.eps_label,
-               "images": len(aset.images), "seconds": round(time.perf_counter() - t0, 2),
-               "metrics": scalar_metrics(metrics)}
-        atomic_write_json(path, row, indent=1)
-        results[cond.key] = row
-        computed.append(cond.key)
-        segm = row["metrics"].get("segm", {}).get("AP")
-        say(f"[{n}/{len(todo)}] {cond.key}: mask AP {segm if segm is None else round(100 * segm, 1)} "
-            f"({row['seconds']} s)")
+    saved = {c.key: _load_condition(out / "conditions" / f"{c.slug}.json", fingerprint) for c in todo}
+    with contextlib.ExitStack() as stack:
+        remote = _remote_predictions(stack, ray, [c for c in todo if saved[c.key] is None and c.kind != "attack"],
+                                     aset, model, seed)
+        for n, cond in enumerate(todo, 1):
+            row = saved[cond.key]
+            if row is None:
+                if cond.kind == "attack" and attacker is None:
+                    attacker = _Attacker(model, aset, pgd_steps, seed)
+                row = _evaluate(cond, aset, predictor, load_image, attacker, remote if cond.kind != "attack" else None,
+                                seed, list(max_dets), score_threshold, backend)
+                row = {"fingerprint": fingerprint, **row}
+                atomic_write_json(out / "conditions" / f"{cond.slug}.json", row, indent=1)
+                computed.append(cond.key)
+                segm = row["metrics"].get("segm", {}).get("AP")
+                say(f"[{n}/{len(todo)}] {cond.key}: mask AP {segm if segm is None else round(100 * segm, 1)} "
+                    f"({row['seconds']} s)")
+            results[cond.key] = row
     report = summarize(results, [c for c in conditions if c in todo], skipped)
     report["model"] = str(model)
     report["data"] = str(data)
@@ -208,6 +186,58 @@ def run_robustness(
     atomic_write_json(out / "robustness.json", report, indent=2)
     paths = write_plots(report, out) if plots else []
     return RobustnessResult(out, report, computed, paths)
+
+
+def _evaluate(cond: Condition, aset: Any, predictor: Any, load_image: Callable[[int], np.ndarray | None],
+              attacker: _Attacker | None, remote: Iterator[Any] | None, seed: int, max_dets: list[int],
+              score_threshold: float, backend: str) -> dict[str, Any]:
+    """One condition's row: its images streamed through the model into a fresh evaluator."""
+
+    def predict(batch: list[Any]) -> list[Any]:
+        preds = []
+        for rec in batch:
+            if remote is not None:  # predicted on Ray, in the same order
+                inst = next(remote)
+                if inst is None:
+                    raise DataError("image file not found or unreadable", file=aset.image_path(rec))
+                preds.append(inst)
+                continue
+            raw = load_image(rec.id)
+            if raw is None:
+                raise DataError("image file not found or unreadable", file=aset.image_path(rec))
+            x = image_tensor(raw, predictor.config)
+            if cond.kind == "corruption":
+                x = corrupt_tensor(x, cond.name, cond.severity, image_seed(seed, rec.id, cond.name))
+            elif cond.kind == "attack":
+                assert attacker is not None
+                x = attacker(cond, rec.id, x)
+            preds.append(predictor.predict(x))
+        return preds
+
+    ev = InstanceEvaluator(aset.categories, max_dets=max_dets, extras=["matching", "boundary"],
+                           score_threshold=score_threshold, backend=backend, detection_areas="detectron2")
+    t0 = time.perf_counter()
+    metrics = inference_on_dataset(predict, ([rec] for rec in aset.images), ev)
+    return {"key": cond.key, "kind": cond.kind, "name": cond.name, "severity": cond.severity, "eps": cond.eps,
+            "eps_label": cond.eps_label, "images": len(aset.images), "seconds": round(time.perf_counter() - t0, 2),
+            "metrics": scalar_metrics(metrics)}
+
+
+def _remote_predictions(stack: contextlib.ExitStack, ray: RaySettings | None, conditions: list[Condition],
+                        aset: Any, model: Path, seed: int) -> Iterator[Any] | None:
+    """With ``ray``: one Ray stream of the predictions of every image of ``conditions`` (clean and corruptions), in
+    order (the session and the stream closed by ``stack``); else None."""
+    if ray is None or not conditions:
+        return None
+    from maskkit.inference.distributed import predict_records, ray_session
+
+    stack.enter_context(ray_session(ray))
+    records = [rec for _ in conditions for rec in aset.images]
+    corruptions = [None if c.kind == "clean" else (c.name, c.severity, image_seed(seed, rec.id, c.name))
+                   for c in conditions for rec in aset.images]
+    stream = predict_records(records, aset.image_path, model.resolve(), {}, ray, corruptions)
+    stack.callback(stream.close)
+    return stream
 
 
 def _first_image(aset: Any, load_image: Callable[[int], np.ndarray | None]) -> np.ndarray:
