@@ -18,7 +18,7 @@ training; ``--train-corruptions`` can hold some out).
 
 Data: ``--config CONFIG.yaml`` (e.g. ``configs/dsb2018.yaml``: the nuclei recipe, its data path and its split),
 else synthetic shapes (``maskkit.data.synth``, ``--images`` at ``--size`` px, split train/val/test) with a small
-bottom-up model. Results: ``OUT/robust_training.json`` and a printed table.
+bottom-up model. Results: ``OUT/robust_training.json`` (variants of earlier calls kept) and a printed table.
 
 Run: ``python benchmarks/robust_training.py [--out runs/bench-robust] [--epochs 12] [--config configs/dsb2018.yaml
 --minutes-per-run ...] [--variants baseline,corruption,adversarial,both]``.
@@ -104,7 +104,8 @@ def main() -> None:
                             workers=1)
         base = {**SYNTH_CONFIG, "data": {**SYNTH_CONFIG["data"], "path": str(data / "dataset.yaml")}}
         data, split = data / "dataset.yaml", "test"
-    rows: dict[str, Any] = {}
+    results = args.out / "robust_training.json"
+    rows: dict[str, Any] = json.loads(results.read_text())["variants"] if results.is_file() else {}
     for variant in args.variants.split(","):
         cfg = variant_config(base, variant, args, args.out)
         run = Path(cfg["output"]["out"])
@@ -124,7 +125,7 @@ def main() -> None:
         rows[variant] = {"steps": steps, "train_seconds": seconds, "clean": s["clean"], "mPC": s.get("mPC"),
                          "rPC": s.get("rPC"), "adversarial": s.get("adversarial"),
                          "attacks": {a: {"eps": v["eps_labels"], "segm": v["segm"]} for a, v in rob["attacks"].items()}}
-        (args.out / "robust_training.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+        results.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                                    "variants": rows}, indent=2))
         print(f"{variant}: done", flush=True)
 
