@@ -47,7 +47,7 @@ class Corruption:
 
 
 # -- albumentations glue --------------------------------------------------------------------------------------
-def _albu(make: Callable[[Any], Any]) -> Fn:
+def _albu(make: Callable[[Any, Any], Any]) -> Fn:
     """A corruption running the albumentations transform ``make(param)`` (always applied, seeded from ``rng``)."""
 
     def fn(image: np.ndarray, param: Any, rng: np.random.Generator) -> np.ndarray:
@@ -112,9 +112,9 @@ def _hsv(image: np.ndarray, change: Callable[[np.ndarray], None]) -> np.ndarray:
         hsv = np.stack([np.zeros_like(v), np.zeros_like(v), v], axis=2)
         change(hsv)
         return _to_uint8(np.clip(hsv[:, :, 2:], 0, 1))
-    hsv = cv2.cvtColor(_to_float(image), cv2.COLOR_RGB2HSV)
+    hsv = np.asarray(cv2.cvtColor(_to_float(image), cv2.COLOR_RGB2HSV), dtype=np.float32)
     change(hsv)
-    hsv[:, :, 0] %= 360.0
+    hsv[:, :, 0] = np.mod(hsv[:, :, 0], 360.0)
     hsv[:, :, 1:] = np.clip(hsv[:, :, 1:], 0, 1)
     return _to_uint8(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB))
 

@@ -62,7 +62,7 @@ def _gradients(loss: LossFn, images: list[Tensor]) -> list[Tensor] | None:
         total = loss(xs)
         if not bool(torch.isfinite(total)):
             return None
-        grads = torch.autograd.grad(total, xs, allow_unused=True)
+        grads: tuple[Tensor | None, ...] = torch.autograd.grad(total, xs, allow_unused=True)
     return [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, xs, strict=True)]
 
 

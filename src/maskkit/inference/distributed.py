@@ -313,7 +313,7 @@ def ray_predictions(settings: RaySettings, predict: FilteredPredict, model: str 
 
 def predict_records(records: Sequence[Any], image_path: Any, model: str | Path, options: Mapping[str, Any],
                     settings: RaySettings, corruptions: Sequence[tuple[str, int, int] | None] | None = None
-                    ) -> Iterator[Instances | None]:
+                    ) -> Generator[Instances | None, None, None]:
     """The Predictor's ``Instances`` of each evaluation ``ImageRecord`` in order (None: image unreadable), run on
     Ray; ``image_path(record)`` is its file (as ``AnnotationSet.image_path``). ``corruptions``: per record, None or
     ``(name, severity, seed)``: the model's input image is corrupted first
