@@ -125,8 +125,10 @@ def main() -> None:
         rows[variant] = {"steps": steps, "train_seconds": seconds, "clean": s["clean"], "mPC": s.get("mPC"),
                          "rPC": s.get("rPC"), "adversarial": s.get("adversarial"),
                          "attacks": {a: {"eps": v["eps_labels"], "segm": v["segm"]} for a, v in rob["attacks"].items()}}
-        results.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                                   "variants": rows}, indent=2))
+        saved = json.loads(results.read_text())["variants"] if results.is_file() else {}  # another call's too
+        rows = {**saved, variant: rows[variant]}
+        results.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "variants": rows},
+                                      indent=2))
         print(f"{variant}: done", flush=True)
 
     def pct(v: float | None) -> str:

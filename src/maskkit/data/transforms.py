@@ -91,7 +91,7 @@ class RandomCorruption(v2.Transform):  # type: ignore[misc]  # torchvision has n
         if name is None or not applicable(name, int(inpt.shape[-3])):
             return inpt
         out = corrupt_tensor(inpt, name, params["severity"], params["seed"])
-        return tv_tensors.wrap(out.to(inpt.dtype, device=inpt.device), like=inpt)
+        return tv_tensors.wrap(out.to(device=inpt.device, dtype=inpt.dtype), like=inpt)
 
 
 def build_transforms(train: bool, cfg: AugmentConfig | None = None) -> v2.Compose:
