@@ -20,7 +20,9 @@ Data: ``--config CONFIG.yaml`` (e.g. ``configs/dsb2018.yaml``: the nuclei recipe
 else synthetic shapes (``maskkit.data.synth``, ``--images`` at ``--size`` px, split train/val/test) with a small
 bottom-up model. Results: ``OUT/robust_training.json`` (variants of earlier calls kept) and a printed table.
 
-Run: ``python benchmarks/robust_training.py [--out runs/bench-robust] [--epochs 12] [--config configs/dsb2018.yaml
+A config's early stopping and time budget are switched off (``--minutes-per-run`` sets one again, which breaks
+the equal-steps budget). Run from the repository root (configs name their data relative to it):
+``python benchmarks/robust_training.py [--out runs/bench-robust] [--epochs 12] [--config configs/dsb2018.yaml
 --minutes-per-run ...] [--variants baseline,corruption,adversarial,both]``.
 """
 
@@ -52,6 +54,8 @@ def variant_config(base: dict[str, Any], variant: str, args: argparse.Namespace,
     """``base`` with the variant's options, the shared budget and its own output folder."""
     cfg = json.loads(json.dumps(base))
     cfg.setdefault("schedule", {})["epochs"] = args.epochs
+    cfg["schedule"]["patience"] = None  # no early stopping: every variant takes the same steps
+    cfg["schedule"].pop("max_minutes", None)
     if args.minutes_per_run:
         cfg["schedule"]["max_minutes"] = args.minutes_per_run
     cfg.setdefault("output", {})["out"] = str(out / variant)
