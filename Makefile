@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,pretrained,serve,tune,onnx,openvino,ray,ssl,explain]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,pretrained,serve,tune,onnx,openvino,ray,ssl,explain,robustness]'
 	touch $(STAMP)
 
 # The main job: synthetic data -> train the bottom-up U-Net (about 5 CPU minutes) -> evaluate -> overlays, metrics,

@@ -33,6 +33,25 @@ NormaliseMode = Literal["dtype", "uint8", "minmax", "percentile", "fixed"]
 """
 
 
+class CorruptionAugmentConfig(_Strict):
+    """Corruption augmentation (training only): with probability ``p`` an image gets one corruption of
+    :mod:`maskkit.data.corruptions` (drawn from ``names``) at a severity drawn from ``severities``."""
+
+    p: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability per training image (0: off)."""
+    severities: list[int] = Field(default_factory=lambda: [1, 2, 3])
+    names: list[str] | None = None
+    """Corruptions or groups (``noise``, ``blur``, ``weather``, ``digital``, ``microscopy``); None: every one that
+    keeps pixels in place (``elastic_transform`` moves pixels but not the masks: refused)."""
+
+    @field_validator("severities")
+    @classmethod
+    def _severities(cls, v: list[int]) -> list[int]:
+        if not v or any(s not in (1, 2, 3, 4, 5) for s in v):
+            raise ValueError("severities must be a non-empty list of 1..5")
+        return v
+
+
 class AugmentConfig(BaseModel):
     """Augmentation and image-loading options (embedded in the training config)."""
 
@@ -62,6 +81,8 @@ class AugmentConfig(BaseModel):
     """Divisor of the ``fixed`` normalisation mode."""
     channels: int | None = None
     """Channels fed to the model: ``None`` keeps each image's own; ``3`` repeats grey and drops alpha."""
+    corruption: CorruptionAugmentConfig = Field(default_factory=CorruptionAugmentConfig)
+    """Corruption augmentation, applied last (off by default)."""
 
     @field_validator("min_size")
     @classmethod
@@ -218,6 +239,18 @@ class SemiConfig(_Strict):
     """Strong view: random horizontal/vertical flips, applied to the image and its pseudo-labels together."""
 
 
+class AdversarialConfig(_Strict):
+    """Adversarial training: a ``fraction`` of each batch's images replaced by L-inf FGSM/PGD examples of the current
+    model on its own training loss (:mod:`maskkit.engine.adversarial`), ``eps`` in ``[0, 1]`` image units."""
+
+    method: Literal["fgsm", "pgd"] = "pgd"
+    eps: float = Field(2.0 / 255.0, ge=0.0, le=1.0)
+    steps: int = Field(3, ge=1)
+    """PGD steps (FGSM takes one)."""
+    fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability per training image of being replaced (0: off)."""
+
+
 class OutputConfig(_Strict):
     """Where the run folder goes and what is logged into it."""
 
@@ -245,6 +278,7 @@ class TrainConfig(_Strict):
     """Weight per loss term (``loss_classifier``, ``loss_box_reg``, ``loss_mask``, ``loss_objectness``,
     ``loss_rpn_box_reg``); missing terms weigh 1."""
     output: OutputConfig = Field(default_factory=OutputConfig)
+    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
     seed: int = 0
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""

@@ -51,7 +51,7 @@ def _register() -> None:
     import importlib
 
     for verb in ("demo", "train", "eval", "models", "synth", "validate", "info", "convert", "predict", "export",
-                 "serve", "tune", "select", "pretrain", "explain"):
+                 "serve", "tune", "select", "pretrain", "explain", "robustness"):
         app.command(verb)(importlib.import_module(f"maskkit.cli.{verb}").command)
 
 

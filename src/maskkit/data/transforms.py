@@ -66,6 +66,34 @@ class RandomTranspose(v2.Transform):  # type: ignore[misc]  # torchvision has no
         return inpt
 
 
+class RandomCorruption(v2.Transform):  # type: ignore[misc]  # torchvision has no type information
+    """With probability ``p``, one corruption of ``names`` at one of ``severities`` on the image only
+    (:mod:`maskkit.data.corruptions`; the image passes through 8 bits). The draws come from torch's generator, so
+    seeded runs and DataLoader workers repeat; corruptions needing RGB are not drawn for other images."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, p: float, names: list[str], severities: list[int]) -> None:
+        super().__init__()
+        self.p, self.names, self.severities = float(p), list(names), list(severities)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        if not bool(torch.rand(()) < self.p):
+            return {"name": None}
+        return {"name": self.names[int(torch.randint(len(self.names), ()))],
+                "severity": self.severities[int(torch.randint(len(self.severities), ()))],
+                "seed": int(torch.randint(2**31 - 1, ()))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        from maskkit.data.corruptions import applicable, corrupt_tensor
+
+        name = params["name"]
+        if name is None or not applicable(name, int(inpt.shape[-3])):
+            return inpt
+        out = corrupt_tensor(inpt, name, params["severity"], params["seed"])
+        return tv_tensors.wrap(out.to(device=inpt.device, dtype=inpt.dtype), like=inpt)
+
+
 def build_transforms(train: bool, cfg: AugmentConfig | None = None) -> v2.Compose:
     """The joint transform pipeline for training (random) or evaluation (deterministic resize only)."""
     cfg = cfg or AugmentConfig()
@@ -87,6 +115,11 @@ def build_transforms(train: bool, cfg: AugmentConfig | None = None) -> v2.Compos
         if cfg.color_jitter > 0 or cfg.hue > 0:
             s = cfg.color_jitter
             steps.append(ColorJitterAnyChannels(brightness=s, contrast=s, saturation=s, hue=cfg.hue))
+        if cfg.corruption.p > 0:
+            from maskkit.data.corruptions import corruption_names
+
+            names = corruption_names(cfg.corruption.names, training=True)
+            steps.append(RandomCorruption(cfg.corruption.p, names, cfg.corruption.severities))
     return v2.Compose(steps)
 
 

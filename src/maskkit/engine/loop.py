@@ -33,6 +33,8 @@ class StepContext:
     amp: bool = False
     semi: Any = None
     """A :class:`~maskkit.engine.semisup.SemiSupervised` adding ``loss_unsup`` to every step (None: supervised)."""
+    adversarial: Any = None
+    """``(model, images, targets) -> images``: adversarial examples mixed into each batch (None: off)."""
 
 
 @dataclass
@@ -81,6 +83,8 @@ def train_epoch(
     for images, targets in batches:
         t0 = time.perf_counter()
         images, targets = to_device(images, targets, ctx.device)
+        if ctx.adversarial is not None:
+            images = ctx.adversarial(ctx.model, images, targets)
         with torch.autocast(ctx.device.type, enabled=ctx.amp):
             losses = ctx.model(images, targets)
             if ctx.semi is not None:

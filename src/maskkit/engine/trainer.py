@@ -22,6 +22,7 @@ from torch import nn
 from maskkit.config import TrainConfig, save_config
 from maskkit.data.dataset import InstanceDataset
 from maskkit.engine import run_state
+from maskkit.engine.adversarial import adversarial_training
 from maskkit.engine.data import (
     RUN_IMAGES,
     EpochBatchSampler,
@@ -203,6 +204,7 @@ def _build_context(cfg: TrainConfig, model: nn.Module, device: torch.device, tot
         device=device, loss_weights=dict(cfg.loss_weights), grad_clip=cfg.optim.grad_clip,
         max_bad_steps=cfg.optim.max_bad_steps, scaler=torch.amp.GradScaler("cuda") if amp else None,
         ema=ModelEMA(model, cfg.optim.ema_decay) if cfg.optim.ema else None, amp=amp,
+        adversarial=adversarial_training(cfg),
     )
 
 

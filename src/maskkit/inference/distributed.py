@@ -184,7 +184,15 @@ class PredictWorker:
             image = read_record_image(bytes(row["data"]) or None, str(row["source"]) or None, path)
         if image is None:
             return None
-        inst = self.predictor.predict(image)
+        if str(row.get("corruption", "")):  # maskkit robustness: the model's input image, corrupted
+            from maskkit.data.corruptions import corrupt_tensor  # deferred: torch
+            from maskkit.inference.common import image_tensor
+
+            corrupted = corrupt_tensor(image_tensor(image, self.predictor.config), str(row["corruption"]),
+                                       int(row["severity"]), int(row["seed"]))
+            inst = self.predictor.predict(corrupted)
+        else:
+            inst = self.predictor.predict(image)
         assert isinstance(inst, Instances)  # one image in, one Instances out
         return inst
 
@@ -202,10 +210,12 @@ class PredictWorker:
 
 # -- the driver -------------------------------------------------------------------------------------------
 def _row(index: int, kind: str, path: Path | str, tile: Tile | None = None, data: bytes | None = None,
-         source: str = "") -> dict[str, Any]:
+         source: str = "", corruption: tuple[str, int, int] | None = None) -> dict[str, Any]:
     box = (tile.y0, tile.y1, tile.x0, tile.x1) if tile is not None else (0, 0, 0, 0)
+    name, severity, seed = corruption or ("", 0, 0)
     return {"index": index, "kind": kind, "path": str(path), "tile": tile.index if tile is not None else -1,
-            "y0": box[0], "y1": box[1], "x0": box[2], "x1": box[3], "data": data or b"", "source": source}
+            "y0": box[0], "y1": box[1], "x0": box[2], "x1": box[3], "data": data or b"", "source": source,
+            "corruption": name, "severity": severity, "seed": seed}
 
 
 def run_rows(rows: list[dict[str, Any]], model: str | Path, options: Mapping[str, Any],
@@ -302,10 +312,14 @@ def ray_predictions(settings: RaySettings, predict: FilteredPredict, model: str 
 
 
 def predict_records(records: Sequence[Any], image_path: Any, model: str | Path, options: Mapping[str, Any],
-                    settings: RaySettings) -> Iterator[Instances | None]:
+                    settings: RaySettings, corruptions: Sequence[tuple[str, int, int] | None] | None = None
+                    ) -> Generator[Instances | None, None, None]:
     """The Predictor's ``Instances`` of each evaluation ``ImageRecord`` in order (None: image unreadable), run on
-    Ray; ``image_path(record)`` is its file (as ``AnnotationSet.image_path``)."""
-    rows = [_row(i, "record", image_path(rec), data=rec.data, source=str(rec.source or ""))
-            for i, rec in enumerate(records)]
+    Ray; ``image_path(record)`` is its file (as ``AnnotationSet.image_path``). ``corruptions``: per record, None or
+    ``(name, severity, seed)``: the model's input image is corrupted first
+    (:func:`~maskkit.data.corruptions.corrupt_tensor`, as ``maskkit robustness`` does in one process)."""
+    corr = list(corruptions) if corruptions is not None else [None] * len(records)
+    rows = [_row(i, "record", image_path(rec), data=rec.data, source=str(rec.source or ""), corruption=c)
+            for i, (rec, c) in enumerate(zip(records, corr, strict=True))]
     for _, _, value in run_rows(rows, model, options, None, settings):
         yield value
