@@ -73,6 +73,10 @@ def build_model(cfg: TrainConfig, num_classes: int, pretrained: bool | None = No
             raise ConfigError(f"{m.name}: trainable_backbone_layers applies to detection models; use "
                               "freeze_backbone to freeze the encoder")
         kwargs["trainable_backbone_layers"] = m.trainable_backbone_layers
+    for name, value in m.speed.builder_options().items():
+        if not caps.accepts(name):
+            raise ConfigError(f"{m.name}: model.speed.{name} applies to the Mask R-CNN models only")
+        kwargs[name] = value
     if caps.input.channels is None:
         kwargs["in_channels"] = input_channels(cfg)
     if caps.resizes_internally:
