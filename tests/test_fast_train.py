@@ -18,13 +18,13 @@ from maskkit.config import TrainConfig, load_config, save_config
 from maskkit.errors import ConfigError
 from maskkit.models.cpu_kernels import match_kernel, roi_align_kernels
 from maskkit.models.factory import build_model
-from maskkit.models.fast_train import AnchorPair, FastMultiScaleRoIAlign, FusedMatcher
+from maskkit.models.fast_train import AnchorPair, FastMultiScaleRoIAlign, FusedMatcher, SampledMaskRoIHeads
 
 pytestmark = pytest.mark.skipif(roi_align_kernels() is None or match_kernel() is None, reason="numba not installed")
 
 IMAGE_SIZES = [(96, 128), (80, 112)]
-FAST = {"roi_align": "numba", "anchor_matching": "numba", "backbone_norm": "frozen", "channels_last": True,
-        "box_head_dim": 64, "mask_head_convs": 2}
+FAST = {"roi_align": "numba", "anchor_matching": "numba", "mask_targets": "sampled", "backbone_norm": "frozen",
+        "channels_last": True, "box_head_dim": 64, "mask_head_convs": 2}
 
 
 def _features(levels: int, channels_last: bool = False) -> OrderedDict[str, torch.Tensor]:
@@ -96,18 +96,18 @@ def test_fused_matcher_equals_torchvision() -> None:
                        Matcher(0.7, 0.3, True)(box_ops.box_iou(far, anchors)))
 
 
-def _batch(n: int = 2, size: int = 64) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+def _batch(n: int = 2, size: int = 64, objects: int = 3) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     torch.manual_seed(5)
     images, targets = [], []
     for _ in range(n):
-        masks = torch.zeros(3, size, size, dtype=torch.uint8)
+        masks = torch.zeros(objects, size, size, dtype=torch.uint8)
         boxes = []
-        for j, (y, x, s) in enumerate(torch.randint(4, 40, (3, 3)).tolist()):
+        for j, (y, x, s) in enumerate(torch.randint(4, 40, (objects, 3)).tolist()):
             masks[j, y:y + s // 2 + 4, x:x + s // 2 + 4] = 1
             boxes.append([x, y, x + s // 2 + 4, y + s // 2 + 4])
         images.append(torch.rand(3, size, size))
-        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.ones(3, dtype=torch.int64),
-                        "masks": masks})
+        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32),
+                        "labels": torch.ones(objects, dtype=torch.int64), "masks": masks})
     return images, targets
 
 
@@ -115,17 +115,18 @@ def _tiny(speed: dict[str, Any]) -> TrainConfig:
     return TrainConfig.model_validate(tiny_config(model={"speed": speed}, data={"path": "x"}))
 
 
-def _losses(cfg: TrainConfig) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
+def _losses(cfg: TrainConfig, objects: int = 3) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
     torch.manual_seed(0)
     model = build_model(cfg, 1, pretrained=False)
     model.train()
     torch.manual_seed(1)
-    return model(*_batch()), model
+    return model(*_batch(objects=objects)), model
 
 
 def test_exact_options_keep_the_losses_and_gradients() -> None:
-    exact = {"roi_align": "numba", "anchor_matching": "numba", "channels_last": True}
-    (want, ref), (got, fast) = _losses(_tiny({})), _losses(_tiny(exact))
+    exact = {"roi_align": "numba", "anchor_matching": "numba", "mask_targets": "sampled", "channels_last": True}
+    # 12 objects per image, 4 positive RoIs sampled: the sampled mask targets keep a few masks, renumbered
+    (want, ref), (got, fast) = _losses(_tiny({}), objects=12), _losses(_tiny(exact), objects=12)
     assert want.keys() == got.keys()
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
@@ -141,6 +142,7 @@ def test_training_step_with_every_fast_option() -> None:
     losses, model = _losses(cfg)
     rh = model.roi_heads
     assert isinstance(rh.box_roi_pool, FastMultiScaleRoIAlign) and isinstance(model.rpn.proposal_matcher, FusedMatcher)
+    assert isinstance(rh, SampledMaskRoIHeads)
     assert rh.box_head.fc6.out_features == 64 and len(list(rh.mask_head.children())) == 2
     assert not any(type(m).__name__ == "BatchNorm2d" for m in model.backbone.body.modules())
     total = sum(losses.values())

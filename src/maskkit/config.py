@@ -77,13 +77,15 @@ class AugmentConfig(BaseModel):
 
 class SpeedConfig(_Strict):
     """CPU training-speed options of the Mask R-CNN models (:mod:`maskkit.models.fast_train`). The defaults are
-    torchvision's behaviour; ``roi_align``, ``anchor_matching`` and ``channels_last`` change speed only, the others
-    change the model and need their accuracy measured (``benchmarks/train_speed.py --accuracy``)."""
+    torchvision's behaviour; ``roi_align``, ``anchor_matching``, ``mask_targets`` and ``channels_last`` change
+    speed only, the others change the model (accuracy: ``benchmarks/train_speed.py --compare``)."""
 
     roi_align: Literal["torchvision", "numba"] = "torchvision"
     """RoI pooling of the box and mask heads: ``numba`` runs forward and backward on Numba channels-last kernels."""
     anchor_matching: Literal["torchvision", "numba"] = "torchvision"
     """RPN anchor matching: ``numba`` fuses IoU and matching without the ``gt x anchors`` matrix (same matches)."""
+    mask_targets: Literal["torchvision", "sampled"] = "torchvision"
+    """``sampled``: mask targets are cut from the sampled RoIs' ground-truth masks only (the same targets)."""
     backbone_norm: Literal["batch", "frozen"] = "batch"
     """``frozen``: the backbone's BatchNorm layers become fixed affines (ImageNet statistics, not trained)."""
     channels_last: bool = False

@@ -16,7 +16,7 @@ One ``_create`` (``variant``, ``num_classes``, options) over a table of per-vari
 * ``trainable_backbone_layers``: freeze all but N backbone stages;
 * ``fpn_channels`` (EfficientNet-Lite0 only): width of the FPN and mask head;
 * ``box_head_dim`` (None: 1024) and ``mask_head_convs`` (None: 4): a narrower box MLP, fewer mask-head convs;
-* ``roi_align``, ``anchor_matching``, ``backbone_norm``, ``channels_last``: CPU training-speed options
+* ``roi_align``, ``anchor_matching``, ``mask_targets``, ``backbone_norm``, ``channels_last``: CPU training-speed options
   (:mod:`maskkit.models.fast_train`, the config's ``model.speed``);
 * anything else (``box_detections_per_img``, ``box_batch_size_per_image``, ...) goes to ``MaskRCNN``.
 """
@@ -57,6 +57,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "mask_head_convs": None,
     "roi_align": "torchvision",
     "anchor_matching": "torchvision",
+    "mask_targets": "torchvision",
     "backbone_norm": "batch",
     "channels_last": False,
 }
@@ -236,7 +237,8 @@ def _create(variant: str, num_classes: int, **cfg: Any) -> MaskRCNN:
     set_train_resize(model, bool(o["train_resize"]))
     _resize_heads(model, o["box_head_dim"], o["mask_head_convs"])
     return apply_speed_options(model, roi_align=o["roi_align"], anchor_matching=o["anchor_matching"],
-                               backbone_norm=o["backbone_norm"], channels_last=bool(o["channels_last"]))
+                               mask_targets=o["mask_targets"], backbone_norm=o["backbone_norm"],
+                               channels_last=bool(o["channels_last"]))
 
 
 def _resize_heads(model: MaskRCNN, box_head_dim: int | None, mask_head_convs: int | None) -> None:
