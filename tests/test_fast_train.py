@@ -86,6 +86,7 @@ def test_fused_matcher_equals_torchvision() -> None:
     xy, wh = torch.rand(5000, 2) * 220, torch.rand(5000, 2) * 60 + 1
     anchors = torch.cat([xy, xy + wh], 1)
     anchors[:6] = gt[3]  # ties between anchors for one gt
+    anchors[6:400] -= 40  # partly or wholly off the image and the gts' extent
     gt[7] = gt[8]  # two identical gts: ties between gts
     for high, low, low_quality in ((0.7, 0.3, True), (0.5, 0.5, False)):
         want = Matcher(high, low, low_quality)(box_ops.box_iou(gt, anchors))
