@@ -53,7 +53,8 @@ def build_model(cfg: TrainConfig, num_classes: int, pretrained: bool | None = No
     """Create ``cfg.model.name`` for ``num_classes`` foreground classes.
 
     The config fields go to the builder as its registry entry's capabilities say: ``anchor_sizes``,
-    ``mask_resolution`` and ``trainable_backbone_layers`` to models taking them, ``in_channels`` (from
+    ``mask_resolution`` and ``trainable_backbone_layers`` to models taking them, the non-default ``model.speed``
+    fields to the Mask R-CNN builders (other models refuse them), ``in_channels`` (from
     ``augment.channels``) to models of any channel count. Models that resize internally skip that resize in
     train mode when the data pipeline resizes (multi-scale ``augment.min_size``); in eval mode they resize
     to :func:`inference_sizes` and map outputs back.
