@@ -43,10 +43,10 @@ DEFAULT_RESET: dict[str, Any] = {"trainable_backbone_layers": None}
 LEVERS: dict[str, dict[str, Any]] = {
     "roi_align: numba": {"model.speed.roi_align": "numba"},
     "anchor_matching: numba": {"model.speed.anchor_matching": "numba"},
+    "mask_targets: sampled": {"model.speed.mask_targets": "sampled"},
     "channels_last": {"model.speed.channels_last": True},
     "backbone_norm: frozen": {"model.speed.backbone_norm": "frozen"},
     "box_batch_size_per_image 256": {"model.options.box_batch_size_per_image": 256},
-    "box_batch_size_per_image 128": {"model.options.box_batch_size_per_image": 128},
     "box_head_dim 512": {"model.speed.box_head_dim": 512},
     "mask_head_convs 2": {"model.speed.mask_head_convs": 2},
     "trainable_backbone_layers 5": {"model.trainable_backbone_layers": 5},

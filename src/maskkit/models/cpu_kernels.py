@@ -139,7 +139,7 @@ def match_kernel() -> Any:
         return None
 
     @numba.njit(cache=True, nogil=True, inline="always")
-    def _iou(gt: Any, g: int, area_g: Any, anchors: Any, a: int, area_a: Any) -> Any:  # pragma: no cover
+    def _iou(gt: Any, g: Any, area_g: Any, anchors: Any, a: Any, area_a: Any) -> Any:  # pragma: no cover
         f32 = np.float32
         w = min(gt[g, 2], anchors[a, 2]) - max(gt[g, 0], anchors[a, 0])
         h = min(gt[g, 3], anchors[a, 3]) - max(gt[g, 1], anchors[a, 1])

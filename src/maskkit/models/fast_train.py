@@ -213,5 +213,5 @@ def apply_speed_options(model: MaskRCNN, roi_align: str = "torchvision", anchor_
     if mask_targets == "sampled":
         use_sampled_mask_targets(model)
     if channels_last:
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model.to(memory_format=torch.channels_last)
     return model
