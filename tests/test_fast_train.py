@@ -183,3 +183,26 @@ def test_speed_options_are_refused_outside_mask_rcnn() -> None:
     with pytest.raises(ConfigError):
         load_config(None, {"model.speed.roi_align": "fast"})
     assert TINY_MASKRCNN["model"]["name"] == "maskrcnn_r18_fpn"
+
+
+def test_exact_options_keep_the_state_dict_and_the_predictions() -> None:
+    """A checkpoint of a default model loads into the exact-lever model, and eval outputs are the same."""
+    from maskkit.inference.predictor import is_torchvision_rcnn
+
+    exact = {"roi_align": "numba", "anchor_matching": "numba", "mask_targets": "sampled", "channels_last": True}
+    opts = {"box_score_thresh": 0.0, "box_detections_per_img": 10}
+    torch.manual_seed(0)
+    ref = build_model(TrainConfig.model_validate(tiny_config(model={"options": opts}, data={"path": "x"})), 1)
+    fast = build_model(TrainConfig.model_validate(tiny_config(model={"options": opts, "speed": exact},
+                                                              data={"path": "x"})), 1)
+    fast.load_state_dict(ref.state_dict())
+    assert is_torchvision_rcnn(fast)
+    ref.eval()
+    fast.eval()
+    images, _ = _batch()
+    with torch.no_grad():
+        want, got = ref(images), fast(images)
+    assert len(want[0]["boxes"]) > 0
+    for a, b in zip(want, got, strict=True):
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4)
