@@ -53,8 +53,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import train_compare  # the sibling benchmarks/train_compare.py (this script's folder is on sys.path)
-
 DSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-stage1-train-subset" / "stage1_train"
 DEFAULT_MODELS = ("maskrcnn_effl0_fpn", "maskrcnn_r18_fpn")
 QUICK_SET = ("model.freeze_backbone=true", "model.options.box_batch_size_per_image=32",
@@ -63,6 +61,18 @@ QUICK_SET = ("model.freeze_backbone=true", "model.options.box_batch_size_per_ima
 """``--quick``: small heads, a frozen backbone (small optimiser state and checkpoint), no TensorBoard import."""
 OFFLINE_BACKBONES = ("maskrcnn_effl0_fpn",)
 """Models whose ImageNet backbone loads offline (the others start from random weights)."""
+
+
+def _train_compare() -> Any:
+    """The sibling ``benchmarks/train_compare.py``, loaded by path (this script also runs as a loaded module)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_compare", Path(__file__).with_name("train_compare.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_compare", module)
+    spec.loader.exec_module(module)
+    return module
 
 
 # -- shared setup ------------------------------------------------------------------------------
@@ -354,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     mode.add_argument("--compare", action="store_true",
                       help="torchvision vs maskkit default vs maskkit fast: speed and val mask AP after --steps steps")
     mode.add_argument("--levers", action="store_true", help="CPU time per step of each model.speed lever")
+    train_compare = _train_compare()
     train_compare.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.compare or args.levers:
