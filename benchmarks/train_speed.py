@@ -29,6 +29,12 @@ name) are written once as COCO to a temporary folder that both sides read.
 
 Run: ``python benchmarks/train_speed.py [--model maskrcnn_effl0_fpn --model maskrcnn_r18_fpn]
 [--steps 10] [--warmup 3] [--batch 2] [--imgsz 384] [--repeats 3] [--data PATH] [--set key=value]``.
+
+``--compare`` and ``--levers`` measure the models instead of the loop (:mod:`train_compare`): plain torchvision
+Mask R-CNN vs maskkit default vs maskkit fast (the recipe's ``model.speed`` levers), images/s and the loss and
+val mask AP after the same number of steps (``--steps``, default 200); and each speed lever's CPU time per step
+(``--levers``, default 4 steps x 2 repeats):
+``python benchmarks/train_speed.py --compare [--config configs/dsb2018.yaml] [--steps 200] [--threads 2]``.
 """
 
 from __future__ import annotations
@@ -55,6 +61,18 @@ QUICK_SET = ("model.freeze_backbone=true", "model.options.box_batch_size_per_ima
 """``--quick``: small heads, a frozen backbone (small optimiser state and checkpoint), no TensorBoard import."""
 OFFLINE_BACKBONES = ("maskrcnn_effl0_fpn",)
 """Models whose ImageNet backbone loads offline (the others start from random weights)."""
+
+
+def _train_compare() -> Any:
+    """The sibling ``benchmarks/train_compare.py``, loaded by path (this script also runs as a loaded module)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_compare", Path(__file__).with_name("train_compare.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_compare", module)
+    spec.loader.exec_module(module)
+    return module
 
 
 # -- shared setup ------------------------------------------------------------------------------
@@ -326,11 +344,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", action="append",
                         help=f"model name, repeatable (default: {', '.join(DEFAULT_MODELS)})")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
+    parser.add_argument("--steps", type=int, help="timed steps per run (default 10; --compare 200, --levers 4)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them (>= 1)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--imgsz", type=int, default=384, help="training shortest edge (longest capped at 2x)")
-    parser.add_argument("--repeats", type=int, default=3, help="A and B runs per model (interleaved)")
+    parser.add_argument("--repeats", type=int, help="A and B runs per model (interleaved; default 3, --levers 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads of both sides")
     parser.add_argument("--data", help="dataset YAML or source (default: shared DSB subset, else synthetic)")
     parser.add_argument("--synthetic", action="store_true", help="synthetic data even when the DSB subset exists")
@@ -342,7 +360,21 @@ def main(argv: list[str] | None = None) -> None:
                         help="instead of whole runs: the engine's step and the plain step alternate on the same "
                              "batches in one model (warmup + steps pairs per model)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, data, weights)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--compare", action="store_true",
+                      help="torchvision vs maskkit default vs maskkit fast: speed and val mask AP after --steps steps")
+    mode.add_argument("--levers", action="store_true", help="CPU time per step of each model.speed lever")
+    train_compare = _train_compare()
+    train_compare.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.compare or args.levers:
+        args.mode = "compare" if args.compare else "levers"
+        args.steps = args.steps or (200 if args.compare else 4)
+        args.repeats = args.repeats or 2
+        args.warmup = args.warmup if args.warmup != 3 else 5
+        train_compare.run(args)
+        return
+    args.steps, args.repeats = args.steps or 10, args.repeats or 3
     if args.quick:
         args.model, args.synthetic = args.model or ["maskrcnn_r18_fpn"], True
         args.steps, args.warmup, args.batch, args.imgsz, args.repeats = 1, 1, 1, 64, 1

@@ -31,6 +31,25 @@ def test_train_speed_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert rows[1].rstrip(" |").endswith("%")  # the overhead column is filled
 
 
+def test_train_compare_variants_differ_only_by_the_speed_levers() -> None:
+    """``--compare``: ``default`` is the nuclei recipe without its speed levers, ``fast`` the recipe as shipped."""
+    import argparse
+
+    from maskkit.config import SpeedConfig, load_config
+
+    compare = _load("train_compare")
+    recipe = str(BENCHMARKS.parent / "configs" / "dsb2018.yaml")
+    args = argparse.Namespace(config=recipe, data="x", workers=1, threads=1, set={})
+    fast, default = compare.variant_config("fast", args), compare.variant_config("default", args)
+    shipped = load_config(recipe, {"data.path": "x", "data.workers": 1, "threads": 1, "device": "cpu"})
+    assert fast == shipped and fast.model.speed != SpeedConfig()
+    assert default.model.speed == SpeedConfig() and default.model.trainable_backbone_layers is None
+    assert not set(compare.SPEED_OPTION_KEYS) & set(default.model.options)
+    assert default.model.options["box_detections_per_img"] == fast.model.options["box_detections_per_img"]
+    assert default.augment == fast.augment and default.optim == fast.optim
+    assert "--compare" in _load().__doc__
+
+
 def test_eval_speed_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     """Medians of warmed, repeated runs; every path gives pycocotools' stats (max |diff| 0)."""
     bench = _load("eval_speed")

@@ -35,7 +35,11 @@ def test_maskrcnn_variants_keep_their_state_dict_layout(name: str, expected: tup
 
 def test_maskrcnn_variant_default_options() -> None:
     common = {"min_size": 800, "max_size": 1333, "train_resize": True, "anchor_sizes": None, "mask_resolution": 28,
-              "pretrained_backbone": False, "trainable_backbone_layers": None}
+              "pretrained_backbone": False, "trainable_backbone_layers": None,
+              # model.speed (maskkit.models.fast_train): torchvision's behaviour by default
+              "box_head_dim": None, "mask_head_convs": None, "roi_align": "torchvision",
+              "anchor_matching": "torchvision", "mask_targets": "torchvision", "backbone_norm": "batch",
+              "channels_last": False}
     light = {"min_size": 512, "max_size": 853}
     assert VARIANTS["maskrcnn_r50_fpn"].options() == {**common, "coco_weights": False}
     assert VARIANTS["maskrcnn_r50_fpn_v2"].options() == {**common, "coco_weights": False}

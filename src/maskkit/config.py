@@ -96,6 +96,31 @@ class AugmentConfig(BaseModel):
         return {"normalise": self.normalise, "fixed_max": self.fixed_max, "channels": self.channels}
 
 
+class SpeedConfig(_Strict):
+    """CPU training-speed options of the Mask R-CNN models (:mod:`maskkit.models.fast_train`). The defaults are
+    torchvision's behaviour; ``roi_align``, ``anchor_matching``, ``mask_targets`` and ``channels_last`` change
+    speed only, the others change the model (accuracy: ``benchmarks/train_speed.py --compare``)."""
+
+    roi_align: Literal["torchvision", "numba"] = "torchvision"
+    """RoI pooling of the box and mask heads: ``numba`` runs forward and backward on Numba channels-last kernels."""
+    anchor_matching: Literal["torchvision", "numba"] = "torchvision"
+    """RPN anchor matching: ``numba`` fuses IoU and matching without the ``gt x anchors`` matrix (same matches)."""
+    mask_targets: Literal["torchvision", "sampled"] = "torchvision"
+    """``sampled``: mask targets are cut from the sampled RoIs' ground-truth masks only (the same targets)."""
+    backbone_norm: Literal["batch", "frozen"] = "batch"
+    """``frozen``: the backbone's BatchNorm layers become fixed affines (ImageNet statistics, not trained)."""
+    channels_last: bool = False
+    """Parameters (and so activations) in channels-last layout."""
+    box_head_dim: int | None = Field(None, ge=1)
+    """Width of the two-layer box MLP (None: 1024)."""
+    mask_head_convs: int | None = Field(None, ge=1)
+    """Convolutions of the mask head (None: 4)."""
+
+    def builder_options(self) -> dict[str, Any]:
+        """The fields that differ from the defaults, as builder keyword arguments."""
+        return self.model_dump(exclude_defaults=True)
+
+
 class ModelConfig(_Strict):
     """Which architecture and how it is built (options go to the registry builder)."""
 
@@ -116,6 +141,8 @@ class ModelConfig(_Strict):
     mask_resolution: Literal[28, 56] = 28
     options: dict[str, Any] = Field(default_factory=dict)
     """Further builder keyword arguments (e.g. ``box_batch_size_per_image``)."""
+    speed: SpeedConfig = Field(default_factory=SpeedConfig)
+    """CPU training-speed options of the Mask R-CNN models."""
 
 
 class DataConfig(_Strict):

@@ -5,7 +5,8 @@ torchvision's CPU ``roi_align`` kernel is scalar and single-threaded over NCHW p
 Mask R-CNN R50-FPN at 640x480 it takes ~20 % of the inference time (1000 proposals x 256 channels
 x 7 x 7 bins x 4 samples). :func:`multiscale_roi_align` computes the same thing as torchvision's
 ``MultiScaleRoIAlign`` (same level mapping, same float32 sample positions, weights and summation
-order, so the outputs are bit-identical; tests check it) with a Numba kernel that reads the
+order, so the outputs are bit-identical; tests check it) with the Numba kernel of
+:mod:`maskkit.models.cpu_kernels` (shared with training, which adds its backward) that reads the
 channels-last (NHWC) features the optimised backbone produces and vectorises over channels.
 
 Numba is optional: without it (or for non-float32, non-CPU or non-channels-last inputs) the pooler
@@ -15,74 +16,19 @@ of the model itself runs. The kernel is compiled on first use (about a second, t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from maskkit.models.cpu_kernels import roi_align_kernels
 
-@cache
+
 def _kernel() -> Any:
-    """The compiled Numba kernel, or None when Numba is not installed."""
-    try:
-        import numba
-    except ImportError:
-        return None
-
-    @numba.njit(cache=True, nogil=True)
-    def roi_align_nhwc(feat: np.ndarray, rois: np.ndarray, rows: np.ndarray, scale: np.float32, out_h: int,
-                       out_w: int, sampling_ratio: int, out: np.ndarray) -> None:  # pragma: no cover (compiled)
-        f32 = np.float32
-        _, height, width, channels = feat.shape
-        acc = np.zeros(channels, dtype=np.float32)
-        for r in range(rois.shape[0]):
-            b = int(rois[r, 0])
-            x0 = rois[r, 1] * scale
-            y0 = rois[r, 2] * scale
-            roi_w = max(rois[r, 3] * scale - x0, f32(1.0))
-            roi_h = max(rois[r, 4] * scale - y0, f32(1.0))
-            bin_w = roi_w / f32(out_w)
-            bin_h = roi_h / f32(out_h)
-            grid_h = sampling_ratio if sampling_ratio > 0 else int(np.ceil(bin_h))
-            grid_w = sampling_ratio if sampling_ratio > 0 else int(np.ceil(bin_w))
-            count = f32(max(grid_h * grid_w, 1))
-            row = rows[r]
-            for ph in range(out_h):
-                for pw in range(out_w):
-                    acc[:] = 0.0
-                    for iy in range(grid_h):
-                        y = y0 + f32(ph) * bin_h + f32(iy + 0.5) * bin_h / f32(grid_h)
-                        for ix in range(grid_w):
-                            x = x0 + f32(pw) * bin_w + f32(ix + 0.5) * bin_w / f32(grid_w)
-                            if y < f32(-1.0) or y > f32(height) or x < f32(-1.0) or x > f32(width):
-                                continue
-                            yy = max(y, f32(0.0))
-                            xx = max(x, f32(0.0))
-                            y_lo, x_lo = int(yy), int(xx)
-                            if y_lo >= height - 1:
-                                y_lo = y_hi = height - 1
-                                yy = f32(y_lo)
-                            else:
-                                y_hi = y_lo + 1
-                            if x_lo >= width - 1:
-                                x_lo = x_hi = width - 1
-                                xx = f32(x_lo)
-                            else:
-                                x_hi = x_lo + 1
-                            ly = yy - f32(y_lo)
-                            lx = xx - f32(x_lo)
-                            hy = f32(1.0) - ly
-                            hx = f32(1.0) - lx
-                            w1, w2, w3, w4 = hy * hx, hy * lx, ly * hx, ly * lx
-                            for c in range(channels):
-                                acc[c] += (w1 * feat[b, y_lo, x_lo, c] + w2 * feat[b, y_lo, x_hi, c]
-                                           + w3 * feat[b, y_hi, x_lo, c] + w4 * feat[b, y_hi, x_hi, c])
-                    for c in range(channels):
-                        out[row, c, ph, pw] = acc[c] / count
-
-    return roi_align_nhwc
+    """The compiled Numba forward kernel (:func:`maskkit.models.cpu_kernels.roi_align_kernels`), or None."""
+    kernels = roi_align_kernels()
+    return kernels[0] if kernels is not None else None
 
 
 def available() -> bool:

@@ -53,7 +53,8 @@ def build_model(cfg: TrainConfig, num_classes: int, pretrained: bool | None = No
     """Create ``cfg.model.name`` for ``num_classes`` foreground classes.
 
     The config fields go to the builder as its registry entry's capabilities say: ``anchor_sizes``,
-    ``mask_resolution`` and ``trainable_backbone_layers`` to models taking them, ``in_channels`` (from
+    ``mask_resolution`` and ``trainable_backbone_layers`` to models taking them, the non-default ``model.speed``
+    fields to the Mask R-CNN builders (other models refuse them), ``in_channels`` (from
     ``augment.channels``) to models of any channel count. Models that resize internally skip that resize in
     train mode when the data pipeline resizes (multi-scale ``augment.min_size``); in eval mode they resize
     to :func:`inference_sizes` and map outputs back.
@@ -73,6 +74,10 @@ def build_model(cfg: TrainConfig, num_classes: int, pretrained: bool | None = No
             raise ConfigError(f"{m.name}: trainable_backbone_layers applies to detection models; use "
                               "freeze_backbone to freeze the encoder")
         kwargs["trainable_backbone_layers"] = m.trainable_backbone_layers
+    for name, value in m.speed.builder_options().items():
+        if not caps.accepts(name):
+            raise ConfigError(f"{m.name}: model.speed.{name} applies to the Mask R-CNN models only")
+        kwargs[name] = value
     if caps.input.channels is None:
         kwargs["in_channels"] = input_channels(cfg)
     if caps.resizes_internally:

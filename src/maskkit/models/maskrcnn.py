@@ -15,6 +15,9 @@ One ``_create`` (``variant``, ``num_classes``, options) over a table of per-vari
   (download, R50 models only);
 * ``trainable_backbone_layers``: freeze all but N backbone stages;
 * ``fpn_channels`` (EfficientNet-Lite0 only): width of the FPN and mask head;
+* ``box_head_dim`` (None: 1024) and ``mask_head_convs`` (None: 4): a narrower box MLP, fewer mask-head convs;
+* ``roi_align``, ``anchor_matching``, ``mask_targets``, ``backbone_norm``, ``channels_last``: CPU training-speed options
+  (:mod:`maskkit.models.fast_train`, the config's ``model.speed``);
 * anything else (``box_detections_per_img``, ``box_batch_size_per_image``, ...) goes to ``MaskRCNN``.
 """
 
@@ -30,13 +33,14 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection import mask_rcnn as tv
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
 from maskkit.errors import ConfigError
 from maskkit.models.backbones import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, efficientnet_lite_fpn
+from maskkit.models.fast_train import apply_speed_options
 from maskkit.models.registry import BuilderT, InputSpec, register_model
 
 DEFAULT_ANCHORS = (32, 64, 128, 256, 512)
@@ -49,6 +53,13 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "mask_resolution": 28,
     "pretrained_backbone": False,
     "trainable_backbone_layers": None,
+    "box_head_dim": None,
+    "mask_head_convs": None,
+    "roi_align": "torchvision",
+    "anchor_matching": "torchvision",
+    "mask_targets": "torchvision",
+    "backbone_norm": "batch",
+    "channels_last": False,
 }
 """Options of every variant and their defaults (a variant's own defaults override them)."""
 
@@ -224,7 +235,30 @@ def _create(variant: str, num_classes: int, **cfg: Any) -> MaskRCNN:
     kw.update(extra)
     model = spec.assemble(num_classes, o, kw)
     set_train_resize(model, bool(o["train_resize"]))
-    return model
+    _resize_heads(model, o["box_head_dim"], o["mask_head_convs"])
+    return apply_speed_options(model, roi_align=o["roi_align"], anchor_matching=o["anchor_matching"],
+                               mask_targets=o["mask_targets"], backbone_norm=o["backbone_norm"],
+                               channels_last=bool(o["channels_last"]))
+
+
+def _resize_heads(model: MaskRCNN, box_head_dim: int | None, mask_head_convs: int | None) -> None:
+    """A ``box_head_dim``-wide two-layer box MLP and/or ``mask_head_convs`` mask-head convolutions (same width);
+    None keeps the variant's head."""
+    rh = model.roi_heads
+    if box_head_dim is not None:
+        if box_head_dim < 1:
+            raise ConfigError(f"box_head_dim must be positive, got {box_head_dim}")
+        fc6 = rh.box_head.fc6
+        rh.box_head = TwoMLPHead(fc6.in_features, box_head_dim)
+        rh.box_predictor = FastRCNNPredictor(box_head_dim, rh.box_predictor.cls_score.out_features)
+    if mask_head_convs is not None and rh.mask_head is not None:
+        if mask_head_convs < 1:
+            raise ConfigError(f"mask_head_convs must be positive, got {mask_head_convs}")
+        convs = [m for m in rh.mask_head.modules() if isinstance(m, nn.Conv2d)]
+        width = convs[-1].out_channels
+        if width != rh.mask_predictor.conv5_mask.in_channels:
+            raise ConfigError("mask_head_convs: the mask head's width does not match its predictor")
+        rh.mask_head = MaskRCNNHeads(convs[0].in_channels, [width] * mask_head_convs, convs[0].dilation[0])
 
 
 MASKRCNN_CAPABILITIES: dict[str, Any] = {
