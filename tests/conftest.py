@@ -117,3 +117,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared datasets not found at {SHARED_DATA} (clone with ../shared beside it)")
     return SHARED_DATA
+
+
+def random_rois() -> list[Any]:
+    """Boxes of two images for RoIAlign tests: tiny to larger than a 140 x 110 map, some partly or fully outside."""
+    import torch
+
+    torch.manual_seed(1)
+    out = []
+    for n in (40, 25):
+        xy = torch.rand(n, 2) * torch.tensor([140.0, 110.0]) - 10  # some start outside the image
+        wh = torch.rand(n, 2) ** 3 * 120 + 0.2  # tiny to larger than the image
+        out.append(torch.cat([xy, xy + wh], 1))
+    out[0][0] = torch.tensor([-30.0, -30.0, -20.0, -20.0])  # fully outside: zeros
+    return out

@@ -13,7 +13,7 @@ from torchvision.models.detection._utils import Matcher
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 
-from conftest import TINY_MASKRCNN, tiny_config
+from conftest import TINY_MASKRCNN, random_rois, tiny_config
 from maskkit.config import TrainConfig, load_config, save_config
 from maskkit.errors import ConfigError
 from maskkit.models.cpu_kernels import match_kernel, roi_align_kernels
@@ -34,22 +34,11 @@ def _features(levels: int, channels_last: bool = False) -> OrderedDict[str, torc
                         .requires_grad_()) for i in range(levels))
 
 
-def _boxes() -> list[torch.Tensor]:
-    torch.manual_seed(1)
-    out = []
-    for n in (40, 25):
-        xy = torch.rand(n, 2) * torch.tensor([140.0, 110.0]) - 10  # some start outside the image
-        wh = torch.rand(n, 2) ** 3 * 120 + 0.2  # tiny to larger than the image
-        out.append(torch.cat([xy, xy + wh], 1))
-    out[0][0] = torch.tensor([-30.0, -30.0, -20.0, -20.0])  # fully outside: zeros
-    return out
-
-
 @pytest.mark.parametrize(("levels", "size", "sampling", "channels_last"),
                          [(4, 7, 2, False), (4, 14, 2, True), (1, 5, 0, False), (3, 7, 0, True)])
 def test_roi_align_forward_and_gradients_match_torchvision(levels: int, size: int, sampling: int,
                                                            channels_last: bool) -> None:
-    feats, boxes = _features(levels, channels_last), _boxes()
+    feats, boxes = _features(levels, channels_last), random_rois()
     ref = MultiScaleRoIAlign(list(feats), size, sampling)
     fast = FastMultiScaleRoIAlign.like(ref)
     want, got = ref(feats, boxes, IMAGE_SIZES), fast(feats, boxes, IMAGE_SIZES)
@@ -65,7 +54,7 @@ def test_roi_align_forward_and_gradients_match_torchvision(levels: int, size: in
 
 def test_roi_align_gradient_is_the_directional_derivative() -> None:
     """gradcheck-style: <grad, v> equals the central difference of <out, w> along v (RoIAlign is linear)."""
-    feats, boxes = _features(2), _boxes()
+    feats, boxes = _features(2), random_rois()
     fast = FastMultiScaleRoIAlign(list(feats), 7, 2)
     w = torch.randn_like(fast(feats, boxes, IMAGE_SIZES))
     grads = torch.autograd.grad((fast(feats, boxes, IMAGE_SIZES) * w).sum(), list(feats.values()))

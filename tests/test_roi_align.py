@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign
 
+from conftest import random_rois
 from maskkit.inference import roi_align
 
 pytestmark = pytest.mark.skipif(not roi_align.available(), reason="numba is not installed")
@@ -24,23 +25,12 @@ def _features(levels: int, channels: int = 8) -> OrderedDict[str, torch.Tensor]:
     )
 
 
-def _boxes() -> list[torch.Tensor]:
-    torch.manual_seed(1)
-    out = []
-    for n in (40, 25):
-        xy = torch.rand(n, 2) * torch.tensor([140.0, 110.0]) - 10  # some start outside the image
-        wh = torch.rand(n, 2) ** 3 * 120 + 0.2  # tiny to larger than the image
-        out.append(torch.cat([xy, xy + wh], 1))
-    out[0][0] = torch.tensor([-30.0, -30.0, -20.0, -20.0])  # fully outside: zeros
-    return out
-
-
 @pytest.mark.parametrize(("levels", "size", "sampling"), [(4, 7, 2), (4, 14, 2), (1, 5, 0), (3, 7, 0)])
 def test_bit_identical_to_torchvision(levels: int, size: int, sampling: int) -> None:
     feats = _features(levels)
     pooler = MultiScaleRoIAlign([str(i) for i in range(levels)], size, sampling)
     reference = MultiScaleRoIAlign([str(i) for i in range(levels)], size, sampling)
-    boxes = _boxes()
+    boxes = random_rois()
     with torch.inference_mode():
         got = roi_align.multiscale_roi_align(pooler, feats, boxes, IMAGE_SIZES)
         want = reference(OrderedDict((k, v.contiguous()) for k, v in feats.items()), boxes, IMAGE_SIZES)
@@ -54,7 +44,7 @@ def test_no_boxes_and_fallbacks() -> None:
     empty = [torch.zeros(0, 4), torch.zeros(0, 4)]
     assert roi_align.multiscale_roi_align(pooler, feats, empty, IMAGE_SIZES).shape == (0, 8, 7, 7)
     # NCHW features (the unoptimised network) go to torchvision's pooler: same numbers
-    boxes = _boxes()
+    boxes = random_rois()
     nchw = OrderedDict((k, v.contiguous()) for k, v in feats.items())
     with torch.inference_mode():
         assert torch.equal(roi_align.multiscale_roi_align(pooler, nchw, boxes, IMAGE_SIZES),
