@@ -234,6 +234,12 @@ def test_pool_outside_files_and_bad_arguments(tmp_path: Path) -> None:
         load_model(tmp_path / "missing.pt")
 
 
+def test_label_folders_of_a_dsb_layout_are_not_pool_images(tmp_path: Path) -> None:
+    root, _ = _pool(tmp_path, {"id1/images/id1.png": _unsure(0), "id1/masks/m1.png": _unsure(1),
+                               "id2/images/id2.png": _unsure(2), "id2/Masks/m2.png": _unsure(3)})
+    assert [im.rel for im in pool_images(root)[0]] == ["id1/images/id1.png", "id2/images/id2.png"]
+
+
 def test_ranking_csv_of_random_strategy_is_seeded(tmp_path: Path) -> None:
     root, pool = _pool(tmp_path, {f"i{i}.png": _confident(i) for i in range(5)})
     a: Selection = select(_stub(), pool, k=2, strategy="random", seed=3, pool_root=root)

@@ -39,6 +39,7 @@ from maskkit.data.copyimages import copy_file_atomic
 from maskkit.data.formats.coco import write_coco
 from maskkit.data.images import read_image
 from maskkit.data.paths import confined, is_inside
+from maskkit.data.unlabeled import SKIPPED_DIRS
 from maskkit.errors import ConfigError, DataError, MaskkitError
 from maskkit.fileio import atomic_write_json, atomic_write_text
 from maskkit.inference.backends.artefact import is_exported
@@ -114,8 +115,8 @@ def load_model(path: str | Path) -> LoadedModel:
 
 
 def pool_images(pool: str | Path, exclude: str | Path | None = None) -> tuple[list[PoolImage], list[str]]:
-    """The images below ``pool`` (recursively; ``exclude``: an output folder inside it) and the files left out
-    because they resolve outside the pool (symlinks)."""
+    """The images below ``pool`` (recursively, label folders such as ``masks/`` skipped as for ``--unlabeled``;
+    ``exclude``: an output folder inside it) and the files left out because they resolve outside the pool."""
     pool = Path(pool)
     if not pool.is_dir():
         raise DataError("the pool must be a folder of images", file=pool)
@@ -127,6 +128,8 @@ def pool_images(pool: str | Path, exclude: str | Path | None = None) -> tuple[li
         if not is_inside(it.path, root):
             skipped.append(f"{it.path}: resolves outside the pool {root}, skipped")
             continue
+        if any(part.lower() in SKIPPED_DIRS for part in it.path.relative_to(root).parts[:-1]):
+            continue  # label folders (a DSB layout's masks/, labels/, annotations/): not images to rank
         images.append(PoolImage(it.path, it.path.relative_to(root).as_posix(), it.key))
     return images, skipped
 
