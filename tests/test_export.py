@@ -171,8 +171,9 @@ def test_parity_batches_sizes_and_empty(family: str, backend: str, checkpoints: 
 def _reference_maps(model: torch.nn.Module, tensors: list[torch.Tensor]) -> torch.Tensor:
     raws = model._raw(tensors)
     # raw dicts list the maps in channel order (StarDist's rays already rescaled to the input size, as in the graph)
-    maps = [torch.cat([v if v.dim() == 3 else v[None] for v in r.values()]) if isinstance(r, dict) else r
-            for r in raws]
+    # (a strided model's raw dict also holds the image ``size``, not a map)
+    maps = [torch.cat([v if v.dim() == 3 else v[None] for k, v in r.items() if k != "size"])
+            if isinstance(r, dict) else r for r in raws]
     return torch.stack(maps)
 
 

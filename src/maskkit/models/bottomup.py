@@ -241,20 +241,23 @@ class BottomUpSegmenter(DenseSegmentationModel):
     @torch.no_grad()
     def predict_raw(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
         """Per image, the network's maps at the input size (CPU float32), as the decoder's ``activate`` gives
-        them (the watershed's: ``sem_seg`` ((K+1) x H x W class probabilities), ``boundary`` and ``distance``).
+        them (the watershed's: ``sem_seg`` ((K+1) x H x W class probabilities), ``boundary`` and ``distance``);
+        a network with ``output_stride`` > 1 keeps them at its stride, with the input ``size`` beside them.
 
         Decoders whose maps hold lengths in pixels (``rescale_maps(maps, factor)``, e.g. StarDist's rays) get them
         scaled from the network's (eval-resized) frame to the input size's."""
         batch = self.input(images)
         decoder: Any = self.decoder  # every bottom-up decoder has activate_maps/from_maps
         rescale = getattr(decoder, "rescale_maps", None)
+        logits = self.net(batch.tensor)
+        strided = logits.shape[-2:] != batch.tensor.shape[-2:]  # output_stride > 1: maps stay at the stride
         out = []
-        for logits, size, input_size in zip(batch.unpad(self.net(batch.tensor)), batch.sizes, batch.input_sizes,
-                                            strict=True):
-            maps = decoder.activate_maps(logits.float())
+        for crop, size, input_size in zip(batch.unpad(logits, resize=not strided), batch.sizes, batch.input_sizes,
+                                          strict=True):
+            maps = decoder.activate_maps(crop.float())
             if rescale is not None:
                 maps = rescale(maps, resize_factor(torch.tensor(size), torch.tensor(input_size)))
-            out.append(decoder.from_maps(maps.cpu()))
+            out.append(decoder.from_maps(maps.cpu(), input_size if strided else None))
         return out
 
     def _raw(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
