@@ -10,7 +10,12 @@ from maskkit.errors import ConfigError
 from maskkit.models import create, list_models
 from maskkit.models.cellpose import FlowInstances
 from maskkit.models.flows import diffusion_flows, flow_errors
-from nuclei_support import best_ious, image_of, masks_of, one_hot_classes, touching_ellipses
+from nuclei_support import (
+    assert_learns_touching_objects,
+    best_ious,
+    one_hot_classes,
+    touching_ellipses,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = {"pretrained_backbone": False, "decoder_channels": (16, 16, 8, 8, 8)}
@@ -98,28 +103,4 @@ def test_thresholds_are_tunable_buffers() -> None:
 
 def test_tiny_model_learns_touching_objects() -> None:
     """80 steps from scratch on two synthetic images: the loss falls and every object is found."""
-    torch.manual_seed(0)
-    model = create("cellpose_mbv2", 1, **{**TINY, "decoder_channels": (32, 16, 16, 16, 16)})
-    ids = [touching_ellipses(64, seed=s, grid=3) for s in range(2)]
-    images = [image_of(i, s) for s, i in enumerate(ids)]
-    targets = [{"masks": masks_of(i), "labels": torch.ones(int(i.max()), dtype=torch.int64)} for i in ids]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    losses = []
-    for _ in range(80):
-        terms = model(images, targets)
-        assert set(terms) == {"loss_semantic", "loss_flow"}
-        loss = sum(terms.values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
-    model.eval()
-    with torch.no_grad():
-        outputs = model(images)
-    for out, gt in zip(outputs, ids, strict=True):
-        assert out["instance_map"].shape == (64, 64) and out["sem_seg"].shape == (2, 64, 64)
-        assert len(out["boxes"]) == len(out["scores"]) == len(out["labels"]) == len(out["instance_ids"])
-        ious = best_ious(gt, out["instance_map"].numpy())
-        assert (ious >= 0.5).all() and ious.mean() >= 0.9, ious
+    assert_learns_touching_objects("cellpose_mbv2", TINY, 80, {"loss_semantic", "loss_flow"}, min_mean_iou=0.9)
