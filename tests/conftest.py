@@ -131,3 +131,18 @@ def random_rois() -> list[Any]:
         out.append(torch.cat([xy, xy + wh], 1))
     out[0][0] = torch.tensor([-30.0, -30.0, -20.0, -20.0])  # fully outside: zeros
     return out
+
+
+def cli_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: object) -> str:
+    """Run ``maskkit ARGV...`` in-process; assert it exits with code 2 and a one-line ``error: ...``; return it."""
+    import sys
+
+    from maskkit.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["maskkit", *map(str, argv)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err

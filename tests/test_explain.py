@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from conftest import TINY_MASKRCNN, save_tiny_checkpoint, tiny_config, train_tiny_run
+from conftest import TINY_MASKRCNN, cli_error, save_tiny_checkpoint, tiny_config, train_tiny_run
 
 pytest.importorskip("pytorch_grad_cam", reason="needs the explain extra (grad-cam)")
 
@@ -165,18 +164,10 @@ def test_cli_writes_overlays_and_contact_sheet(run: dict[str, Path], tmp_path: P
 
 def test_cli_errors_are_one_line(run: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                  capsys: pytest.CaptureFixture[str]) -> None:
-    from maskkit.cli.main import main
-
     image = sorted(run["images"].glob("*.png"))[0]
 
-    def error(*args: Any) -> str:
-        monkeypatch.setattr(sys, "argv", ["maskkit", "explain", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-        assert exit_info.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error: ") and "\n" not in err, err
-        return err
+    def error(*args: object) -> str:
+        return cli_error(monkeypatch, capsys, "explain", *args)
 
     assert "unknown --method 'nope'" in error("--model", run["ckpt"], image, "--out", tmp_path, "--method", "nope")
     assert "checkpoint not found" in error("--model", tmp_path / "none.pt", image, "--out", tmp_path)

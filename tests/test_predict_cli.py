@@ -4,14 +4,13 @@ the COCO round trip through ``maskkit eval``, reruns, and one-line errors."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TINY_MASKRCNN, tiny_config, train_tiny_run
+from conftest import TINY_MASKRCNN, cli_error, tiny_config, train_tiny_run
 from maskkit.cli.main import app
 from maskkit.errors import ConfigError, DataError
 from maskkit.inference.sources import collect_sources, dataset_image_ids, sequential_ids
@@ -305,16 +304,9 @@ def test_tiled_prediction(run: dict[str, Path], tmp_path: Path) -> None:
 
 def test_one_line_errors(run: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                          capsys: pytest.CaptureFixture[str]) -> None:
-    from maskkit.cli.main import main
 
     def error(*args: object) -> str:
-        monkeypatch.setattr(sys, "argv", ["maskkit", "predict", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-        assert exit_info.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error: ") and "\n" not in err, err
-        return err
+        return cli_error(monkeypatch, capsys, "predict", *args)
 
     assert "source not found" in error("--model", run["ckpt"], tmp_path / "nope.png", "--out", tmp_path / "o")
     bad_ckpt = tmp_path / "bad.pt"
