@@ -132,10 +132,10 @@ class WatershedInstances:
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
 
-    def activate(self, logits: Tensor, size: tuple[int, int] | None = None) -> dict[str, Tensor]:
+    def activate(self, logits: Tensor) -> dict[str, Tensor]:
         """``sem_seg`` ((K+1) x H x W class probabilities), ``boundary`` and ``distance`` (H x W, sigmoid),
-        CPU float32; with ``size``, the image's (h, w) when the maps are at a stride of it."""
-        return self.from_maps(self.activate_maps(logits.float()).cpu(), size)
+        CPU float32."""
+        return self.from_maps(self.activate_maps(logits.float()).cpu())
 
     def activate_maps(self, logits: Tensor) -> Tensor:
         """``[B x] (K+3) x H x W`` maps of as many logits: class probabilities (softmax over the first K + 1),

@@ -42,9 +42,8 @@ class DenseLoss(Protocol):
 class DenseDecoder(Protocol):
     """Post-processing of one image's logits (already cropped and resized to the input size)."""
 
-    def activate(self, logits: Tensor, *args: Any) -> Any:
-        """The raw maps (probabilities) of ``M x H x W`` logits (decoders of strided outputs also take the
-        input size)."""
+    def activate(self, logits: Tensor) -> Any:
+        """The raw maps (probabilities) of ``M x H x W`` logits."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         """``(raw, **params)``: the eval output dict of raw maps; ``params`` (if any) tune the post-processing."""
@@ -128,14 +127,9 @@ class DenseSegmentationModel(nn.Module):
         return [self._decode(raw) for raw in self._raw(images)]
 
     def _raw(self, images: Sequence[Tensor]) -> list[Any]:
-        """Per image, the decoder's raw maps at the input size, or (a network with a strided output) at the
-        network's output resolution with the input size beside them (the decoder upsamples its result)."""
+        """Per image, the decoder's raw maps at the input size."""
         batch = self.input(images)
-        logits = self.net(batch.tensor)
-        if logits.shape[-2:] == batch.tensor.shape[-2:]:
-            return [self.decoder.activate(maps) for maps in batch.unpad(logits)]
-        return [self.decoder.activate(maps, size)
-                for maps, size in zip(batch.unpad(logits, resize=False), batch.input_sizes, strict=True)]
+        return [self.decoder.activate(logits) for logits in batch.unpad(self.net(batch.tensor))]
 
     def _decode(self, raw: Any) -> dict[str, Tensor]:
         return self.decoder(raw)
