@@ -7,8 +7,9 @@ hidden until an image is picked). Each round trains the recipe from its initial 
 EfficientNet-Lite0) on the labelled images for the same budget of ``--steps`` optimiser steps (whole epochs:
 the smallest count reaching it), scores mask AP on the val split, then each strategy picks ``--k`` pool images
 (``maskkit.active.select`` on the round's model, with the labelled images as diversity centers; ``random``:
-a seeded permutation) whose masks are then revealed. No choice is made on the val images: post-processing
-thresholds stay at the model's defaults (``schedule.tune_thresholds: false``) and the last weights are scored.
+a seeded permutation) whose masks are then revealed. The first round (the same ``--initial`` images for every
+strategy) is trained once and shared. No choice is made on the val images: post-processing thresholds stay
+at the model's defaults (``schedule.tune_thresholds: false``) and the last weights are scored.
 
 ``--data synthetic`` runs the same loop on maskkit's synthetic shapes with a tiny Mask R-CNN (a smoke test of
 the loop: minutes on a busy CPU, numbers meaningless at that size).
@@ -150,16 +151,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {args.data}; {len(start)} labelled at the start, pool {len(pool.images)}, val {len(val.images)}, "
           f"k {args.k}, {args.rounds} rounds of ~{args.steps} steps; strategies {', '.join(strategies)}", flush=True)
     results: dict[str, list[dict[str, Any]]] = {}
+    first: tuple[Path, float, int, float] | None = None
     for strategy in strategies:
         labelled = [(candidates, r) for r in start]
         left = list(range(len(pool.images)))
         picked_paths = [candidates.image_path(r) for r in start]
         results[strategy] = []
         for rnd in range(args.rounds):
-            name = f"{strategy}-r{rnd}"
-            train_rel = write_round(work, name, labelled, candidates.categories)
-            run, ap_, steps, secs = train_round(work, base, train_rel, len(labelled), args.steps, args.out / name,
-                                                args.threads)
+            if rnd == 0 and first is not None:  # every strategy starts from the same images: train them once
+                run, ap_, steps, secs = first
+            else:
+                name = "start-r0" if rnd == 0 else f"{strategy}-r{rnd}"
+                train_rel = write_round(work, name, labelled, candidates.categories)
+                run, ap_, steps, secs = train_round(work, base, train_rel, len(labelled), args.steps,
+                                                    args.out / name, args.threads)
+                if rnd == 0:
+                    first = (run, ap_, steps, secs)
             row = {"round": rnd, "labelled": len(labelled), "AP": ap_, "steps": steps, "train_s": round(secs, 1)}
             if rnd < args.rounds - 1 and left:
                 t0 = time.perf_counter()

@@ -59,6 +59,8 @@ def variant_config(base: dict[str, Any], variant: str, args: argparse.Namespace,
     if args.minutes_per_run:
         cfg["schedule"]["max_minutes"] = args.minutes_per_run
     cfg.setdefault("output", {})["out"] = str(out / variant)
+    if args.threads:
+        cfg["threads"] = args.threads
     if variant in ("corruption", "both"):
         cfg.setdefault("augment", {})["corruption"] = {"p": args.corruption_p, "severities": [1, 2, 3],
                                                         "names": args.train_corruptions}
@@ -88,7 +90,12 @@ def main() -> None:
     ap.add_argument("--pgd-steps", type=int, default=5)
     ap.add_argument("--max-dets", default="1,100,1000")
     ap.add_argument("--skip-train", action="store_true", help="Score runs that already exist in --out.")
+    ap.add_argument("--threads", type=int, default=None, help="Torch threads of training and scoring.")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.train_corruptions:
         args.train_corruptions = args.train_corruptions.split(",")
 

@@ -298,3 +298,5 @@ def test_active_learning_benchmark_loop(tmp_path: Path, capsys: pytest.CaptureFi
         rows = results[strategy]
         assert [r["labelled"] for r in rows] == [2, 4] and len(rows[0]["picked"]) == 2
     assert (tmp_path / "curve.png").is_file() and "| diversity |" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "start-r0").is_dir() and not (tmp_path / "diversity-r0").exists()  # round 0 trained once
+    assert results["random"][0]["AP"] == results["diversity"][0]["AP"]
