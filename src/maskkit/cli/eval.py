@@ -21,11 +21,11 @@ from typing import Any
 import typer
 
 import maskkit.inference
-from maskkit.errors import ConfigError, DataError
+from maskkit.errors import ConfigError
 from maskkit.evaluation import InstanceEvaluator, inference_on_dataset
 from maskkit.evaluation.label_folders import read_label_folders
 from maskkit.evaluation.report import EvalFigures, print_report, write_outputs
-from maskkit.evaluation.results import image_loader, read_results_source
+from maskkit.evaluation.results import image_loader, read_results_source, readable
 from maskkit.inference.distributed import ray_settings
 from maskkit.perf import gc_paused
 from maskkit.structures import Instances
@@ -119,16 +119,10 @@ def command(
                 return [preds.get(rec.id) or _empty(rec) for rec in batch]
             out = []
             for rec in batch:
-                if remote is not None:
-                    inst = next(remote)
-                    if inst is None:
-                        raise DataError("image file not found or unreadable", file=aset.image_path(rec))
-                    out.append(inst)
-                    continue
-                image = load_image(rec.id)
-                if image is None:
-                    raise DataError("image file not found or unreadable", file=aset.image_path(rec))
-                out.append(predict(image))
+                if remote is not None:  # predicted on Ray, in the records' order
+                    out.append(readable(next(remote), aset, rec))
+                else:
+                    out.append(predict(readable(load_image(rec.id), aset, rec)))
             return out
 
         batches = ([rec] for rec in aset.images) if preds is None else [aset.images]

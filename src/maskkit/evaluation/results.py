@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -37,6 +37,8 @@ from maskkit.fileio import atomic_write_json
 from maskkit.perf import gc_paused
 from maskkit.structures import Masks
 from maskkit.structures.masks import rle_to_string
+
+T = TypeVar("T")
 
 
 def read_results(
@@ -421,6 +423,14 @@ def image_loader(aset: Any) -> Callable[[int], np.ndarray | None]:
         return read_record_image(rec.data, rec.source, aset.image_path(rec))
 
     return load
+
+
+def readable(value: T | None, aset: Any, rec: Any) -> T:
+    """``value`` (a record's image, or its prediction streamed from Ray), or a ``DataError`` naming the record's
+    image file when it was not found or could not be read (``None``)."""
+    if value is None:
+        raise DataError("image file not found or unreadable", file=aset.image_path(rec))
+    return value
 
 
 def read_record_image(data: bytes | None, source: str | None, path: Path) -> np.ndarray | None:

@@ -32,7 +32,7 @@ from maskkit.engine.adversarial import attack, model_loss
 from maskkit.engine.data import images_to_score
 from maskkit.errors import ConfigError, DataError
 from maskkit.evaluation import InstanceEvaluator, inference_on_dataset
-from maskkit.evaluation.results import image_loader
+from maskkit.evaluation.results import image_loader, readable
 from maskkit.fileio import atomic_write_json
 from maskkit.inference.backends.artefact import is_exported
 from maskkit.inference.common import image_tensor
@@ -197,15 +197,9 @@ def _evaluate(cond: Condition, aset: Any, predictor: Any, load_image: Callable[[
         preds = []
         for rec in batch:
             if remote is not None:  # predicted on Ray, in the same order
-                inst = next(remote)
-                if inst is None:
-                    raise DataError("image file not found or unreadable", file=aset.image_path(rec))
-                preds.append(inst)
+                preds.append(readable(next(remote), aset, rec))
                 continue
-            raw = load_image(rec.id)
-            if raw is None:
-                raise DataError("image file not found or unreadable", file=aset.image_path(rec))
-            x = image_tensor(raw, predictor.config)
+            x = image_tensor(readable(load_image(rec.id), aset, rec), predictor.config)
             if cond.kind == "corruption":
                 x = corrupt_tensor(x, cond.name, cond.severity, image_seed(seed, rec.id, cond.name))
             elif cond.kind == "attack":
@@ -242,10 +236,7 @@ def _remote_predictions(stack: contextlib.ExitStack, ray: RaySettings | None, co
 
 def _first_image(aset: Any, load_image: Callable[[int], np.ndarray | None]) -> np.ndarray:
     rec = aset.images[0]
-    image = load_image(rec.id)
-    if image is None:
-        raise DataError("image file not found or unreadable", file=aset.image_path(rec))
-    return image
+    return readable(load_image(rec.id), aset, rec)
 
 
 def _load_condition(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
