@@ -205,6 +205,33 @@ def test_16bit_single_channel_normalisation(tmp_path: Path) -> None:
         normalise_image(raw[:, :, None], "bogus")  # type: ignore[arg-type]
 
 
+def test_appearance_makes_bright_field_look_like_fluorescence(tmp_path: Path) -> None:
+    from maskkit.config import TrainConfig
+    from maskkit.inference.common import image_tensor
+
+    he = np.empty((H, W, 3), np.uint8)
+    he[:] = (235, 200, 225)  # pink H&E background, dark purple nuclei
+    he[5:15, 5:20] = (110, 60, 150)
+    aset = _make_set(tmp_path, he, "he.png")
+    keep, _ = InstanceDataset(aset)[0]
+    assert torch.allclose(keep, torch.from_numpy(he).permute(2, 0, 1).float() / 255)
+    grey, _ = InstanceDataset(aset, appearance="grey")[0]
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[0], grey[2])
+    assert math.isclose(float(grey[0, 0, 0]), (0.299 * 235 + 0.587 * 200 + 0.114 * 225) / 255, rel_tol=1e-5)
+    dark, _ = InstanceDataset(aset, appearance="dark_background")[0]
+    assert torch.allclose(dark, 1 - grey) and float(dark[0, 10, 10]) > 0.5 > float(dark[0, 30, 40])
+    # the predictor's input is the training input
+    cfg = TrainConfig.model_validate({"augment": {"appearance": "dark_background"}})
+    assert torch.equal(image_tensor(he, cfg), dark)
+    # a dark-background (fluorescence) image is only converted to grey, not inverted
+    fluo = np.full((H, W, 3), 20, np.uint8)
+    fluo[5:15, 5:20] = 200
+    x, _ = InstanceDataset(_make_set(tmp_path, fluo, "fluo.png"), appearance="dark_background")[0]
+    assert float(x[0, 10, 10]) > 0.5 > float(x[0, 30, 40])
+    with pytest.raises(ValidationError):
+        AugmentConfig(appearance="sepia")  # type: ignore[arg-type]
+
+
 def test_four_and_five_channel_images(tmp_path: Path) -> None:
     rgba = np.random.default_rng(1).integers(0, 255, (H, W, 4), dtype=np.uint8)
     aset = _make_set(tmp_path, rgba, "rgba.png")
@@ -255,7 +282,8 @@ def test_size_mismatch_and_embedded_image(tmp_path: Path) -> None:
 
 def test_augment_config_validation() -> None:
     cfg = AugmentConfig(min_size=[480, 512], crop=(256, 320), normalise="percentile", channels=3)
-    assert cfg.image_options() == {"normalise": "percentile", "fixed_max": None, "channels": 3}
+    assert cfg.image_options() == {"normalise": "percentile", "fixed_max": None, "channels": 3,
+                                   "appearance": "keep"}
     with pytest.raises(ValidationError):
         AugmentConfig(hflip=2.0)
     with pytest.raises(ValidationError):

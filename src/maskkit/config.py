@@ -32,6 +32,16 @@ NormaliseMode = Literal["dtype", "uint8", "minmax", "percentile", "fixed"]
 * ``fixed`` – divide by ``fixed_max`` (e.g. 4095 for 12-bit cameras)
 """
 
+Appearance = Literal["keep", "grey", "dark_background"]
+"""How images look to the model after normalisation (training and inference alike):
+
+* ``keep`` – as they are
+* ``grey`` – luminance (Rec. 601 weights), repeated over the model's channels: colour stains and grey
+  fluorescence look alike
+* ``dark_background`` – ``grey``, then inverted when the image's median is above 0.5 (bright-field and H&E:
+  dark objects on a bright background become bright objects on a dark one, as in fluorescence)
+"""
+
 
 class CorruptionAugmentConfig(_Strict):
     """Corruption augmentation (training only): with probability ``p`` an image gets one corruption of
@@ -79,6 +89,8 @@ class AugmentConfig(BaseModel):
     normalise: NormaliseMode = "dtype"
     fixed_max: float | None = None
     """Divisor of the ``fixed`` normalisation mode."""
+    appearance: Appearance = "keep"
+    """Grey conversion / inversion of bright backgrounds after normalisation (see ``Appearance``)."""
     channels: int | None = None
     """Channels fed to the model: ``None`` keeps each image's own; ``3`` repeats grey and drops alpha."""
     corruption: CorruptionAugmentConfig = Field(default_factory=CorruptionAugmentConfig)
@@ -93,7 +105,8 @@ class AugmentConfig(BaseModel):
 
     def image_options(self) -> dict[str, Any]:
         """The image-loading keyword arguments of :class:`~maskkit.data.dataset.InstanceDataset`."""
-        return {"normalise": self.normalise, "fixed_max": self.fixed_max, "channels": self.channels}
+        return {"normalise": self.normalise, "fixed_max": self.fixed_max, "channels": self.channels,
+                "appearance": self.appearance}
 
 
 class SpeedConfig(_Strict):

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.ops import clip_boxes_to_image
 
-from maskkit.config import AugmentConfig, NormaliseMode
+from maskkit.config import Appearance, AugmentConfig, NormaliseMode
 from maskkit.data.annotations import AnnotationSet, ImageRecord
 from maskkit.data.images import decode_image_bytes, read_image
 from maskkit.data.transforms import build_transforms, from_tv_target, to_tv_target
@@ -68,6 +68,26 @@ def normalise_image(image: np.ndarray, mode: NormaliseMode = "dtype", fixed_max:
     return x
 
 
+def apply_appearance(x: np.ndarray, appearance: Appearance = "keep") -> np.ndarray:
+    """A normalised ``C×H×W`` float image in ``[0, 1]`` as ``appearance`` asks (see ``Appearance``)."""
+    if appearance == "keep" or x.size == 0:
+        return x
+    if appearance not in ("grey", "dark_background"):
+        raise ConfigError(f"unknown appearance {appearance!r}; use keep, grey or dark_background")
+    grey = 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2] if x.shape[0] >= 3 else x[0].copy()
+    if appearance == "dark_background":
+        step = max(1, int(np.sqrt(grey.size / 65536)))  # the median of ~64k pixels is plenty
+        if float(np.median(grey[::step, ::step])) > 0.5:
+            np.subtract(1.0, grey, out=grey)
+    return np.ascontiguousarray(np.broadcast_to(grey, x.shape), dtype=np.float32)
+
+
+def prepare_image(chw: np.ndarray, mode: NormaliseMode = "dtype", fixed_max: float | None = None,
+                  appearance: Appearance = "keep") -> np.ndarray:
+    """A raw ``C×H×W`` image as the model takes it: normalised (``normalise_image``), then ``apply_appearance``."""
+    return apply_appearance(normalise_image(chw, mode, fixed_max), appearance)
+
+
 def convert_channels(image: np.ndarray, channels: int | None, source: str | Path | None = None) -> np.ndarray:
     """Convert ``H×W×C`` to ``channels`` channels: grey is repeated, alpha dropped, RGB(A) to grey by luminance.
 
@@ -97,7 +117,7 @@ class InstanceDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
 
     ``transforms(image, target)`` receives a ``tv_tensors.Image`` and a target whose ``boxes``,
     ``masks`` and ``semantic`` are tv_tensors (use :func:`~maskkit.data.transforms.build_transforms`).
-    ``with_masks=None`` means: masks when the set has any. ``channels``/``normalise``/``fixed_max``
+    ``with_masks=None`` means: masks when the set has any. ``channels``/``normalise``/``fixed_max``/``appearance``
     control image loading (see :class:`~maskkit.data.transforms.AugmentConfig`).
     """
 
@@ -113,6 +133,7 @@ class InstanceDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
         normalise: NormaliseMode = "dtype",
         fixed_max: float | None = None,
         channels: int | None = None,
+        appearance: Appearance = "keep",
     ) -> None:
         if normalise == "fixed" and (not fixed_max or fixed_max <= 0):
             raise ConfigError("normalise='fixed' needs a positive fixed_max")
@@ -124,6 +145,7 @@ class InstanceDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
         self.normalise: NormaliseMode = normalise
         self.fixed_max = fixed_max
         self.channels = channels
+        self.appearance: Appearance = appearance
         by_id = aset.category_by_id()
         self.category_ids: list[int] = sorted(by_id)
         """The set's category id of each contiguous label ``1..K`` (``category_ids[label - 1]``)."""
@@ -175,7 +197,7 @@ class InstanceDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
                 image=record.file_name,
             )
         chw = np.ascontiguousarray(convert_channels(array, self.channels, source).transpose(2, 0, 1))
-        return torch.from_numpy(normalise_image(chw, self.normalise, self.fixed_max))
+        return torch.from_numpy(prepare_image(chw, self.normalise, self.fixed_max, self.appearance))
 
     def contiguous_labels(self, category_ids: np.ndarray, record: ImageRecord | None = None) -> np.ndarray:
         """Map the set's category ids to labels ``1..K``; unknown ids raise :class:`DataError`."""

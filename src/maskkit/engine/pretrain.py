@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from maskkit.config import TrainConfig
-from maskkit.data.dataset import convert_channels, normalise_image
+from maskkit.data.dataset import convert_channels, prepare_image
 from maskkit.data.images import read_image
 from maskkit.data.paths import confined
 from maskkit.errors import ConfigError, DataError
@@ -118,8 +118,8 @@ def load_images(paths: Sequence[Path], cfg: TrainConfig, channels: int, root: Pa
             if array.ndim == 2:
                 array = array[:, :, None]
             chw = convert_channels(array, channels, p).transpose(2, 0, 1)
-            out.append(torch.from_numpy(normalise_image(np.ascontiguousarray(chw), cfg.augment.normalise,
-                                                        cfg.augment.fixed_max)).half())
+            out.append(torch.from_numpy(prepare_image(np.ascontiguousarray(chw), cfg.augment.normalise,
+                                                      cfg.augment.fixed_max, cfg.augment.appearance)).half())
     if not out:
         raise DataError("no image could be read for pretraining", file=root)
     return out

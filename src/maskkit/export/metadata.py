@@ -65,6 +65,7 @@ def build_metadata(loaded: LoadedModel, graph: Any, kind: str, fmt: str, graph_f
         "preprocessing": {
             "image": "B x C x H x W float32 in [0, 1], RGB order as read by maskkit (one size per batch)",
             "channels": cfg.augment.channels, "normalise": cfg.augment.normalise, "fixed_max": cfg.augment.fixed_max,
+            "appearance": cfg.augment.appearance,
             "in_graph": {"mean": mean, "std": std},
         },
         "input": {"channels": channels, "batch": "dynamic", "dynamic": bool(dynamic), "imgsz": list(imgsz),

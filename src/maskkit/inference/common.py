@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from maskkit.config import TrainConfig
-from maskkit.data.dataset import convert_channels, normalise_image
+from maskkit.data.dataset import convert_channels, prepare_image
 from maskkit.data.images import read_image
 from maskkit.inference.filters import filter_instances, resolve_classes, select
 from maskkit.inference.paste import Detections
@@ -35,7 +35,7 @@ def image_tensor(image: ImageLike, config: TrainConfig) -> torch.Tensor:
     channels = aug.channels if aug.channels is not None else input_channels(config)
     chw = np.ascontiguousarray(convert_channels(array, channels, image if isinstance(image, str | Path) else None)
                                .transpose(2, 0, 1))
-    return torch.from_numpy(normalise_image(chw, aug.normalise, aug.fixed_max))
+    return torch.from_numpy(prepare_image(chw, aug.normalise, aug.fixed_max, aug.appearance))
 
 
 class PredictorBase:
