@@ -17,6 +17,12 @@ the run never saw a pool image. The proxy images' masks are only used to score (
 features). Scored like the peers: COCO ``segm`` AP (maxDets 1000, full-resolution masks), AP50, F1@0.5,
 separately for grey (fluorescence / bright-field) and colour images.
 
+Shifted proxy (``--shifts``, on by default): the same images again under shifts of stain, exposure, focus and
+magnification, fixed before anything was scored: HED stain jitter and hue rotation at severity 5
+(:mod:`maskkit.data.corruptions`), gamma at severity 4, defocus at severity 2, and the image rescaled by 0.5
+and 2 (predictions scaled back to the original size before scoring). ``shifted AP`` is the mean mask AP over
+these six; every one is in ``--json``.
+
 Run: ``python benchmarks/nuclei_proxy.py --runs runs/bench-nuclei/dsb2018 runs/bench-nuclei/dsb2018-bottomup``
 
 Measured (2026-12-03, 20 proxy images, 11 of them colour): the 20-minute Mask R-CNN run scores 0.493 here
@@ -45,6 +51,9 @@ TYPES = 8
 MAX_SHARE = 0.05
 COLOUR_SATURATION = 0.1
 """Images whose mean HSV saturation exceeds this are colour (H&E / bright-field stains); the rest grey."""
+SHIFTS: tuple[tuple[str, float], ...] = (("hed_jitter", 5), ("hue_shift", 5), ("gamma", 4), ("defocus_blur", 2),
+                                         ("scale", 0.5), ("scale", 2.0))
+"""The shifted conditions: a corruption and its severity, or ``scale`` and the rescaling factor."""
 
 
 def features(folder: Path) -> tuple[np.ndarray, float]:
@@ -97,11 +106,39 @@ def proxy_ids(run: Path, max_share: float = MAX_SHARE) -> tuple[list[str], dict[
     return chosen, summary
 
 
-def score(run: Path, ids: list[str], colour: set[str]) -> dict[str, dict[str, float]]:
-    """AP / AP50 / F1@0.5 of ``run`` on the pool images ``ids``: all, grey and colour ones."""
+def shifted(image: np.ndarray, shift: tuple[str, float], seed: int) -> np.ndarray:
+    """An RGB uint8 image under one of ``SHIFTS``."""
+    import cv2
+
+    from maskkit.data.corruptions import corrupt
+
+    name, level = shift
+    if name != "scale":
+        return corrupt(image, name, int(level), seed)
+    h, w = image.shape[:2]
+    size = (max(1, round(w * level)), max(1, round(h * level)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if level < 1 else cv2.INTER_LINEAR)
+
+
+def rescaled(inst: Any, height: int, width: int) -> Any:
+    """Predicted ``Instances`` of a rescaled image, brought back to ``height x width``."""
+    import cv2
+
+    from maskkit.structures import Instances, Masks
+
+    bitmaps = [cv2.resize(m.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) >= 0.5
+               for m in inst.masks.to_bitmaps()]
+    masks = Masks.from_bitmaps(np.asarray(bitmaps, bool).reshape(len(bitmaps), height, width), height, width)
+    return Instances.from_masks(masks, inst.labels, inst.scores)
+
+
+def score(run: Path, ids: list[str], colour: set[str], shifts: tuple[tuple[str, float], ...] = ()
+          ) -> dict[str, dict[str, float]]:
+    """AP / AP50 / F1@0.5 of ``run`` on the pool images ``ids``: all, grey and colour ones; and all images under
+    each of ``shifts`` (keys ``name@level``)."""
     from maskkit.data.splits import load_split
     from maskkit.evaluation import InstanceEvaluator
-    from maskkit.evaluation.results import image_loader
+    from maskkit.evaluation.results import image_loader, readable
     from maskkit.inference.predictor import Predictor
 
     pool = load_split(POOL, "train")
@@ -109,20 +146,27 @@ def score(run: Path, ids: list[str], colour: set[str]) -> dict[str, dict[str, fl
     kept = replace(pool, images=[r for r in pool.images if pool.image_path(r).parent.parent.name in wanted])
     predictor = Predictor(run, device="cpu")
     load = image_loader(kept)
+    images = {r.id: np.ascontiguousarray(readable(load(r.id), kept, r)[:, :, :3]) for r in kept.images}
     groups = {"all": kept.images,
               "grey": [r for r in kept.images if kept.image_path(r).parent.parent.name not in colour],
               "colour": [r for r in kept.images if kept.image_path(r).parent.parent.name in colour]}
-    predictions = {r.id: predictor.predict(load(r.id)) for r in kept.images}
-    out = {}
-    for name, records in groups.items():
-        if not records:
-            continue
+    predictions = {r.id: predictor.predict(images[r.id]) for r in kept.images}
+
+    def evaluate(records: list[Any], preds: dict[int, Any]) -> dict[str, float]:
         ev = InstanceEvaluator(kept.categories, max_dets=[1, 100, 1000], extras=("matching",))
         for r in records:
-            ev.process([r], [predictions[r.id]])
+            ev.process([r], [preds[r.id]])
         m = ev.evaluate()
-        out[name] = {"AP": m["segm"]["AP"], "AP50": m["segm"]["AP50"], "F1@0.5": m["matching"]["f1@0.50"],
-                     "images": len(records)}
+        return {"AP": m["segm"]["AP"], "AP50": m["segm"]["AP50"], "F1@0.5": m["matching"]["f1@0.50"],
+                "images": len(records)}
+
+    out = {name: evaluate(records, predictions) for name, records in groups.items() if records}
+    for shift in shifts:
+        preds = {}
+        for r in kept.images:
+            inst = predictor.predict(shifted(images[r.id], shift, seed=r.id))
+            preds[r.id] = rescaled(inst, r.height, r.width) if shift[0] == "scale" else inst
+        out[f"{shift[0]}@{shift[1]:g}"] = evaluate(kept.images, preds)
     return out
 
 
@@ -130,18 +174,27 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", nargs="+", type=Path, required=True)
     ap.add_argument("--max-share", type=float, default=MAX_SHARE)
+    ap.add_argument("--shifts", action=argparse.BooleanOptionalAction, default=True,
+                    help="Also score the proxy images under the SHIFTS (stain, exposure, focus, scale).")
+    ap.add_argument("--json", type=Path, default=None, help="Write every number here.")
     args = ap.parse_args(argv)
     if not POOL.is_dir():
         sys.exit(f"the shared nuclei pool is missing: {POOL}")
-    print("| run | proxy images (colour) | proxy mask AP | AP50 | F1@0.5 | grey AP | colour AP |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| run | proxy images (colour) | proxy mask AP | AP50 | F1@0.5 | grey AP | colour AP | shifted AP |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    report = {}
     for run in args.runs:
         ids, summary = proxy_ids(run, args.max_share)
-        m = score(run, ids, set(summary["colour_ids"]))
+        m = score(run, ids, set(summary["colour_ids"]), SHIFTS if args.shifts else ())
         grey, colour = m.get("grey", {}).get("AP", float("nan")), m.get("colour", {}).get("AP", float("nan"))
+        shift_aps = [m[f"{n}@{v:g}"]["AP"] for n, v in SHIFTS if f"{n}@{v:g}" in m]
+        shifted_ap = float(np.mean(shift_aps)) if shift_aps else float("nan")
         a = m["all"]
         print(f"| {run} | {summary['images']} ({summary['colour_images']}) | {a['AP']:.3f} | {a['AP50']:.3f} | "
-              f"{a['F1@0.5']:.3f} | {grey:.3f} | {colour:.3f} |", flush=True)
+              f"{a['F1@0.5']:.3f} | {grey:.3f} | {colour:.3f} | {shifted_ap:.3f} |", flush=True)
+        report[str(run)] = {"summary": summary, "scores": m, "shifted_AP": shifted_ap}
+        if args.json is not None:
+            args.json.write_text(json.dumps(report, indent=1))
     return 0
 
 

@@ -1,0 +1,50 @@
+"""The shifted conditions of ``benchmarks/nuclei_proxy.py``: images shifted, predictions of rescaled images
+brought back to the original size."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from maskkit.structures import Instances, Masks
+from maskkit.structures.masks import masks_iou
+
+_path = Path(__file__).resolve().parents[1] / "benchmarks" / "nuclei_proxy.py"
+_spec = importlib.util.spec_from_file_location("nuclei_proxy_bench", _path)
+assert _spec is not None and _spec.loader is not None
+proxy = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = proxy
+_spec.loader.exec_module(proxy)
+
+
+def _discs(h: int, w: int, centres: list[tuple[float, float, float]]) -> Masks:
+    yy, xx = np.mgrid[:h, :w]
+    return Masks.from_bitmaps(np.stack([(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r for cy, cx, r in centres]), h, w)
+
+
+def test_shifts_change_the_image_and_scale_it() -> None:
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    for shift in proxy.SHIFTS:
+        out = proxy.shifted(image, shift, seed=1)
+        assert out.dtype == np.uint8 and out.shape[2] == 3 and not np.array_equal(out, image[: out.shape[0]])
+        if shift[0] == "scale":
+            assert out.shape[:2] == (round(60 * shift[1]), round(80 * shift[1]))
+        else:
+            assert out.shape == image.shape
+
+
+def test_predictions_of_a_rescaled_image_come_back_to_the_original_size() -> None:
+    h, w = 61, 83
+    centres = [(15.0, 20.0, 9.0), (40.0, 50.0, 12.0), (20.0, 68.0, 9.0)]
+    truth = _discs(h, w, centres)
+    for factor in (0.5, 2.0):
+        small = _discs(round(h * factor), round(w * factor),  # pixel centres map as cv2.resize maps them
+                       [((y + 0.5) * factor - 0.5, (x + 0.5) * factor - 0.5, r * factor) for y, x, r in centres])
+        inst = Instances.from_masks(small, [1, 1, 1], [0.9, 0.8, 0.7])
+        back = proxy.rescaled(inst, h, w)
+        assert back.image_size == (h, w) and back.scores.tolist() == inst.scores.tolist()
+        iou = np.diag(masks_iou(back.masks, truth))
+        assert iou.min() > 0.85, (factor, iou)
