@@ -15,6 +15,10 @@ which make every choice of the run (post-processing thresholds, ``best.pt``, ear
 images are only scored (``score`` takes exactly the run's ``val_images.json`` images). The table's "chosen
 on" column says, per row, what was tuned and on which images (from the run's ``metrics.json``).
 
+Beside the val score, the held-out-like proxy of ``benchmarks/nuclei_proxy.py`` (pool images of image types the
+run's training images lack; ``proxy AP``) and the same images under stain, exposure, focus and scale shifts
+(``shifted AP``, the mean over its six conditions); ``--no-proxy`` leaves both out.
+
 Recipes: ``dsb2018`` (Mask R-CNN), ``dsb2018-bottomup`` (seeded watershed), ``dsb2018-stardist`` (star-convex
 polygons) and ``dsb2018-cellpose`` (flow fields), side by side at the same split and budget.
 
@@ -126,10 +130,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-nuclei")
     ap.add_argument("--skip-train", action="store_true", help="Score the runs already in --out.")
     ap.add_argument("--no-tta", action="store_true", help="Skip the TTA rows.")
+    ap.add_argument("--no-proxy", action="store_true", help="Skip the held-out-like proxy columns.")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"the shared nuclei data is missing: {DATA}")
-    rows: list[tuple[str, float, dict[str, Any], dict[str, Any] | None, str]] = []
+    rows: list[tuple[str, float, dict[str, Any], dict[str, Any] | None, str, tuple[float, float] | None]] = []
     for recipe in args.recipes.split(","):
         run = args.out / recipe
         if not args.skip_train:
@@ -137,19 +142,31 @@ def main() -> None:
         name = yaml.safe_load((run / "config.yaml").read_text())["model"]["name"]
         plain = score(run, tta=False)
         tta = None if args.no_tta else score(run, tta=True)
-        rows.append((f"maskkit {name} ({recipe}.yaml)", train_rate(run), plain, tta, chosen_on(run)))
-        print(f"{recipe}: {plain} | TTA {tta}", flush=True)
+        held_out = None if args.no_proxy else proxy(run)
+        rows.append((f"maskkit {name} ({recipe}.yaml)", train_rate(run), plain, tta, chosen_on(run), held_out))
+        print(f"{recipe}: {plain} | TTA {tta} | proxy, shifted {held_out}", flush=True)
 
     print(f"\nDSB 2018 nuclei val (12 images, 510 nuclei), {args.minutes:g} CPU minutes of training each\n")
     print("| model | train img/s | mask AP (maxDets 1000) | AP50 | Boundary AP | F1@0.5 | AR@1000 | s/image "
-          "| with TTA: AP / F1@0.5 | chosen on |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| with TTA: AP / F1@0.5 | proxy AP | shifted AP | chosen on |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, rate, ap_, ap50 in PEERS:
-        print(f"| {name} (peer) | {rate:.2f} | {ap_:.3f} | {ap50:.3f} | – | – | – | – | – | see peer notes |")
-    for name, rate, m, t, where in rows:
+        print(f"| {name} (peer) | {rate:.2f} | {ap_:.3f} | {ap50:.3f} | – | – | – | – | – | – | – | see peer notes |")
+    for name, rate, m, t, where, held_out in rows:
         tta_cell = f"{t['AP']:.3f} / {t['F1@0.5']:.3f}" if t else "–"
+        proxy_cells = f"{held_out[0]:.3f} | {held_out[1]:.3f}" if held_out else "– | –"
         print(f"| {name} | {rate:.2f} | {m['AP']:.3f} | {m['AP50']:.3f} | {m['boundary_AP']:.3f} | "
-              f"{m['F1@0.5']:.3f} | {m['AR@1000']:.3f} | {m['s/image']:.2f} | {tta_cell} | {where} |")
+              f"{m['F1@0.5']:.3f} | {m['AR@1000']:.3f} | {m['s/image']:.2f} | {tta_cell} | {proxy_cells} | {where} |")
+
+
+def proxy(run: Path) -> tuple[float, float]:
+    """``run``'s mask AP on the held-out-like proxy images and their mean over the shifted conditions."""
+    from nuclei_proxy import SHIFTS, proxy_ids  # beside this file
+    from nuclei_proxy import score as proxy_score
+
+    ids, summary = proxy_ids(run)
+    m = proxy_score(run, ids, set(summary["colour_ids"]), SHIFTS)
+    return m["all"]["AP"], sum(m[f"{n}@{v:g}"]["AP"] for n, v in SHIFTS) / len(SHIFTS)
 
 
 if __name__ == "__main__":

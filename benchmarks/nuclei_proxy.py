@@ -28,8 +28,9 @@ Run: ``python benchmarks/nuclei_proxy.py --runs runs/bench-nuclei/dsb2018 runs/b
 Measured (2026-12-03, 20 proxy images, 11 of them colour): the 20-minute Mask R-CNN run scores 0.493 here
 (grey 0.676, colour 0.460) and the bottom-up run 0.398 (0.809 / 0.318), against 0.289 and 0.226 on the hidden
 set of the same task: the proxy ranks the two runs as the hidden set does but is far too easy. Rare types of
-*training-set* images are still training-set images; the proxy does not yet see the shift of new stains and
-microscopes (perturbed pool images and leave-one-type-out folds are the next step).
+*training-set* images are still training-set images; the proxy does not see the shift of new stains and
+microscopes. The shifted conditions below were added for that; they have not yet been scored against runs whose
+hidden-set score is known, and leave-one-type-out folds are not built yet.
 """
 
 from __future__ import annotations
