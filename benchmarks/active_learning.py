@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads of training (default: torch's)")
     ap.add_argument("--synthetic-pool", type=int, default=24, help="pool size of --data synthetic")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-active-learning")
+    ap.add_argument("--resume", action="store_true", help="Keep the finished strategies of --out/results.json.")
     args = ap.parse_args(argv)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     bad = [s for s in strategies if s not in STRATEGIES]
@@ -152,7 +153,16 @@ def main(argv: list[str] | None = None) -> int:
           f"k {args.k}, {args.rounds} rounds of ~{args.steps} steps; strategies {', '.join(strategies)}", flush=True)
     results: dict[str, list[dict[str, Any]]] = {}
     first: tuple[Path, float, int, float] | None = None
+    saved = args.out / "results.json"
+    if args.resume and saved.is_file():  # finished strategies of an earlier call, and its shared first round
+        results = {k: v for k, v in json.loads(saved.read_text())["results"].items() if len(v) == args.rounds}
+        if results and (args.out / "start-r0").is_dir():
+            r0 = next(iter(results.values()))[0]
+            first = (args.out / "start-r0", float(r0["AP"]), int(r0["steps"]), float(r0["train_s"]))
+        print(f"resumed: {', '.join(results) or 'nothing'} already done", flush=True)
     for strategy in strategies:
+        if strategy in results:
+            continue
         labelled = [(candidates, r) for r in start]
         left = list(range(len(pool.images)))
         picked_paths = [candidates.image_path(r) for r in start]

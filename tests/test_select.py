@@ -300,3 +300,9 @@ def test_active_learning_benchmark_loop(tmp_path: Path, capsys: pytest.CaptureFi
     assert (tmp_path / "curve.png").is_file() and "| diversity |" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "start-r0").is_dir() and not (tmp_path / "diversity-r0").exists()  # round 0 trained once
     assert results["random"][0]["AP"] == results["diversity"][0]["AP"]
+    before = (tmp_path / "results.json").read_text()
+    assert bench.main(["--data", "synthetic", "--strategies", "random,diversity", "--initial", "2", "--k", "2",
+                       "--rounds", "2", "--steps", "1", "--threads", "1", "--synthetic-pool", "6",
+                       "--out", str(tmp_path), "--resume"]) == 0  # nothing left to train
+    assert "resumed: random, diversity already done" in capsys.readouterr().out
+    assert json.loads((tmp_path / "results.json").read_text())["results"] == json.loads(before)["results"]
