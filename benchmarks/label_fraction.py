@@ -8,8 +8,8 @@ student on ``batch * semi.ratio`` unlabeled images, so it costs about 2-3x the C
 
 Splits: the val split of the recipe (its own val split, or the one it carves, e.g. every 5th nuclei image) is
 written once as COCO into ``--out``; the training images are permuted with ``--seed`` and the first 10/25/50/100 %
-are labelled (nested subsets). Thresholds (bottom-up) and ``best.pt`` are chosen on val for every variant alike
-(``tune.split: val``), so the absolute numbers are optimistic but the comparison is like for like.
+are labelled (nested subsets). Nothing is chosen on val: post-processing runs at the model's default thresholds
+(``schedule.tune_thresholds: false``) and the last weights are scored (validation runs once, after the last step).
 The images are copied into ``--out`` (a temporary folder by default), never into the project.
 
 Data: ``--data`` with ``--config`` (a training recipe, e.g. ``configs/dsb2018-bottomup.yaml``); without
@@ -73,6 +73,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads per run.")
     p.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "maskkit-label-fraction"))
+    p.add_argument("--resume", action="store_true", help="Keep the finished runs of --out's results.json.")
     return p.parse_args()
 
 
@@ -158,6 +159,7 @@ def run_one(cfg: dict[str, Any], split: dict[str, Any], steps: int, out: Path, u
     epochs = max(1, round(steps / per_epoch))
     overrides: dict[str, Any] = {
         "data.path": str(split["yaml"]), "data.unlabeled": unlabeled, "tune.split": "val",
+        "schedule.tune_thresholds": False,
         "schedule.epochs": epochs, "schedule.val_every": epochs, "schedule.patience": None,
         "schedule.max_minutes": None, "schedule.val_loss": False, "output.out": str(out),
         "output.progress": False, "output.tensorboard": False, "output.plots": False, "threads": threads,
@@ -222,6 +224,9 @@ def main() -> None:
     semi = key_values(args.semi, "semi.")
     rows: list[dict[str, Any]] = []
     results = out / "results.json"
+    if args.resume and results.is_file():
+        rows = json.loads(results.read_text())["rows"]
+    done = {(r["fraction"], r["variant"]) for r in rows}
     for f in args.fractions:
         split = splits[f]
         variants = [("supervised", None)] if "supervised" in args.variants else []
@@ -229,6 +234,9 @@ def main() -> None:
         if "semi" in args.variants and f < 100 and pool:
             variants.append(("semi-supervised", pool))
         for variant, unlabeled in variants:
+            if (f, variant) in done:
+                print(f"== {f} % labelled, {variant}: kept from {results}", flush=True)
+                continue
             print(f"== {f} % labelled ({split['labelled']} images), {variant}", flush=True)
             row = run_one(cfg, split, args.steps, out / "runs" / f"f{f}-{variant}", unlabeled, semi, args.threads)
             row.update({"fraction": f, "variant": variant, "labelled": split["labelled"],
@@ -236,7 +244,9 @@ def main() -> None:
                         (split["unlabelled"] if unlabeled else 0)})
             rows.append(row)
             print(json.dumps(row), flush=True)
-            results.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+            tmp = results.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+            tmp.replace(results)
     rows.sort(key=lambda r: (r["fraction"], r["variant"] != "supervised"))
     text = table(rows)
     model = cfg.get("model", {}).get("name", "maskrcnn_effl0_fpn")

@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain-batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-pretrain")
+    ap.add_argument("--resume", action="store_true", help="keep the finished arms of --out's results.json")
     args = ap.parse_args(argv)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if bad := [a for a in arms if a not in ARMS]:
@@ -107,8 +108,18 @@ def main(argv: list[str] | None = None) -> int:
           f"for {args.method} pretraining ({args.pretrain_minutes} min)", flush=True)
     from maskkit.engine.pretrain import pretrain
 
-    rows = []
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    results = args.out / "results.json"
+    rows = json.loads(results.read_text())["rows"] if args.resume and results.is_file() else []
+    done = {r["arm"] for r in rows}
     for arm in arms:
+        if arm in done:
+            print(f"{arm}: kept from {results}", flush=True)
+            continue
         weights, pre = None, {}
         if arm.endswith("ssl"):
             init = "imagenet" if arm.startswith("imagenet") else "scratch"
@@ -120,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         row = {**fine_tune(cfg, arm, weights, args.steps, args.out, args.threads), **pre}
         rows.append(row)
         print(json.dumps(row), flush=True)
-        (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                           "rows": rows}, indent=1))
+        tmp = results.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+        tmp.replace(results)
     lines = ["| encoder init | mask AP | AP50 | fine-tune steps | pretrain steps |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['arm']} | {r['AP']:.4f} | {r['AP50']:.4f} | {r['steps']} | {r.get('pretrain_steps', '')} |"
               for r in rows]
