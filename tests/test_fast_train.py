@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(roi_align_kernels() is None or match_kernel() is
 
 IMAGE_SIZES = [(96, 128), (80, 112)]
 FAST = {"roi_align": "numba", "anchor_matching": "numba", "mask_targets": "sampled", "backbone_norm": "frozen",
-        "channels_last": True, "box_head_dim": 64, "mask_head_convs": 2}
+        "channels_last": True, "box_head_dim": 64, "mask_head_convs": 2, "separable_convs": True}
 
 
 def _features(levels: int, channels_last: bool = False) -> OrderedDict[str, torch.Tensor]:
@@ -135,12 +135,16 @@ def test_training_step_with_every_fast_option() -> None:
     assert isinstance(rh, SampledMaskRoIHeads)
     assert rh.box_head.fc6.out_features == 64 and len(list(rh.mask_head.children())) == 2
     assert not any(type(m).__name__ == "BatchNorm2d" for m in model.backbone.body.modules())
+    for owner in (model.backbone.fpn.layer_blocks, model.rpn.head.conv):  # separable_convs: no dense 3x3 left
+        convs = [m for m in owner.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(c.kernel_size == (1, 1) or c.groups == c.in_channels for c in convs)
+        assert any(c.kernel_size == (3, 3) for c in convs)
     total = sum(losses.values())
     assert torch.isfinite(total)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     before = rh.mask_head[0][0].weight.detach().clone()
     total.backward()
-    assert model.backbone.fpn.layer_blocks[0][0].weight.grad is not None
+    assert model.backbone.fpn.layer_blocks[0][0][0].weight.grad is not None  # the depthwise half
     opt.step()
     assert not torch.equal(before, rh.mask_head[0][0].weight)
 

@@ -39,7 +39,7 @@ def test_maskrcnn_variant_default_options() -> None:
               # model.speed (maskkit.models.fast_train): torchvision's behaviour by default
               "box_head_dim": None, "mask_head_convs": None, "roi_align": "torchvision",
               "anchor_matching": "torchvision", "mask_targets": "torchvision", "backbone_norm": "batch",
-              "channels_last": False}
+              "channels_last": False, "separable_convs": False}
     light = {"min_size": 512, "max_size": 853}
     assert VARIANTS["maskrcnn_r50_fpn"].options() == {**common, "coco_weights": False}
     assert VARIANTS["maskrcnn_r50_fpn_v2"].options() == {**common, "coco_weights": False}

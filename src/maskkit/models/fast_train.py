@@ -14,6 +14,9 @@
   as torchvision's own detection backbones do. Changes training (batch statistics of 2 images are noisy).
 * ``channels_last``: parameters in channels-last layout (mkldnn convolutions, and the Numba RoIAlign reads
   the features without a copy).
+* ``separable_convs`` - the 3x3 convolutions of the FPN outputs and of the RPN head become a 3x3 depthwise
+  convolution followed by a 1x1 one (:func:`use_separable_convs`), as in the light detectors of mobile
+  backbones: at the stride-4 level these two convolutions are the largest cost of a step. Changes the model.
 
 Each falls back to torchvision's code on other devices/dtypes and while tracing or exporting, so exports
 and non-CPU runs are unchanged. The state dict keys are torchvision's (frozen norms drop
@@ -200,10 +203,33 @@ def freeze_backbone_norm(model: nn.Module, backbone: str = "backbone.body") -> N
     setattr(owner, name, freeze_batch_norm_2d(owner.get_submodule(name)))
 
 
+def separable(conv: nn.Conv2d) -> nn.Sequential:
+    """A depthwise convolution with ``conv``'s kernel, stride, padding and dilation, then a 1x1 convolution to
+    its output channels (with its bias, if any); freshly initialised."""
+    c_in = conv.in_channels
+    depthwise = nn.Conv2d(c_in, c_in, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=c_in,
+                          bias=False, padding_mode=conv.padding_mode)
+    return nn.Sequential(depthwise, nn.Conv2d(c_in, conv.out_channels, 1, bias=conv.bias is not None))
+
+
+def use_separable_convs(model: MaskRCNN) -> None:
+    """Every dense 3x3 convolution of the FPN's output blocks and of the RPN head's shared convolution becomes
+    :func:`separable` (the 1x1 lateral convolutions and the heads' predictors stay)."""
+    fpn = getattr(model.backbone, "fpn", None)
+    for owner in (getattr(fpn, "layer_blocks", None), model.rpn.head.conv):
+        if owner is None:
+            continue
+        for name, child in list(owner.named_modules()):
+            if isinstance(child, nn.Conv2d) and child.kernel_size == (3, 3) and child.groups == 1:
+                owner.set_submodule(name, separable(child))
+
+
 def apply_speed_options(model: MaskRCNN, roi_align: str = "torchvision", anchor_matching: str = "torchvision",
                         mask_targets: str = "torchvision", backbone_norm: str = "batch",
-                        channels_last: bool = False) -> MaskRCNN:
+                        channels_last: bool = False, separable_convs: bool = False) -> MaskRCNN:
     """Apply the ``model.speed`` options (see the module docstring) to a built Mask R-CNN; returns it."""
+    if separable_convs:
+        use_separable_convs(model)
     if backbone_norm == "frozen":
         freeze_backbone_norm(model)
     if roi_align == "numba":

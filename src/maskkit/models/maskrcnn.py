@@ -60,6 +60,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "mask_targets": "torchvision",
     "backbone_norm": "batch",
     "channels_last": False,
+    "separable_convs": False,
 }
 """Options of every variant and their defaults (a variant's own defaults override them)."""
 
@@ -238,7 +239,7 @@ def _create(variant: str, num_classes: int, **cfg: Any) -> MaskRCNN:
     _resize_heads(model, o["box_head_dim"], o["mask_head_convs"])
     return apply_speed_options(model, roi_align=o["roi_align"], anchor_matching=o["anchor_matching"],
                                mask_targets=o["mask_targets"], backbone_norm=o["backbone_norm"],
-                               channels_last=bool(o["channels_last"]))
+                               channels_last=bool(o["channels_last"]), separable_convs=bool(o["separable_convs"]))
 
 
 def _resize_heads(model: MaskRCNN, box_head_dim: int | None, mask_head_convs: int | None) -> None:
