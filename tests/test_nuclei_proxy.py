@@ -1,5 +1,5 @@
-"""The shifted conditions of ``benchmarks/nuclei_proxy.py``: images shifted, predictions of rescaled images
-brought back to the original size."""
+"""The shifted conditions of ``benchmarks/nuclei_proxy.py`` (images shifted, predictions of rescaled images
+brought back to the original size) and the fold sets of ``benchmarks/nuclei_folds.py``."""
 
 from __future__ import annotations
 
@@ -48,3 +48,39 @@ def test_predictions_of_a_rescaled_image_come_back_to_the_original_size() -> Non
         assert back.image_size == (h, w) and back.scores.tolist() == inst.scores.tolist()
         iou = np.diag(masks_iou(back.masks, truth))
         assert iou.min() > 0.85, (factor, iou)
+
+
+def _folds_module() -> object:
+    spec = importlib.util.spec_from_file_location("nuclei_folds_bench", _path.with_name("nuclei_folds.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fold_sets_keep_the_held_out_ids_from_two_roots(tmp_path: Path) -> None:
+    import pytest
+
+    from maskkit.data.annotations import AnnotationSet, Category, ImageRecord
+
+    folds = _folds_module()
+    cats = [Category(1, "nucleus")]
+
+    def dsb(root: Path, ids: list[str]) -> AnnotationSet:
+        recs = [ImageRecord(i + 1, f"{n}/images/{n}.png", 8, 8, Instances((8, 8))) for i, n in enumerate(ids)]
+        return AnnotationSet(cats, recs, root, root=root)
+
+    a, b = dsb(tmp_path / "subset", ["a1", "a2", "a3"]), dsb(tmp_path / "pool", ["b1", "b2"])
+    both = folds.combined([a, b], [{"a2", "a3"}, {"b2"}])
+    assert [r.id for r in both.images] == [1, 2, 3]  # renumbered: the two sources' ids collide
+    wanted = ("subset/a2/images/a2.png", "subset/a3/images/a3.png", "pool/b2/images/b2.png")
+    assert [both.image_path(r) for r in both.images] == [(tmp_path / p).resolve() for p in wanted]
+    assert both.root == tmp_path.resolve()
+    types, colour = {"a1": 0, "a2": 1, "b1": 1, "b2": 2}, {"a2", "b1"}
+    assert folds.fold_parts("none", types, colour) == set()
+    assert folds.fold_parts("colour", types, colour) == {"a2", "b1"}
+    assert folds.fold_parts("grey", types, colour) == {"a1", "b2"}
+    assert folds.fold_parts("1", types, colour) == {"a2", "b1"}
+    with pytest.raises(SystemExit, match="unknown fold"):
+        folds.fold_parts("blue", types, colour)
