@@ -49,6 +49,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "box_batch_size_per_image 256": {"model.options.box_batch_size_per_image": 256},
     "box_head_dim 512": {"model.speed.box_head_dim": 512},
     "mask_head_convs 2": {"model.speed.mask_head_convs": 2},
+    "separable_convs": {"model.speed.separable_convs": True},
     "trainable_backbone_layers 5": {"model.trainable_backbone_layers": 5},
 }
 """``--levers``: each lever alone over ``default`` (its config overrides)."""
