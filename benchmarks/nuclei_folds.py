@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nuclei_proxy import COLOUR_SATURATION, POOL, SUBSET, TYPES, image_types
+from nuclei_proxy import COLOUR_SATURATION, POOL, SUBSET, TYPES, image_types, segm_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,6 @@ def train_fold(cfg: dict[str, Any], train: Any, out: Path, epochs: int, threads:
 
 def score(run: Path, test: Any, types: dict[str, int]) -> dict[str, Any]:
     """AP / AP50 / F1@0.5 of ``run/best.pt`` on ``test``: all images and per image type."""
-    from maskkit.evaluation import InstanceEvaluator
     from maskkit.evaluation.results import image_loader, readable
     from maskkit.inference.predictor import Predictor
 
@@ -107,16 +106,9 @@ def score(run: Path, test: Any, types: dict[str, int]) -> dict[str, Any]:
                    for r in test.images}
     kind = {r.id: types[test.image_path(r).parent.parent.name] for r in test.images}
 
-    def evaluate(records: list[Any]) -> dict[str, float]:
-        ev = InstanceEvaluator(test.categories, max_dets=[1, 100, 1000], extras=("matching",))
-        for r in records:
-            ev.process([r], [predictions[r.id]])
-        m = ev.evaluate()
-        return {"AP": m["segm"]["AP"], "AP50": m["segm"]["AP50"], "F1@0.5": m["matching"]["f1@0.50"],
-                "images": len(records)}
-
-    per_type = {str(t): evaluate([r for r in test.images if kind[r.id] == t]) for t in sorted(set(kind.values()))}
-    return {"all": evaluate(test.images), "types": per_type}
+    per_type = {str(t): segm_scores(test.categories, [r for r in test.images if kind[r.id] == t], predictions)
+                for t in sorted(set(kind.values()))}
+    return {"all": segm_scores(test.categories, test.images, predictions), "types": per_type}
 
 
 def main(argv: list[str] | None = None) -> int:

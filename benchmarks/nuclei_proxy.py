@@ -133,12 +133,23 @@ def rescaled(inst: Any, height: int, width: int) -> Any:
     return Instances.from_masks(masks, inst.labels, inst.scores)
 
 
+def segm_scores(categories: list[Any], records: list[Any], predictions: dict[int, Any]) -> dict[str, float]:
+    """Mask AP / AP50 (maxDets 1000) and F1@0.5 of ``predictions`` (by image id) on ``records``."""
+    from maskkit.evaluation import InstanceEvaluator
+
+    ev = InstanceEvaluator(categories, max_dets=[1, 100, 1000], extras=("matching",))
+    for r in records:
+        ev.process([r], [predictions[r.id]])
+    m = ev.evaluate()
+    return {"AP": m["segm"]["AP"], "AP50": m["segm"]["AP50"], "F1@0.5": m["matching"]["f1@0.50"],
+            "images": len(records)}
+
+
 def score(run: Path, ids: list[str], colour: set[str], shifts: tuple[tuple[str, float], ...] = ()
           ) -> dict[str, dict[str, float]]:
     """AP / AP50 / F1@0.5 of ``run`` on the pool images ``ids``: all, grey and colour ones; and all images under
     each of ``shifts`` (keys ``name@level``)."""
     from maskkit.data.splits import load_split
-    from maskkit.evaluation import InstanceEvaluator
     from maskkit.evaluation.results import image_loader, readable
     from maskkit.inference.predictor import Predictor
 
@@ -153,21 +164,13 @@ def score(run: Path, ids: list[str], colour: set[str], shifts: tuple[tuple[str, 
               "colour": [r for r in kept.images if kept.image_path(r).parent.parent.name in colour]}
     predictions = {r.id: predictor.predict(images[r.id]) for r in kept.images}
 
-    def evaluate(records: list[Any], preds: dict[int, Any]) -> dict[str, float]:
-        ev = InstanceEvaluator(kept.categories, max_dets=[1, 100, 1000], extras=("matching",))
-        for r in records:
-            ev.process([r], [preds[r.id]])
-        m = ev.evaluate()
-        return {"AP": m["segm"]["AP"], "AP50": m["segm"]["AP50"], "F1@0.5": m["matching"]["f1@0.50"],
-                "images": len(records)}
-
-    out = {name: evaluate(records, predictions) for name, records in groups.items() if records}
+    out = {name: segm_scores(kept.categories, records, predictions) for name, records in groups.items() if records}
     for shift in shifts:
         preds = {}
         for r in kept.images:
             inst = predictor.predict(shifted(images[r.id], shift, seed=r.id))
             preds[r.id] = rescaled(inst, r.height, r.width) if shift[0] == "scale" else inst
-        out[f"{shift[0]}@{shift[1]:g}"] = evaluate(kept.images, preds)
+        out[f"{shift[0]}@{shift[1]:g}"] = segm_scores(kept.categories, kept.images, preds)
     return out
 
 
