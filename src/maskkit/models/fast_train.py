@@ -207,8 +207,12 @@ def separable(conv: nn.Conv2d) -> nn.Sequential:
     """A depthwise convolution with ``conv``'s kernel, stride, padding and dilation, then a 1x1 convolution to
     its output channels (with its bias, if any); freshly initialised."""
     c_in = conv.in_channels
-    depthwise = nn.Conv2d(c_in, c_in, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=c_in,
-                          bias=False, padding_mode=conv.padding_mode)
+    kh, kw = conv.kernel_size
+    sh, sw = conv.stride
+    dh, dw = conv.dilation
+    padding = conv.padding if isinstance(conv.padding, str) else (conv.padding[0], conv.padding[1])
+    depthwise = nn.Conv2d(c_in, c_in, (kh, kw), (sh, sw), padding, (dh, dw), groups=c_in, bias=False,
+                          padding_mode=conv.padding_mode)
     return nn.Sequential(depthwise, nn.Conv2d(c_in, conv.out_channels, 1, bias=conv.bias is not None))
 
 
