@@ -184,8 +184,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         ap = "n/a" if r["segm_AP"] is None else f"{r['segm_AP']:.3f}"
         ap50 = "n/a" if r["segm_AP50"] is None else f"{r['segm_AP50']:.3f}"
+        minutes = "n/a" if r.get("minutes") is None else f"{r['minutes']:.1f}"
         lines.append(f"| {r['fraction']} % | {r['labelled']} + {r['unlabelled_used']} | {r['variant']} | "
-                     f"{r['steps']} | {r['minutes']:.1f} | {ap} | {ap50} |")
+                     f"{r['steps']} | {minutes} | {ap} | {ap50} |")
     return "\n".join(lines)
 
 
