@@ -35,6 +35,7 @@ from torchvision.ops import clip_boxes_to_image
 from maskkit.config import Appearance, AugmentConfig, NormaliseMode
 from maskkit.data.annotations import AnnotationSet, ImageRecord
 from maskkit.data.images import decode_image_bytes, read_image
+from maskkit.data.scale_crop import ScaleCropSampler
 from maskkit.data.transforms import build_transforms, from_tv_target, to_tv_target
 from maskkit.errors import ConfigError, DataError
 from maskkit.structures.labels import IGNORE_INDEX  # crowd regions in the ``semantic`` map
@@ -134,6 +135,7 @@ class InstanceDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
         fixed_max: float | None = None,
         channels: int | None = None,
         appearance: Appearance = "keep",
+        scale_crop: ScaleCropSampler | None = None,
     ) -> None:
         if normalise == "fixed" and (not fixed_max or fixed_max <= 0):
             raise ConfigError("normalise='fixed' needs a positive fixed_max")
@@ -146,6 +148,7 @@ class InstanceDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
         self.fixed_max = fixed_max
         self.channels = channels
         self.appearance: Appearance = appearance
+        self.scale_crop = scale_crop
         by_id = aset.category_by_id()
         self.category_ids: list[int] = sorted(by_id)
         """The set's category id of each contiguous label ``1..K`` (``category_ids[label - 1]``)."""
@@ -159,7 +162,12 @@ class InstanceDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
 
     @classmethod
     def from_config(cls, aset: AnnotationSet, cfg: AugmentConfig, train: bool, **kwargs: Any) -> InstanceDataset:
-        """A dataset with ``build_transforms(train, cfg)`` and the config's image options."""
+        """A dataset with ``build_transforms(train, cfg)`` and the config's image options; training crops of
+        resized images read only the source window they need (:mod:`maskkit.data.scale_crop`)."""
+        if train and cfg.crop is not None:
+            sampler = ScaleCropSampler(cfg.min_size, cfg.max_size, cfg.crop)
+            return cls(aset, build_transforms(train, cfg, scale_crop=False), **cfg.image_options(),
+                       scale_crop=sampler, **kwargs)
         return cls(aset, build_transforms(train, cfg), **cfg.image_options(), **kwargs)
 
     @property
@@ -172,13 +180,21 @@ class InstanceDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self.aset.images[index]
+        plan = self.scale_crop.draw(record.height, record.width) if self.scale_crop is not None else None
         image = self.load_image(record)
-        target = self.load_target(record)
-        if self.transforms is not None:
-            canvas = (int(image.shape[-2]), int(image.shape[-1]))
-            image, target = self.transforms(tv_tensors.Image(image), to_tv_target(target, canvas))
-            image = image.as_subclass(torch.Tensor)
-            target = from_tv_target(target)
+        target = self.load_target(record, plan.window if plan is not None else None)
+        if plan is not None or self.transforms is not None:
+            if plan is not None:
+                y0, x0, y1, x1 = plan.window
+                image = image[:, y0:y1, x0:x1]
+            tv_image = tv_tensors.Image(image)
+            tv_target = to_tv_target(target, (int(image.shape[-2]), int(image.shape[-1])))
+            if plan is not None:
+                tv_image, tv_target = ScaleCropSampler.apply(plan, tv_image, tv_target)
+            if self.transforms is not None:
+                tv_image, tv_target = self.transforms(tv_image, tv_target)
+            image = tv_image.as_subclass(torch.Tensor)
+            target = from_tv_target(tv_target)
         return image, self._finalise(target, (int(image.shape[-2]), int(image.shape[-1])))
 
     # -- loading ---------------------------------------------------------------------------------
@@ -215,16 +231,26 @@ class InstanceDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
             )
         return pos + 1
 
-    def load_target(self, record: ImageRecord) -> dict[str, Any]:
-        """The untransformed target of a record (masks decoded once; crowd handled per the options)."""
+    def load_target(self, record: ImageRecord, window: tuple[int, int, int, int] | None = None) -> dict[str, Any]:
+        """The untransformed target of a record (masks decoded once; crowd handled per the options), or of its
+        ``(y0, x0, y1, x1)`` window only: instances whose box misses it are left out, boxes are shifted."""
         inst = record.instances
         n = len(inst)
-        h, w = record.height, record.width
+        y0, x0, y1, x1 = window if window is not None else (0, 0, record.height, record.width)
+        h, w = y1 - y0, x1 - x0
         crowd = np.asarray(inst.iscrowd, dtype=bool) if inst.has("iscrowd") else np.zeros(n, dtype=bool)
         labels = self.contiguous_labels(inst.labels, record)
-        keep = np.ones(n, dtype=bool) if self.include_crowd else ~crowd
+        boxes = np.asarray(inst.boxes, dtype=np.float32).reshape(-1, 4)
+        inside = np.ones(n, dtype=bool)
+        if window is not None:
+            if n and inst.has("masks") and (self.with_masks or self.semantic):
+                boxes = inst.masks.boxes()  # the pixels' own boxes decide what the window holds
+            boxes = boxes - np.asarray([x0, y0, x0, y0], dtype=np.float32)
+            inside = (boxes[:, 2] > 0) & (boxes[:, 3] > 0) & (boxes[:, 0] < w) & (boxes[:, 1] < h)
+            crowd = crowd & inside
+        keep = (np.ones(n, dtype=bool) if self.include_crowd else ~crowd) & inside
         target: dict[str, Any] = {
-            "boxes": torch.from_numpy(np.asarray(inst.boxes, dtype=np.float32).reshape(-1, 4)[keep].copy()),
+            "boxes": torch.from_numpy(boxes[keep].copy()),
             "labels": torch.from_numpy(labels[keep]),
             "iscrowd": torch.from_numpy(crowd[keep].astype(np.int64)),
             "image_id": int(record.id),
@@ -241,7 +267,7 @@ class InstanceDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
         # Decode every needed mask once, in one pycocotools call.
         need = (keep | crowd) if self.semantic else keep
         need_idx = np.nonzero(need)[0]
-        bitmaps = inst.masks[need_idx].to_bitmaps() if len(need_idx) else np.zeros((0, h, w), dtype=bool)
+        bitmaps = inst.masks[need_idx].to_bitmaps(window) if len(need_idx) else np.zeros((0, h, w), dtype=bool)
         if self.with_masks:
             kept = bitmaps if need.sum() == keep.sum() else bitmaps[keep[need_idx]]
             target["masks"] = torch.from_numpy(np.ascontiguousarray(kept).view(np.uint8))

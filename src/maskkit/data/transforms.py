@@ -94,17 +94,19 @@ class RandomCorruption(v2.Transform):  # type: ignore[misc]  # torchvision has n
         return tv_tensors.wrap(out.to(device=inpt.device, dtype=inpt.dtype), like=inpt)
 
 
-def build_transforms(train: bool, cfg: AugmentConfig | None = None) -> v2.Compose:
-    """The joint transform pipeline for training (random) or evaluation (deterministic resize only)."""
+def build_transforms(train: bool, cfg: AugmentConfig | None = None, scale_crop: bool = True) -> v2.Compose:
+    """The joint transform pipeline for training (random) or evaluation (deterministic resize only).
+    ``scale_crop=False`` leaves the training resize and crop out (the dataset does them on the source window)."""
     cfg = cfg or AugmentConfig()
     steps: list[v2.Transform] = []
-    if cfg.min_size:
+    geometry = scale_crop or not train or cfg.crop is None
+    if cfg.min_size and geometry:
         if train:
             steps.append(v2.RandomShortestSize(cfg.min_size, max_size=cfg.max_size, antialias=True))
         else:
             steps.append(v2.Resize(max(cfg.min_size), max_size=cfg.max_size, antialias=True))
     if train:
-        if cfg.crop is not None:
+        if cfg.crop is not None and geometry:
             steps.append(v2.RandomCrop(cfg.crop, pad_if_needed=True, fill=0))
         if cfg.hflip > 0:
             steps.append(v2.RandomHorizontalFlip(cfg.hflip))
@@ -120,7 +122,7 @@ def build_transforms(train: bool, cfg: AugmentConfig | None = None) -> v2.Compos
 
             names = corruption_names(cfg.corruption.names, training=True)
             steps.append(RandomCorruption(cfg.corruption.p, names, cfg.corruption.severities))
-    return v2.Compose(steps)
+    return v2.Compose(steps or [v2.Identity()])
 
 
 def to_tv_target(target: dict[str, Any], canvas_size: tuple[int, int]) -> dict[str, Any]:

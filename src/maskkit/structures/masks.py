@@ -233,12 +233,14 @@ class Masks(Sequence[MaskItem]):
             return item.array
         return decode_rle(self.rle(i))
 
-    def to_bitmaps(self) -> np.ndarray:
-        """Dense ``N×H×W`` boolean array. Memory grows with N×H×W: prefer RLE for large images."""
+    def to_bitmaps(self, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """Dense ``N×H×W`` boolean array, or its ``(y0, x0, y1, x1)`` window only (``N×(y1-y0)×(x1-x0)``).
+        Memory grows with N×H×W: prefer RLE for large images."""
+        y0, x0, y1, x1 = window if window is not None else (0, 0, self.height, self.width)
         if not len(self):
-            return np.zeros((0, self.height, self.width), dtype=bool)
+            return np.zeros((0, y1 - y0, x1 - x0), dtype=bool)
         stacked: np.ndarray = mask_utils.decode(self.to_rles())
-        return np.moveaxis(stacked, -1, 0).astype(bool)
+        return np.moveaxis(stacked[y0:y1, x0:x1], -1, 0).astype(bool, order="C")
 
     def areas(self) -> np.ndarray:
         """Pixel areas (float64) of all instances."""
