@@ -73,13 +73,15 @@ def train_epoch(
 ) -> None:
     """Run the optimiser over ``batches``; ``on_step(row)`` after every step (logging, progress, checkpoints).
 
-    ``row`` holds ``epoch``, ``step``, ``lr``, ``loss``, each loss term and ``seconds`` (the step's wall time,
-    from the batch's arrival to the optimiser update; data loading excluded).
+    ``row`` holds ``epoch``, ``step``, ``lr``, ``loss``, each loss term, ``seconds`` (the step's wall time,
+    from the batch's arrival to the optimiser update; data loading excluded) and ``data_seconds`` (the wait for
+    the batch since the previous step ended, or since the loop started).
 
     A non-finite loss skips its step (no update, the schedule still advances) and is counted; more
     than ``max_bad_steps`` of them stop the run with a :class:`MaskkitError`.
     """
     ctx.model.train()
+    ready = time.perf_counter()
     for images, targets in batches:
         t0 = time.perf_counter()
         images, targets = to_device(images, targets, ctx.device)
@@ -125,12 +127,14 @@ def train_epoch(
         row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "lr": float(lr), "loss": float(total.detach())}
         row.update({k: float(v.detach()) for k, v in losses.items()})
         row["seconds"] = time.perf_counter() - t0
+        row["data_seconds"] = t0 - ready
         if finite:
             for k, v in row.items():
-                if k not in ("epoch", "step", "lr", "seconds"):
+                if k not in ("epoch", "step", "lr", "seconds", "data_seconds"):
                     state.sums[k] = state.sums.get(k, 0.0) + v
             state.sums["n"] = state.sums.get("n", 0.0) + 1
         on_step(row)
+        ready = time.perf_counter()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -170,15 +170,28 @@ def _restore(ckpt: dict[str, Any], ctx: StepContext, st: EpochState, best: _Best
 class _Budget:
     """The wall-clock budget of ``schedule.max_minutes`` (``seconds`` None: unlimited)."""
 
-    def __init__(self, minutes: float | None) -> None:
+    def __init__(self, minutes: float | None, shared: bool = False) -> None:
         self.seconds = minutes * 60.0 if minutes else None
         self.start = time.monotonic()
+        self.shared: float | None = 0.0 if shared else None
+        """Under DDP the LR schedule reads rank 0's elapsed share as of the last epoch end (see ``share``), so
+        every replica takes the same optimiser steps."""
 
-    def fraction(self) -> float:
+    def elapsed(self) -> float:
+        """This process's elapsed share of the budget."""
         return 0.0 if self.seconds is None else (time.monotonic() - self.start) / self.seconds
 
+    def fraction(self) -> float:
+        """The elapsed share the LR schedule uses."""
+        return self.elapsed() if self.shared is None else self.shared
+
+    def share(self, dinfo: DistInfo) -> None:
+        """Adopt rank 0's elapsed share (a collective: every rank calls it at the same point)."""
+        if self.shared is not None:
+            self.shared = float(broadcast_object(self.elapsed(), dinfo))
+
     def over(self) -> bool:
-        return self.seconds is not None and self.fraction() >= 1.0
+        return self.seconds is not None and self.elapsed() >= 1.0
 
     def until(self, batches: Any) -> Any:
         """The batches until the step that crosses the budget (that step still runs)."""
@@ -236,7 +249,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, on_validation: Valid
     train_ds = InstanceDataset.from_config(data.train, cfg.augment, train=True, semantic=semantic)
     bs = cfg.data.batch_size
     per_epoch = steps_per_epoch(len(train_ds), bs, dinfo.world_size)
-    budget = _Budget(cfg.schedule.max_minutes)
+    budget = _Budget(cfg.schedule.max_minutes, shared=dinfo.enabled)
     ctx = _build_context(cfg, model, device, per_epoch * cfg.schedule.epochs, budget)
     if data.unlabeled is not None:
         if dinfo.enabled:
@@ -288,6 +301,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, on_validation: Valid
         with EpochProgress(cfg.output.progress and dinfo.is_main, st.epoch, epochs, per_epoch, st.batch) as progress:
             train_epoch(ctx, loader if dinfo.enabled else budget.until(loader), st, on_step)
         out_of_time = broadcast_object(budget.over(), dinfo)
+        budget.share(dinfo)
         # A budget that cuts the epoch short leaves it unfinished in last.pt: a resume with a larger budget
         # continues it from the next batch instead of skipping the rest.
         cut_short = out_of_time and st.batch < len(sampler.batches)
