@@ -19,6 +19,9 @@ Beside the val score, the held-out-like proxy of ``benchmarks/nuclei_proxy.py`` 
 run's training images lack; ``proxy AP``) and the same images under stain, exposure, focus and scale shifts
 (``shifted AP``, the mean over its six conditions); ``--no-proxy`` leaves both out.
 
+``--procs 2`` trains each recipe under ``torchrun`` as two processes of one thread (the recipe's batch split over
+them): the same cores and global batch, more of each step on both cores (``benchmarks/ddp_train.py``).
+
 Recipes: ``dsb2018`` (Mask R-CNN), ``dsb2018-bottomup`` (seeded watershed), ``dsb2018-stardist`` (star-convex
 polygons) and ``dsb2018-cellpose`` (flow fields), side by side at the same split and budget.
 
@@ -29,6 +32,7 @@ Run: ``python benchmarks/nuclei.py [--minutes 20] [--recipes dsb2018,dsb2018-bot
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -55,26 +59,38 @@ their runs choose nothing, so the benchmark trains them on all 48 non-val images
 holding back a tuning slice that would make no choice."""
 
 
-def train(recipe: str, out: Path, minutes: float) -> float:
-    """Train ``configs/<recipe>.yaml`` into ``out`` for ``minutes``; returns the wall seconds."""
-    cmd = [sys.executable, "-m", "maskkit", "train", "--config", str(ROOT / "configs" / f"{recipe}.yaml"),
-           "--data", str(DATA), "--out", str(out), "--minutes", str(minutes), "--set", "schedule.val_every=100000",
-           "--set", "schedule.patience=null"]
+def train(recipe: str, out: Path, minutes: float, procs: int = 1) -> float:
+    """Train ``configs/<recipe>.yaml`` into ``out`` for ``minutes``; returns the wall seconds.
+
+    ``procs`` > 1: under ``torchrun`` with that many processes of one thread each, the recipe's batch split
+    over them (the same global batch and the same cores as one process of ``procs`` threads)."""
+    config = ROOT / "configs" / f"{recipe}.yaml"
+    cmd = ["-m", "maskkit", "train", "--config", str(config), "--data", str(DATA), "--out", str(out),
+           "--minutes", str(minutes), "--set", "schedule.val_every=100000", "--set", "schedule.patience=null"]
     if recipe in NOTHING_TO_TUNE:
         cmd += ["--set", "tune.split=val"]
+    env = dict(os.environ)
+    if procs > 1:
+        batch = int(yaml.safe_load(config.read_text())["data"]["batch_size"])
+        if batch % procs:
+            sys.exit(f"{recipe}: batch {batch} does not split over {procs} processes")
+        cmd = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *cmd,
+               "--set", "threads=1", "--set", f"data.batch_size={batch // procs}"]
+        env["OMP_NUM_THREADS"] = "1"
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    subprocess.run([sys.executable, *cmd], check=True, cwd=ROOT, env=env)
     return time.perf_counter() - t0
 
 
 def train_rate(run: Path) -> float:
     """Training images per second of a run: images stepped over the summed step times of steps.csv (runs
-    logged before the ``seconds`` column: over the run's time budget)."""
+    logged before the ``seconds`` column: over the run's time budget). A DDP run (``ranks/``) steps its
+    per-process batch on every rank."""
     import csv
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    batch = int(cfg["data"]["batch_size"])
+    batch = int(cfg["data"]["batch_size"]) * max(1, len(list((run / "ranks").glob("rank*.json"))))
     with (run / "steps.csv").open() as f:
         rows = list(csv.DictReader(f))
     seconds = sum(float(r["seconds"]) for r in rows if r.get("seconds"))
@@ -131,6 +147,8 @@ def main() -> None:
     ap.add_argument("--skip-train", action="store_true", help="Score the runs already in --out.")
     ap.add_argument("--no-tta", action="store_true", help="Skip the TTA rows.")
     ap.add_argument("--no-proxy", action="store_true", help="Skip the held-out-like proxy columns.")
+    ap.add_argument("--procs", type=int, default=1,
+                    help="train under torchrun with this many one-thread processes (the batch split over them)")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"the shared nuclei data is missing: {DATA}")
@@ -138,12 +156,13 @@ def main() -> None:
     for recipe in args.recipes.split(","):
         run = args.out / recipe
         if not args.skip_train:
-            train(recipe, run, args.minutes)
+            train(recipe, run, args.minutes, args.procs)
         name = yaml.safe_load((run / "config.yaml").read_text())["model"]["name"]
         plain = score(run, tta=False)
         tta = None if args.no_tta else score(run, tta=True)
         held_out = None if args.no_proxy else proxy(run)
-        rows.append((f"maskkit {name} ({recipe}.yaml)", train_rate(run), plain, tta, chosen_on(run), held_out))
+        ddp = f", {args.procs} DDP processes x 1 thread" if args.procs > 1 else ""
+        rows.append((f"maskkit {name} ({recipe}.yaml{ddp})", train_rate(run), plain, tta, chosen_on(run), held_out))
         print(f"{recipe}: {plain} | TTA {tta} | proxy, shifted {held_out}", flush=True)
 
     print(f"\nDSB 2018 nuclei val (12 images, 510 nuclei), {args.minutes:g} CPU minutes of training each\n")
