@@ -22,6 +22,8 @@ run's training images lack; ``proxy AP``) and the same images under stain, expos
 ``--procs 2`` trains each recipe under ``torchrun`` as two processes of one thread (the recipe's batch split over
 them): the same cores and global batch, more of each step on both cores (``benchmarks/ddp_train.py``).
 
+``--set KEY=VALUE`` (repeatable) overrides the recipes' configs, e.g. to measure a lever at the full budget.
+
 Recipes: ``dsb2018`` (Mask R-CNN), ``dsb2018-bottomup`` (seeded watershed), ``dsb2018-stardist`` (star-convex
 polygons) and ``dsb2018-cellpose`` (flow fields), side by side at the same split and budget.
 
@@ -36,6 +38,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +62,19 @@ their runs choose nothing, so the benchmark trains them on all 48 non-val images
 holding back a tuning slice that would make no choice."""
 
 
-def train(recipe: str, out: Path, minutes: float, procs: int = 1) -> float:
+def train(recipe: str, out: Path, minutes: float, procs: int = 1, overrides: Sequence[str] = ()) -> float:
     """Train ``configs/<recipe>.yaml`` into ``out`` for ``minutes``; returns the wall seconds.
 
     ``procs`` > 1: under ``torchrun`` with that many processes of one thread each, the recipe's batch split
-    over them (the same global batch and the same cores as one process of ``procs`` threads)."""
+    over them (the same global batch and the same cores as one process of ``procs`` threads). ``overrides``:
+    ``KEY=VALUE`` settings passed on as ``--set``."""
     config = ROOT / "configs" / f"{recipe}.yaml"
     cmd = ["-m", "maskkit", "train", "--config", str(config), "--data", str(DATA), "--out", str(out),
            "--minutes", str(minutes), "--set", "schedule.val_every=100000", "--set", "schedule.patience=null"]
     if recipe in NOTHING_TO_TUNE:
         cmd += ["--set", "tune.split=val"]
+    for kv in overrides:
+        cmd += ["--set", kv]
     env = dict(os.environ)
     if procs > 1:
         batch = int(yaml.safe_load(config.read_text())["data"]["batch_size"])
@@ -149,6 +155,8 @@ def main() -> None:
     ap.add_argument("--no-proxy", action="store_true", help="Skip the held-out-like proxy columns.")
     ap.add_argument("--procs", type=int, default=1,
                     help="train under torchrun with this many one-thread processes (the batch split over them)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every recipe (repeatable; shown in the table's model column)")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"the shared nuclei data is missing: {DATA}")
@@ -156,13 +164,14 @@ def main() -> None:
     for recipe in args.recipes.split(","):
         run = args.out / recipe
         if not args.skip_train:
-            train(recipe, run, args.minutes, args.procs)
+            train(recipe, run, args.minutes, args.procs, args.overrides)
         name = yaml.safe_load((run / "config.yaml").read_text())["model"]["name"]
         plain = score(run, tta=False)
         tta = None if args.no_tta else score(run, tta=True)
         held_out = None if args.no_proxy else proxy(run)
-        ddp = f", {args.procs} DDP processes x 1 thread" if args.procs > 1 else ""
-        rows.append((f"maskkit {name} ({recipe}.yaml{ddp})", train_rate(run), plain, tta, chosen_on(run), held_out))
+        how = "".join(f", {kv}" for kv in args.overrides)
+        how += f", {args.procs} DDP processes x 1 thread" if args.procs > 1 else ""
+        rows.append((f"maskkit {name} ({recipe}.yaml{how})", train_rate(run), plain, tta, chosen_on(run), held_out))
         print(f"{recipe}: {plain} | TTA {tta} | proxy, shifted {held_out}", flush=True)
 
     print(f"\nDSB 2018 nuclei val (12 images, 510 nuclei), {args.minutes:g} CPU minutes of training each\n")

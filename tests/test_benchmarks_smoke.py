@@ -1,4 +1,5 @@
-"""Smoke tests of the benchmark scripts on tiny sizes: ``train_speed.py --quick``, ``eval_speed.py``, ``data_io.py``."""
+"""Smoke tests of the benchmark scripts on tiny sizes (`train_speed.py --quick`, `eval_speed.py`, `data_io.py`, ...)
+and of their bookkeeping (images/s of `ddp_train.py` and `nuclei.py`)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,29 @@ def test_deploy_speed_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(rows) == 12 and all(row.count("|") == 8 for row in rows)
     assert bench.parse_spec("bottomup_effl0:output_stride=2,min_area=4.5") == (
         "bottomup_effl0", {"output_stride": 2, "min_area": 4.5})
+
+
+def _steps_csv(path: Path, rows: list[tuple[float, float]]) -> None:
+    path.write_text("step,loss,seconds,data_seconds\n"
+                    + "".join(f"{i},1.0,{s},{d}\n" for i, (s, d) in enumerate(rows)))
+
+
+def test_ddp_train_throughput_counts_step_and_data_wait_after_warmup(tmp_path: Path) -> None:
+    bench = _load("ddp_train")
+    _steps_csv(tmp_path / "steps.csv", [(100.0, 100.0), (1.5, 0.5), (3.0, 1.0)])
+    rate, steps = bench.throughput(tmp_path / "steps.csv", images_per_step=2, warmup=1)
+    assert steps == 2 and rate == pytest.approx(4 / 6.0)
+
+
+def test_nuclei_train_rate_counts_every_ddp_rank(tmp_path: Path) -> None:
+    """A DDP run's config holds the per-process batch; its ``ranks/`` say how many processes stepped it."""
+    import yaml
+
+    bench = _load("nuclei")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": {"batch_size": 1}, "schedule": {}}))
+    _steps_csv(tmp_path / "steps.csv", [(2.0, 9.0), (2.0, 9.0)])
+    assert bench.train_rate(tmp_path) == pytest.approx(0.5)  # one process: 2 images over 4 s of steps
+    (tmp_path / "ranks").mkdir()
+    for r in range(2):
+        (tmp_path / "ranks" / f"rank{r}.json").write_text("{}")
+    assert bench.train_rate(tmp_path) == pytest.approx(1.0)
