@@ -19,6 +19,7 @@ from test_engine import TINY
 def test_two_process_gloo_run_keeps_replicas_identical(tmp_path: Path) -> None:
     write_synthetic(tmp_path / "data", images=10, size=64, seed=3)
     cfg = {**TINY, "data": {**TINY["data"], "path": str(tmp_path / "data")},
+           "optim": {**TINY["optim"], "ema": True},  # the EMA copy of a model with synchronised BatchNorm
            "schedule": {"epochs": 1, "save_every_steps": 0, "max_minutes": 30},  # the LR reads rank 0's budget share
            "output": {"progress": False, "tensorboard": False, "plots": False}}
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(cfg))

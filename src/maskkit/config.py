@@ -329,6 +329,9 @@ class TrainConfig(_Strict):
     """Deterministic algorithms (warn-only) so that a run and its resume give the same losses."""
     threads: int | None = None
     """CPU threads of torch (None: torch's default)."""
+    sync_batchnorm: bool = True
+    """Under DDP, BatchNorm statistics over every process's images (the global batch), as one process would see
+    them (``maskkit.engine.sync_batchnorm``); false: each process normalises over its own images."""
 
 
 def merge_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,

@@ -37,6 +37,7 @@ from maskkit.engine.ema import ModelEMA
 from maskkit.engine.logging import EpochProgress, RunLogger, plot_curves
 from maskkit.engine.loop import EpochState, StepContext, metric_value, train_epoch, unwrap
 from maskkit.engine.schedule import build_optimizer, build_scheduler, lr_factor
+from maskkit.engine.sync_batchnorm import sync_batchnorm
 from maskkit.engine.validation import SUMMARY_METRICS, apply_tuning, evaluate, validation_loss
 from maskkit.errors import ConfigError
 from maskkit.fileio import atomic_write_json
@@ -243,6 +244,8 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, on_validation: Valid
         report = load_weights(model, cfg.model.weights)
         log.info("weights %s: %s", cfg.model.weights, report.summary())
     model.to(device)
+    if dinfo.enabled and cfg.sync_batchnorm:
+        model = sync_batchnorm(model, device)
 
     semantic = uses_semantic_targets(cfg)
     metric_key = validation_metric(cfg)
