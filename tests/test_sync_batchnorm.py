@@ -57,6 +57,16 @@ def _worker(rank: int, port: int) -> None:
             torch.testing.assert_close(grad, getattr(reference, name).grad)
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             torch.testing.assert_close(getattr(bn, name), getattr(reference, name))
+        # no affine parameters, 3D input (BatchNorm1d): the input gradient alone carries the statistics' part
+        plain = nn.BatchNorm1d(5, affine=False).double()
+        seq = x.flatten(2)
+        seq_ref = seq.clone().requires_grad_(True)
+        (plain(seq_ref) * w_loss.flatten(2)).sum().backward()
+        seq_part = seq[lo:hi].clone().requires_grad_(True)
+        (sync_batchnorm(nn.BatchNorm1d(5, affine=False).double(), torch.device("cpu"))(seq_part)
+         * w_loss.flatten(2)[lo:hi]).sum().backward()
+        torch.testing.assert_close(seq_part.grad, seq_ref.grad[lo:hi])
+
         twin = copy.deepcopy(model)[0]  # as the EMA copies the model: the group is shared, not copied
         assert isinstance(twin, GlobalBatchNorm) and twin.group is bn.group
         bn.eval()

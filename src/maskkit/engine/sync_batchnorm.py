@@ -4,10 +4,13 @@ With one image per process (two one-thread processes on a 2-core CPU), plain Bat
 image by its own statistics in training and by their running average at inference: a model trained that way
 learns to rely on the per-image normalisation and falls apart in eval mode (Mask R-CNN on the nuclei recipe:
 val mask AP 0.05 after 20 minutes). torch's ``SyncBatchNorm`` fixes this on GPUs only; :class:`GlobalBatchNorm`
-does it with plain ops and Gloo: each process computes its images' per-channel mean and variance (one fused
-pass), the processes exchange ``(count, mean, variance)`` in one all-reduce, and every process combines them
-exactly (the parallel-variance formula, no ``E[x²] - E[x]²`` cancellation). The all-reduce is differentiable
-(its backward all-reduces the gradients), so the gradients are those of the one-process global batch.
+does it with BatchNorm's fused CPU kernels and Gloo: each process computes its images' per-channel mean and
+variance (two passes; ``torch.var_mean`` is 20x slower on channels-last activations), the processes exchange
+``(count, mean, variance)`` in one all-reduce and combine them exactly (the parallel-variance formula, no
+``E[x²] - E[x]²`` cancellation); the backward all-reduces the two per-channel gradient sums, so the gradients
+are those of the one-process global batch. Under DDP on the nuclei recipe (EfficientNet-Lite0, 48 BatchNorms,
+one 512 px image per process, 1 thread) the backbone's forward and backward take 1.2x the time of plain
+BatchNorm.
 
 The exchange runs on its own Gloo group, so it never interleaves with DDP's gradient all-reduces. timm's
 ``BatchNormAct2d`` (BatchNorm, dropout, activation in one module, as in the EfficientNet backbones) keeps its
@@ -22,7 +25,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.nn.functional import all_reduce
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -55,29 +57,10 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(x)
         if not self.training and self.track_running_stats:
             return self._after(super().forward(x))
-        c = x.shape[1]
-        dims = [0, *range(2, x.dim())]
-        var, mean = torch.var_mean(x, dim=dims, correction=0)
-        count = x.new_full((1,), x.numel() / max(c, 1))
-        rank, world = dist.get_rank(self.group), dist.get_world_size(self.group)
-        row = torch.cat([count, mean, var])[None]
-        rows = all_reduce(F.pad(row, (0, 0, rank, world - rank - 1)), group=self.group)  # an all-gather
-        counts, means, variances = rows[:, :1], rows[:, 1:c + 1], rows[:, c + 1:]
-        n = counts.sum()
-        if float(n) < 2:
-            raise ValueError(f"BatchNorm needs more than 1 value per channel over all processes (got {int(n)})")
-        g_mean = (counts * means).sum(0) / n
-        g_var = (counts * (variances + (means - g_mean) ** 2)).sum(0) / n
-        if self.training and self.track_running_stats:
-            self._update_running_stats(g_mean.detach(), g_var.detach(), float(n))
-        scale = torch.rsqrt(g_var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = -g_mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias
-        shape = (1, c) + (1,) * (x.dim() - 2)
-        return self._after(x * scale.reshape(shape) + shift.reshape(shape))
+        y, mean, var, n = _GlobalBatchNormFn.apply(x, self.weight, self.bias, self.group, self.eps)
+        if self.track_running_stats:
+            self._update_running_stats(mean, var, float(n))
+        return self._after(y)
 
     def _after(self, y: torch.Tensor) -> torch.Tensor:
         for name in _CARRIED:
@@ -93,6 +76,61 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         self.running_mean.mul_(1 - f).add_(mean, alpha=f)
         self.running_var.mul_(1 - f).add_(var * (n / (n - 1)), alpha=f)  # unbiased, as BatchNorm keeps it
+
+
+class _GlobalBatchNormFn(torch.autograd.Function):
+    """Normalisation by the statistics of the images of every process of ``group``, with the matching gradient.
+
+    Forward: one all-reduce of every process's ``(count, mean, variance)`` (each in its own row: an all-gather),
+    combined exactly, then BatchNorm's fused inference kernel with those statistics. Backward: BatchNorm's fused
+    inference backward gives ``dy * w / std`` and the per-channel sums of ``dy`` and ``dy * x̂``; one all-reduce
+    makes those sums global, and the input gradient subtracts their per-channel parts (two passes over ``x``).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, group: Any,
+                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        c, dims = x.shape[1], [0, *range(2, x.dim())]
+        count = x.numel() / max(c, 1)
+        # two passes (sum, then squared deviations in place): as exact as torch.var_mean and, on channels-last
+        # activations, some 20x faster
+        mean = x.sum(dims) / count
+        dev = x - mean.reshape((1, c) + (1,) * (x.dim() - 2))
+        var = dev.mul_(dev).sum(dims) / count
+        del dev
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        rows = x.new_zeros(world, 2 * c + 1)
+        rows[rank, 0] = count
+        rows[rank, 1:c + 1], rows[rank, c + 1:] = mean, var
+        dist.all_reduce(rows, group=group)
+        counts, means, variances = rows[:, :1], rows[:, 1:c + 1], rows[:, c + 1:]
+        n = counts.sum()
+        if float(n) < 2:
+            raise ValueError(f"BatchNorm needs more than 1 value per channel over all processes (got {int(n)})")
+        g_mean = (counts * means).sum(0) / n
+        g_var = (counts * (variances + (means - g_mean) ** 2)).sum(0) / n
+        y = F.batch_norm(x, g_mean, g_var, weight, bias, False, 0.0, eps)
+        ctx.save_for_backward(x, weight, g_mean, g_var)
+        ctx.group, ctx.eps, ctx.n = group, eps, float(n)
+        ctx.mark_non_differentiable(g_mean, g_var, n)
+        return y, g_mean, g_var, n
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor, *_: Any) -> tuple[Any, ...]:
+        x, weight, mean, var = ctx.saved_tensors
+        dx, d_weight, d_bias = torch.ops.aten.native_batch_norm_backward(
+            dy, x, weight, mean, var, None, None, False, ctx.eps, [True, True, True])
+        sums = torch.stack([d_bias, d_weight])
+        dist.all_reduce(sums, group=ctx.group)
+        sum_dy, sum_dy_xhat = sums / ctx.n
+        invstd = torch.rsqrt(var + ctx.eps)
+        w_invstd = invstd if weight is None else weight * invstd
+        a = w_invstd * invstd * sum_dy_xhat
+        b = w_invstd * sum_dy - a * mean
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        dx = torch.addcmul(dx, x, a.reshape(shape), value=-1).sub_(b.reshape(shape))
+        return (dx, d_weight if weight is not None else None, d_bias if ctx.needs_input_grad[2] else None,
+                None, None)
 
 
 _GROUPS: list[Any] = [None]
