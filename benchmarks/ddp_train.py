@@ -10,7 +10,8 @@ under ``torchrun`` with ``--procs`` processes of 1 thread; images/s over the ste
 run's ``steps.csv`` (step time + wait for the batch; validation, checkpoints and start-up excluded).
 
 Run: ``python benchmarks/ddp_train.py --recipes dsb2018,dsb2018-bottomup [--epochs 3] [--procs 2]`` on an idle
-machine. Accuracy is not measured here: a per-process batch of 1 changes what BatchNorm sees.
+machine. BatchNorm normalises over the global batch under DDP (``sync_batchnorm``, on by default), which costs
+time; accuracy is not measured here (``benchmarks/nuclei.py --procs 2`` trains the recipe at the full budget).
 """
 
 from __future__ import annotations
