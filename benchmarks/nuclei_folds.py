@@ -12,11 +12,12 @@ images, seeded; fixed before anything was scored). A fold names what it holds ou
 * ``none``: nothing; the in-distribution reference (the recipe's training images, scored on the pool).
 
 Each fold trains the recipe (``--config``) on the subset's training images (the recipe's split: its 12 val
-images are never trained on) minus the held-out ones, for the same ``--epochs`` budget (thresholds, ``best.pt``
-and early stopping from the recipe's held-back training slice, ``tune.split: train_slice``, never from the
-scored images), then scores its ``best.pt`` on every shared image of the held-out part it did not train on
-(the subset's val images and the 200 pool images; ``none`` scores the pool). Scores: COCO ``segm`` AP (maxDets
-1000, full-resolution masks), AP50 and F1@0.5, overall and per image type, so a held-out type's score can be
+images are never trained on) minus the held-out ones, for the same ``--epochs`` (or ``--steps``: the same number
+of steps, more epochs for a fold with fewer images; thresholds, ``best.pt`` and early stopping from the recipe's
+held-back training slice, ``tune.split: train_slice``, never from the scored images), then scores its ``best.pt``
+on every shared image of the held-out part it did not train on (the subset's val images and the 200 pool images;
+``none`` scores the pool). Scores: COCO ``segm`` AP (maxDets 1000, full-resolution masks), AP50 and F1@0.5,
+overall and per image type, so a held-out type's score can be
 set against the ``none`` fold's score on the same type (``ratio``).
 
 The pool is only scored here, never trained on. Training images are copied into ``--out`` (a temporary folder by
@@ -72,6 +73,16 @@ def fold_parts(fold: str, types: dict[str, int], colour: set[str]) -> set[str]:
     return {i for i, t in types.items() if t == int(fold)}
 
 
+def fold_epochs(steps: int, images: int, cfg: dict[str, Any]) -> int:
+    """Epochs of at least ``steps`` steps on ``images`` images less the recipe's held-back training slice."""
+    from maskkit.engine.data import steps_per_epoch
+
+    tune = cfg.get("tune", {})
+    held_back = int(tune.get("images", 0)) if tune.get("split") == "train_slice" else 0
+    per_epoch = steps_per_epoch(max(images - held_back, 1), int(cfg.get("data", {}).get("batch_size", 2)))
+    return -(-steps // per_epoch)
+
+
 def train_fold(cfg: dict[str, Any], train: Any, out: Path, epochs: int, threads: int | None) -> Path:
     """Train the recipe on ``train`` (written as COCO under ``out``); returns the run folder."""
     import maskkit
@@ -116,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "dsb2018-bottomup.yaml"))
     ap.add_argument("--folds", nargs="+", default=["none", "colour"])
     ap.add_argument("--epochs", type=int, default=80, help="The training budget of every fold.")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="Instead of --epochs: every fold trains this many steps (a fold with fewer training "
+                         "images gets more epochs), so the folds differ only in what they saw.")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="Any config field for every fold, dotted (repeatable).")
     ap.add_argument("--threads", type=int, default=None)
@@ -157,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         train = combined([subset], [trained])
         test = combined([subset, pool], [subset_ids & scored, pool_ids & scored])
         print(f"fold {fold}: training on {len(train)} images, scoring {len(test)} held-out images", flush=True)
-        run = train_fold(cfg, train, args.out / f"fold-{fold}", args.epochs, args.threads)
+        epochs = args.epochs if args.steps is None else fold_epochs(args.steps, len(train), cfg)
+        run = train_fold(cfg, train, args.out / f"fold-{fold}", epochs, args.threads)
         rows[fold] = {"train_images": len(train), "test_images": len(test), **score(run, test, types)}
         a = rows[fold]["all"]
         print(f"fold {fold}: AP {a['AP']:.3f} AP50 {a['AP50']:.3f} F1@0.5 {a['F1@0.5']:.3f}", flush=True)

@@ -84,3 +84,12 @@ def test_fold_sets_keep_the_held_out_ids_from_two_roots(tmp_path: Path) -> None:
     assert folds.fold_parts("1", types, colour) == {"a2", "b1"}
     with pytest.raises(SystemExit, match="unknown fold"):
         folds.fold_parts("blue", types, colour)
+
+
+def test_fold_epochs_give_every_fold_the_same_steps() -> None:
+    """``--steps``: a fold with fewer training images trains more epochs of fewer steps (held-back slice excluded)."""
+    folds = _folds_module()
+    cfg = {"data": {"batch_size": 4}, "tune": {"split": "train_slice", "images": 8}}
+    assert folds.fold_epochs(2000, 48, cfg) == 200  # 40 trained images: 10 steps per epoch
+    assert folds.fold_epochs(2000, 36, cfg) == 286  # 28: 7 steps per epoch, 2002 steps
+    assert folds.fold_epochs(100, 10, {"data": {"batch_size": 2}}) == 20  # no slice held back
