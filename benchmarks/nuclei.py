@@ -104,15 +104,17 @@ def train_rate(run: Path) -> float:
     return len(rows) * batch / seconds
 
 
-def score(run: Path, tta: bool) -> dict[str, float]:
-    """Mask AP / AP50 (maxDets 1000), Boundary AP and F1@0.5 of ``run/best.pt`` on the run's val split."""
+def score(run: Path, tta: bool, predictor: Any = None) -> dict[str, float]:
+    """Mask AP / AP50 (maxDets 1000), Boundary AP and F1@0.5 of ``run/best.pt`` (or of ``predictor``, e.g. an
+    ensemble with ``run`` among its members) on the run's val split."""
     from maskkit.engine.data import images_to_score
     from maskkit.evaluation import InstanceEvaluator
     from maskkit.evaluation.results import image_loader
     from maskkit.inference.predictor import Predictor
     from maskkit.inference.tta import FLIPS
 
-    predictor = Predictor(run, device="cpu", tta=tta, tta_flips=FLIPS if tta else None)
+    if predictor is None:
+        predictor = Predictor(run, device="cpu", tta=tta, tta_flips=FLIPS if tta else None)
     kept = images_to_score(DATA, "val", run)
     val, contains_training = kept.images, kept.contains_training_images
     if contains_training:
@@ -187,13 +189,14 @@ def main() -> None:
               f"{m['F1@0.5']:.3f} | {m['AR@1000']:.3f} | {m['s/image']:.2f} | {tta_cell} | {proxy_cells} | {where} |")
 
 
-def proxy(run: Path) -> tuple[float, float]:
-    """``run``'s mask AP on the held-out-like proxy images and their mean over the shifted conditions."""
+def proxy(run: Path, predictor: Any = None) -> tuple[float, float]:
+    """``run``'s (or ``predictor``'s) mask AP on the held-out-like proxy images of ``run`` and their mean over the
+    shifted conditions."""
     from nuclei_proxy import SHIFTS, proxy_ids  # beside this file
     from nuclei_proxy import score as proxy_score
 
     ids, summary = proxy_ids(run)
-    m = proxy_score(run, ids, set(summary["colour_ids"]), SHIFTS)
+    m = proxy_score(run, ids, set(summary["colour_ids"]), SHIFTS, predictor)
     return m["all"]["AP"], sum(m[f"{n}@{v:g}"]["AP"] for n, v in SHIFTS) / len(SHIFTS)
 
 

@@ -145,10 +145,10 @@ def segm_scores(categories: list[Any], records: list[Any], predictions: dict[int
             "images": len(records)}
 
 
-def score(run: Path, ids: list[str], colour: set[str], shifts: tuple[tuple[str, float], ...] = ()
-          ) -> dict[str, dict[str, float]]:
-    """AP / AP50 / F1@0.5 of ``run`` on the pool images ``ids``: all, grey and colour ones; and all images under
-    each of ``shifts`` (keys ``name@level``)."""
+def score(run: Path, ids: list[str], colour: set[str], shifts: tuple[tuple[str, float], ...] = (),
+          predictor: Any = None) -> dict[str, dict[str, float]]:
+    """AP / AP50 / F1@0.5 of ``run`` (or of ``predictor``) on the pool images ``ids``: all, grey and colour ones;
+    and all images under each of ``shifts`` (keys ``name@level``)."""
     from maskkit.data.splits import load_split
     from maskkit.evaluation.results import image_loader, readable
     from maskkit.inference.predictor import Predictor
@@ -156,7 +156,8 @@ def score(run: Path, ids: list[str], colour: set[str], shifts: tuple[tuple[str, 
     pool = load_split(POOL, "train")
     wanted = set(ids)
     kept = replace(pool, images=[r for r in pool.images if pool.image_path(r).parent.parent.name in wanted])
-    predictor = Predictor(run, device="cpu")
+    if predictor is None:
+        predictor = Predictor(run, device="cpu")
     load = image_loader(kept)
     images = {r.id: np.ascontiguousarray(readable(load(r.id), kept, r)[:, :, :3]) for r in kept.images}
     groups = {"all": kept.images,

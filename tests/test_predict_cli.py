@@ -339,3 +339,21 @@ def test_tta_flags_and_eval_on_the_runs_val_split(run: dict[str, Path], tmp_path
     listed = json.loads((run["ckpt"] / "val_images.json").read_text())["images"]
     assert [r.file_name for r in val.images] == [e["file_name"] for e in listed] and len(listed) == 1
     assert not contains_training and "val images listed in" in notes[0]
+
+
+def test_ensemble_flag(run: dict[str, Path], tmp_path: Path) -> None:
+    """``--ensemble``: a model together with itself predicts what it predicts alone; bad members are one line."""
+    single, double = tmp_path / "single", tmp_path / "double"
+    _cli("predict", "--model", run["ckpt"], run["images"], "--out", single, "--conf", "0", "--no-save-overlays")
+    _cli("predict", "--model", run["ckpt"], "--ensemble", run["ckpt"], run["images"], "--out", double, "--conf", "0",
+         "--no-save-overlays")
+    alone, both = (json.loads((d / "predictions.json").read_text()) for d in (single, double))
+    assert alone and len(both) == len(alone)
+    key = lambda p: (p["image_id"], p["category_id"], p["segmentation"]["counts"])  # noqa: E731
+    assert sorted(map(key, both)) == sorted(map(key, alone))
+    assert np.allclose(sorted(p["score"] for p in both), sorted(p["score"] for p in alone), atol=1e-6)
+    assert json.loads((double / "predict_settings.json").read_text())["ensemble"] == [str(run["ckpt"].resolve())]
+    assert isinstance(_cli_error("predict", "--model", run["ckpt"], "--ensemble", tmp_path / "missing",
+                                 run["images"], "--out", tmp_path / "x"), DataError)
+    assert isinstance(_cli_error("predict", "--model", run["ckpt"], "--ensemble", run["ckpt"], run["images"],
+                                 "--out", tmp_path / "y", "--ray", "local:1"), ConfigError)

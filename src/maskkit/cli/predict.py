@@ -5,6 +5,7 @@ Outputs (in ``--out``, default ``runs/predict``; see :mod:`maskkit.inference.wri
 (COCO results and their image list), optionally ``labels/<key>.png`` and ``labelme/<key>.json``;
 for a video ``<key>.mp4`` (overlays, a colour per track) and ``<key>.tracks.json``. Folders are
 searched recursively. A rerun skips images whose outputs all exist (``--overwrite`` redoes them).
+``--ensemble`` adds models that predict together with ``--model`` (:mod:`maskkit.inference.ensemble`).
 ``--ray`` predicts the images (and the tiles of huge ones) on Ray (:mod:`maskkit.inference.distributed`);
 the outputs are written here, identical to a single-process run; videos stay in this process.
 """
@@ -30,6 +31,9 @@ def command(
     sources: list[str] = typer.Argument(..., help="Images, videos, folders (searched recursively) or quoted globs."),
     model: Path = typer.Option(..., "--model", "-m", help="Checkpoint (.pt), run folder (best.pt, else last.pt) "
                         "or exported model (folder, model.onnx, model.xml, model.torchscript)."),
+    ensemble: list[Path] | None = typer.Option(None, "--ensemble", help="More checkpoints or run folders that "
+                                               "predict together with --model (repeatable): raw maps averaged for "
+                                               "models of one dense type, instances soft-voted otherwise."),
     out: Path = typer.Option(Path("runs/predict"), "--out", "-o", help="Output folder."),
     conf: float = typer.Option(0.25, "--conf", help="Minimum score (use 0.001-0.05 for predictions meant for AP)."),
     classes: str | None = typer.Option(None, "--classes", help="Only these classes: names or ids, comma-separated."),
@@ -83,6 +87,13 @@ def command(
     # with --ray the model here gives the class names (and runs videos): --device is the workers'
     predictor = _load_predictor(model, device if distributed is None else "auto", conf, tta or scales is not None,
                                 scales)
+    if ensemble:
+        if distributed is not None:
+            raise ConfigError("--ensemble predicts in this process: drop --ray")
+        from maskkit.inference.ensemble import EnsemblePredictor  # deferred: torch
+
+        predictor = EnsemblePredictor([predictor, *(_load_predictor(p, device, conf, tta or scales is not None, scales)
+                                                    for p in ensemble)])
     keep = resolve_classes(parse_class_list(classes), predictor.category_ids, predictor.class_names, "--classes: ")
     class_names = dict(zip(predictor.category_ids, predictor.class_names, strict=True))
     settings = {"model": str(model.resolve()), "conf": conf, "classes": sorted(keep) if keep else None,
@@ -90,6 +101,8 @@ def command(
                 "video_max_gap": video_max_gap}
     if tta or scales:
         settings["tta"] = scales or True
+    if ensemble:
+        settings["ensemble"] = [str(p.resolve()) for p in ensemble]
     ids, categories, cat_map = (_image_ids(items, data, split, predictor, allow_outside_root) if save_json
                                 else ({}, [], {}))
 

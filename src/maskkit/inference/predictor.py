@@ -155,12 +155,26 @@ class Predictor(PredictorBase):
                 for o, x in zip(outs, batch, strict=True)]
 
     def _predict_tta(self, x: torch.Tensor, thr: float | None) -> Instances:
-        assert self.views is not None
-        if not self.fast and tta.has_raw_outputs(self.model):
-
-            out = tta.tta_raw_output(self.model, x, self.views)
+        if self.averages_raw_maps:
+            out = self.model.postprocess(self.raw_maps(x))  # type: ignore[operator]
             inst = to_instances(out, (x.shape[-2], x.shape[-1]), self.category_ids, self.mask_threshold)
             return self._filter(inst, thr)
+        return self._to_instances(self.detections(x, thr), thr)
+
+    # -- building blocks of TTA and ensembles (one ``C×H×W`` image on the predictor's device) --------------
+    @property
+    def averages_raw_maps(self) -> bool:
+        """Whether views (and ensemble members) are combined as raw maps before post-processing."""
+        return not self.fast and tta.has_raw_outputs(self.model)
+
+    def raw_maps(self, x: torch.Tensor) -> Any:
+        """The model's raw maps of ``x`` (``predict_raw``), averaged over the TTA views when TTA is on."""
+        if self.views is not None:
+            return tta.tta_raw(self.model, x, self.views)
+        return self.model.predict_raw([x])[0]  # type: ignore[operator]
+
+    def detections(self, x: torch.Tensor, thr: float | None) -> Detections:
+        """Detections of ``x`` before the score/class/count filters (merged over the TTA views when TTA is on)."""
 
         def detect(batch: list[torch.Tensor]) -> list[Detections]:
             if self.fast:  # per-view caps stay the model's: the filters apply to the merged result
@@ -168,8 +182,9 @@ class Predictor(PredictorBase):
             return [Detections.from_output(o, (b.shape[-2], b.shape[-1])) for o, b in zip(self.model(batch), batch,
                                                                                  strict=True)]
 
-        merged = tta.tta_detections(self.model, detect, x, self.views, self.tta_iou, self.mask_threshold)
-        return self._to_instances(merged, thr)
+        if self.views is None:
+            return detect([x])[0]
+        return tta.tta_detections(self.model, detect, x, self.views, self.tta_iou, self.mask_threshold)
 
     def _model_thresh(self) -> float:
         rcnn: Any = self.model  # a torchvision Mask R-CNN (no type information)

@@ -274,19 +274,30 @@ def average_raw(raws: Sequence[Any]) -> Any:
 
 def tta_raw_output(model: nn.Module, image: torch.Tensor, views: Sequence[View]) -> dict[str, Any]:
     """The model's output for ``image`` from the average of its views' de-augmented raw maps."""
+    raw = tta_raw(model, image, views)
+    assert has_raw_outputs(model)  # tta_raw checked it
+    return model.postprocess(raw)
+
+
+def align_raw(model: nn.Module, raw: Any, flip: str, reference: Any) -> Any:
+    """``raw`` un-flipped and resized to ``reference``'s map sizes, by the model's own ``deaugment_raw`` if any."""
+    undo = getattr(model, "deaugment_raw", None) or deaugment_raw
+    return undo(raw, flip, reference)
+
+
+def tta_raw(model: nn.Module, image: torch.Tensor, views: Sequence[View]) -> Any:
+    """The average of ``image``'s views' raw maps, mapped back to the scale-1 view's frame."""
     if not has_raw_outputs(model):
         raise ConfigError(f"{type(model).__name__} has no raw outputs (predict_raw/postprocess) to average")
     if not any(v.scale == 1.0 for v in views):
         raise ConfigError("TTA of models with raw outputs needs scale 1.0 among tta_scales")
-    undo = getattr(model, "deaugment_raw", None) or deaugment_raw
     raws: list[tuple[View, Any]] = []
     for scale, group in _by_scale(views).items():
         with model_scale(model, scale) as own_resize:
             base = image if own_resize or scale == 1.0 else resize_image(image, scale)
             raws += list(zip(group, model.predict_raw([flip_image(base, v.flip) for v in group]), strict=True))
     reference = next(r for v, r in raws if v.scale == 1.0)  # only its map sizes are used
-    aligned = [undo(r, v.flip, reference) for v, r in raws]
-    return model.postprocess(average_raw(aligned))
+    return average_raw([align_raw(model, r, v.flip, reference) for v, r in raws])
 
 
 def parse_scales(text: str | None) -> list[float] | None:
