@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(rows: dict[str, Any]) -> str:
     """One row per fold; ``ratio``: the fold's AP on its held-out images over the ``none`` fold's AP on the pool
-    images of the same types (when both are there)."""
+    images of the same types (the image-weighted mean of its per-type APs; when both folds are there)."""
     ref = rows.get("none", {}).get("types", {})
     lines = ["| fold (held out) | train images | scored images | mask AP | AP50 | F1@0.5 | in-distribution AP, same "
              "types | ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -195,9 +195,10 @@ def table(rows: dict[str, Any]) -> str:
         same = [ref[t] for t in r["types"] if t in ref] if fold != "none" else []
         n = sum(s["images"] for s in same)
         base = sum(s["AP"] * s["images"] for s in same) / n if n else float("nan")
-        ratio = a["AP"] / base if n and base > 0 else float("nan")
+        ratio = a["AP"] / base if base > 0 else float("nan")
+        cells = (f"{base:.3f} | {ratio:.2f}" if n else "– | –")
         lines.append(f"| {fold} | {r['train_images']} | {r['test_images']} | {a['AP']:.3f} | {a['AP50']:.3f} | "
-                     f"{a['F1@0.5']:.3f} | {base:.3f} | {ratio:.2f} |")
+                     f"{a['F1@0.5']:.3f} | {cells} |")
     return "\n".join(lines)
 
 

@@ -93,3 +93,20 @@ def test_fold_epochs_give_every_fold_the_same_steps() -> None:
     assert folds.fold_epochs(2000, 48, cfg) == 200  # 40 trained images: 10 steps per epoch
     assert folds.fold_epochs(2000, 36, cfg) == 286  # 28: 7 steps per epoch, 2002 steps
     assert folds.fold_epochs(100, 10, {"data": {"batch_size": 2}}) == 20  # no slice held back
+
+
+def test_fold_table_sets_a_held_out_type_against_the_reference_fold() -> None:
+    """``ratio``: held-out AP over the ``none`` fold's image-weighted AP on the same types; dashes without them."""
+    folds = _folds_module()
+
+    def fold(ap: float, types: dict[str, tuple[float, int]]) -> dict[str, object]:
+        return {"train_images": 4, "test_images": sum(n for _, n in types.values()),
+                "all": {"AP": ap, "AP50": 0.5, "F1@0.5": 0.5},
+                "types": {t: {"AP": a, "images": n} for t, (a, n) in types.items()}}
+
+    rows = {"none": fold(0.6, {"1": (0.3, 1), "2": (0.6, 3), "3": (0.9, 2)}), "colour": fold(0.2, {"1": (0.1, 5),
+            "2": (0.2, 5)}), "9": fold(0.1, {"9": (0.1, 1)})}
+    lines = folds.table(rows).splitlines()
+    assert lines[2].endswith("| – | – |")
+    assert lines[3].endswith("| 0.525 | 0.38 |")  # (0.3 * 1 + 0.6 * 3) / 4 = 0.525; 0.2 / 0.525
+    assert lines[4].endswith("| – | – |")  # type 9 was not scored by the reference fold
