@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as F
 from maskkit.config import AugmentConfig
 from maskkit.data.annotations import AnnotationSet, Category, ImageRecord, new_instances
 from maskkit.data.dataset import InstanceDataset
-from maskkit.data.scale_crop import ScaleCropSampler
+from maskkit.data.scale_crop import ScaleCropSampler, object_px
 from maskkit.structures import Masks
 
 
@@ -105,3 +105,38 @@ def test_crop_larger_than_the_image_pads() -> None:
     assert plan.window == (0, 0, 30, 40) and plan.corner == (0, 0) and plan.size == (30, 40)
     out, _ = ScaleCropSampler.apply(plan, tv_tensors.Image(torch.ones(1, 30, 40)), {})
     assert out.shape == (1, 50, 70) and float(out.sum()) == 30 * 40
+
+
+def test_object_size_scales_each_image_to_its_objects(tmp_path: Path) -> None:
+    """``augment.object_size``: the median instance lands inside the range, whatever the image's own scale."""
+    aset = _disc_set(tmp_path, 120, 150)
+    size = object_px(aset.images[0].instances)
+    assert size == pytest.approx(2 * np.sqrt(np.median(aset.images[0].instances.masks.areas()) / np.pi))
+    cfg = AugmentConfig(min_size=[100], max_size=1000, crop=64, hflip=0.0, object_size=(20, 40))
+    ds = InstanceDataset.from_config(aset, cfg, train=True)
+    torch.manual_seed(0)
+    scales = []
+    for _ in range(30):
+        img, t = ds[0]
+        assert img.shape == (1, 64, 64)
+        plan = ds.scale_crop.draw(120, 150, size)
+        scales.append(plan.resized[0] / 120)
+    lo, hi = 20 / size, 40 / size
+    assert min(scales) >= lo - 0.02 and max(scales) <= hi + 0.02 and max(scales) - min(scales) > 0.3 * (hi - lo)
+    capped = ScaleCropSampler([], 200, 64, object_size=(40, 40)).draw(120, 150, 5.0)  # x8 wanted, max_size wins
+    assert capped.resized == (160, 200)
+    assert ScaleCropSampler([], None, 64, object_size=(40, 40)).draw(120, 150, 0.5).resized == (960, 1200)  # x8 bound
+    fallback = ScaleCropSampler([240], None, 64, object_size=(40, 40)).draw(120, 150, None)  # no instances
+    assert fallback.resized == (240, 300)
+
+
+def test_object_size_of_boxes_and_the_config_checks() -> None:
+    from maskkit.structures import Instances
+
+    boxes = Instances((50, 50), boxes=np.array([[0, 0, 4, 9], [0, 0, 10, 10], [5, 5, 45, 45]], dtype=np.float32))
+    assert object_px(boxes) == pytest.approx(10.0)  # sqrt(4*9)=6, 10, 40
+    assert object_px(Instances((50, 50))) is None
+    with pytest.raises(ValueError, match="needs crop"):
+        AugmentConfig(object_size=(10, 20))
+    with pytest.raises(ValueError, match="0 < low <= high"):
+        AugmentConfig(crop=64, object_size=(30, 20))

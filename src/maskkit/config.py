@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from maskkit.errors import ConfigError
 from maskkit.fileio import atomic_write_text
@@ -82,6 +82,10 @@ class AugmentConfig(BaseModel):
     crop: int | tuple[int, int] | None = None
     """Random crop size (``size`` or ``(height, width)``) after resizing, training only; smaller images are
     zero-padded. Instances are clipped and those left empty are dropped."""
+    object_size: tuple[float, float] | None = None
+    """Training scale matched to the objects (needs ``crop``): each image is resized so that its median instance
+    measures a size drawn log-uniformly from ``(low, high)`` pixels, instead of drawing from ``min_size``
+    (images without instances still do). Inference keeps the model's own size."""
     color_jitter: float = Field(0.0, ge=0.0, le=1.0)
     """Photometric strength ``s``: brightness, contrast and saturation factors in ``[1-s, 1+s]`` (training only)."""
     hue: float = Field(0.0, ge=0.0, le=0.5)
@@ -95,6 +99,16 @@ class AugmentConfig(BaseModel):
     """Channels fed to the model: ``None`` keeps each image's own; ``3`` repeats grey and drops alpha."""
     corruption: CorruptionAugmentConfig = Field(default_factory=CorruptionAugmentConfig)
     """Corruption augmentation, applied last (off by default)."""
+
+    @model_validator(mode="after")
+    def _object_size(self) -> AugmentConfig:
+        if self.object_size is not None:
+            lo, hi = self.object_size
+            if not 0 < lo <= hi:
+                raise ValueError(f"object_size must be (low, high) pixels with 0 < low <= high, got {self.object_size}")
+            if self.crop is None:
+                raise ValueError("object_size needs crop (it scales the training crops' source window)")
+        return self
 
     @field_validator("min_size")
     @classmethod

@@ -35,7 +35,7 @@ from torchvision.ops import clip_boxes_to_image
 from maskkit.config import Appearance, AugmentConfig, NormaliseMode
 from maskkit.data.annotations import AnnotationSet, ImageRecord
 from maskkit.data.images import decode_image_bytes, read_image
-from maskkit.data.scale_crop import ScaleCropSampler
+from maskkit.data.scale_crop import ScaleCropSampler, object_px
 from maskkit.data.transforms import build_transforms, from_tv_target, to_tv_target
 from maskkit.errors import ConfigError, DataError
 from maskkit.structures.labels import IGNORE_INDEX  # crowd regions in the ``semantic`` map
@@ -149,6 +149,7 @@ class InstanceDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
         self.channels = channels
         self.appearance: Appearance = appearance
         self.scale_crop = scale_crop
+        self._object_sizes: dict[int, float | None] = {}
         by_id = aset.category_by_id()
         self.category_ids: list[int] = sorted(by_id)
         """The set's category id of each contiguous label ``1..K`` (``category_ids[label - 1]``)."""
@@ -165,7 +166,7 @@ class InstanceDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
         """A dataset with ``build_transforms(train, cfg)`` and the config's image options; training crops of
         resized images read only the source window they need (:mod:`maskkit.data.scale_crop`)."""
         if train and cfg.crop is not None:
-            sampler = ScaleCropSampler(cfg.min_size, cfg.max_size, cfg.crop)
+            sampler = ScaleCropSampler(cfg.min_size, cfg.max_size, cfg.crop, cfg.object_size)
             return cls(aset, build_transforms(train, cfg, scale_crop=False), **cfg.image_options(),
                        scale_crop=sampler, **kwargs)
         return cls(aset, build_transforms(train, cfg), **cfg.image_options(), **kwargs)
@@ -180,7 +181,9 @@ class InstanceDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self.aset.images[index]
-        plan = self.scale_crop.draw(record.height, record.width) if self.scale_crop is not None else None
+        plan = None
+        if self.scale_crop is not None:
+            plan = self.scale_crop.draw(record.height, record.width, self._object_px(index))
         image = self.load_image(record)
         target = self.load_target(record, plan.window if plan is not None else None)
         if plan is not None or self.transforms is not None:
@@ -196,6 +199,14 @@ class InstanceDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
             image = tv_image.as_subclass(torch.Tensor)
             target = from_tv_target(tv_target)
         return image, self._finalise(target, (int(image.shape[-2]), int(image.shape[-1])))
+
+    def _object_px(self, index: int) -> float | None:
+        """The median instance size of image ``index`` when the sampler matches scale to it (computed once)."""
+        if self.scale_crop is None or self.scale_crop.object_size is None:
+            return None
+        if index not in self._object_sizes:
+            self._object_sizes[index] = object_px(self.aset.images[index].instances)
+        return self._object_sizes[index]
 
     # -- loading ---------------------------------------------------------------------------------
     def load_image(self, record: ImageRecord) -> torch.Tensor:

@@ -7,6 +7,10 @@ rule) and crop window, maps the window back to source pixels with a margin for t
 dataset reads only that source window (masks whose box misses it are not decoded). The window is then resized
 and cropped by torchvision on the image, masks and boxes together, so they stay consistent; the result differs
 from resizing the whole image only by the sub-pixel placement of the crop.
+
+With ``object_size`` the resize is matched to the objects instead of the image: each draw scales the image so that
+its median instance (:func:`object_px`) measures a size drawn log-uniformly from ``object_size`` pixels, so every
+image type is shown at every object size of that range (Cellpose trains at a fixed diameter the same way).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -44,24 +49,39 @@ class ScaleCropSampler:
     them to an image and its target.
 
     ``sizes``: shortest-side sizes, one drawn per image (empty: no resize); ``max_size``: cap on the longest side;
-    ``crop``: output ``size`` or ``(height, width)``.
+    ``crop``: output ``size`` or ``(height, width)``; ``object_size``: ``(low, high)`` pixels of the median
+    instance after the resize (images without instances fall back to ``sizes``).
     """
 
-    def __init__(self, sizes: Sequence[int], max_size: int | None, crop: int | Sequence[int]) -> None:
+    MAX_SCALE = 8.0
+    """Bound on an object-matched scale factor (and its inverse): a few one-pixel instances must not blow an
+    image up to gigapixels."""
+
+    def __init__(self, sizes: Sequence[int], max_size: int | None, crop: int | Sequence[int],
+                 object_size: Sequence[float] | None = None) -> None:
         self.sizes = [int(s) for s in sizes]
         self.max_size = max_size
+        if object_size is not None and not 0 < object_size[0] <= object_size[1]:
+            raise ValueError(f"object_size must be (low, high) with 0 < low <= high, got {object_size!r}")
+        self.object_size = None if object_size is None else (float(object_size[0]), float(object_size[1]))
         ch, cw = (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[1]))
         if ch <= 0 or cw <= 0:
             raise ValueError(f"crop must be positive, got {crop!r}")
         self.crop = (ch, cw)
 
-    def draw(self, height: int, width: int) -> ScaleCrop:
-        """A random plan for a ``height × width`` source image."""
-        r = 1.0
-        if self.sizes:
+    def draw(self, height: int, width: int, object_px: float | None = None) -> ScaleCrop:
+        """A random plan for a ``height × width`` source image whose median instance measures ``object_px``."""
+        r, resize = 1.0, True
+        if self.object_size is not None and object_px:
+            lo, hi = math.log(self.object_size[0]), math.log(self.object_size[1])
+            target = math.exp(lo + (hi - lo) * float(torch.rand(())))
+            r = min(max(target / object_px, 1 / self.MAX_SCALE), self.MAX_SCALE)
+        elif self.sizes:
             r = self.sizes[int(torch.randint(len(self.sizes), ()))] / min(height, width)
-            if self.max_size is not None:
-                r = min(r, self.max_size / max(height, width))
+        else:
+            resize = False
+        if resize and self.max_size is not None:
+            r = min(r, self.max_size / max(height, width))
         rh, rw = max(int(height * r), 1), max(int(width * r), 1)  # the whole image resized (as RandomShortestSize)
         sy, sx = rh / height, rw / width
         ch, cw = self.crop
@@ -95,3 +115,15 @@ class _Apply(v2.Transform):  # type: ignore[misc]  # torchvision has no type inf
         p = self.plan
         out = self._call_kernel(F.resize, inpt, size=list(p.size), antialias=True)
         return self._call_kernel(F.crop, out, top=p.offset[0], left=p.offset[1], height=p.crop[0], width=p.crop[1])
+
+
+def object_px(instances: Any) -> float | None:
+    """The size of an image's median instance in pixels: the diameter of a disc of its mask area (masks), else
+    the geometric mean of its box sides; None without instances."""
+    if not len(instances):
+        return None
+    if instances.has("masks"):
+        return float(2.0 * math.sqrt(float(np.median(instances.masks.areas())) / math.pi))
+    boxes = np.asarray(instances.boxes, dtype=np.float64).reshape(-1, 4)
+    sides = np.clip(boxes[:, 2:] - boxes[:, :2], 0, None)
+    return float(np.median(np.sqrt(sides[:, 0] * sides[:, 1])))
