@@ -117,7 +117,7 @@ def test_object_size_scales_each_image_to_its_objects(tmp_path: Path) -> None:
     torch.manual_seed(0)
     scales = []
     for _ in range(30):
-        img, t = ds[0]
+        img, _ = ds[0]
         assert img.shape == (1, 64, 64)
         plan = ds.scale_crop.draw(120, 150, size)
         scales.append(plan.resized[0] / 120)
