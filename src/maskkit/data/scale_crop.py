@@ -25,6 +25,8 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from maskkit.structures.boxes import box_area
+
 
 @dataclass(frozen=True)
 class ScaleCrop:
@@ -61,8 +63,6 @@ class ScaleCropSampler:
                  object_size: Sequence[float] | None = None) -> None:
         self.sizes = [int(s) for s in sizes]
         self.max_size = max_size
-        if object_size is not None and not 0 < object_size[0] <= object_size[1]:
-            raise ValueError(f"object_size must be (low, high) with 0 < low <= high, got {object_size!r}")
         self.object_size = None if object_size is None else (float(object_size[0]), float(object_size[1]))
         ch, cw = (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[1]))
         if ch <= 0 or cw <= 0:
@@ -119,11 +119,9 @@ class _Apply(v2.Transform):  # type: ignore[misc]  # torchvision has no type inf
 
 def object_px(instances: Any) -> float | None:
     """The size of an image's median instance in pixels: the diameter of a disc of its mask area (masks), else
-    the geometric mean of its box sides; None without instances."""
+    the side of a square of its box area; None without instances."""
     if not len(instances):
         return None
     if instances.has("masks"):
         return float(2.0 * math.sqrt(float(np.median(instances.masks.areas())) / math.pi))
-    boxes = np.asarray(instances.boxes, dtype=np.float64).reshape(-1, 4)
-    sides = np.clip(boxes[:, 2:] - boxes[:, :2], 0, None)
-    return float(np.median(np.sqrt(sides[:, 0] * sides[:, 1])))
+    return float(math.sqrt(float(np.median(box_area(instances.boxes)))))
